@@ -1,0 +1,149 @@
+"""Calls and their media pinholes (pure state; the clock is passed in).
+
+A call is keyed by (Call-ID, LAN host): the same Call-ID seen for two LAN hosts (a hairpin call through an
+outside softswitch) is two independent calls here. Each SDP stream (m= line index) of the LAN host owns a
+block of public ports mapped 1:1 onto its LAN ports (RTP, and RTCP unless rtcp-mux).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Endpoint, Pinhole
+from .ports import PortAllocator
+
+
+@dataclass
+class StreamBinding:
+    """Public ports of one m= line: `lan_ports[i]` is reachable on `public_ports[i]`."""
+
+    lan_ports: tuple[int, ...]
+    public_ports: tuple[int, ...]
+    labels: tuple[str, ...]
+
+
+@dataclass
+class Call:
+    call_id: str
+    lan_ip: str
+    public_ip: str
+    created: float
+    confirmed: bool = False
+    expires_at: float = 0.0
+    streams: dict[int, StreamBinding] = field(default_factory=dict)
+
+    def pinholes(self, timeout: int = 0) -> list[Pinhole]:
+        holes = []
+        for binding in self.streams.values():
+            holes.extend(stream_pinholes(self, binding, timeout))
+        return holes
+
+
+def stream_pinholes(call: Call, binding: StreamBinding, timeout: int) -> list[Pinhole]:
+    return [
+        Pinhole(Endpoint(call.public_ip, pub), Endpoint(call.lan_ip, lan), call.call_id, label, timeout)
+        for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
+    ]
+
+
+def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) -> tuple[int, ...]:
+    """Public ports for LAN ports; consecutive LAN ports get consecutive public ports (RTP/RTCP pairs)."""
+    runs: list[list[int]] = []
+    for port in lan_ports:
+        if runs and runs[-1][-1] + 1 == port:
+            runs[-1].append(port)
+        else:
+            runs.append([port])
+    public: list[int] = []
+    try:
+        for run in runs:
+            first = ports.allocate(len(run), now, preferred=run[0])
+            public.extend(range(first, first + len(run)))
+    except Exception:
+        _release(ports, tuple(public), now)
+        raise
+    return tuple(public)
+
+
+def _release(ports: PortAllocator, public_ports: tuple[int, ...], now: float) -> None:
+    for port in public_ports:
+        ports.release(port, 1, now)
+
+
+class CallTable:
+    def __init__(self, ports: PortAllocator) -> None:
+        self.ports = ports
+        self.calls: dict[tuple[str, str], Call] = {}
+        # Which call/stream owns a LAN media endpoint: a phone cannot use one port in two live calls, so a
+        # new owner means the old call was stale (its BYE lost): take the endpoint over.
+        self._owner: dict[tuple[str, int], tuple[tuple[str, str], int]] = {}
+
+    def get(self, call_id: str, lan_ip: str) -> Call | None:
+        return self.calls.get((call_id, lan_ip))
+
+    def get_or_create(self, call_id: str, lan_ip: str, public_ip: str, now: float) -> Call:
+        key = (call_id, lan_ip)
+        call = self.calls.get(key)
+        if call is None:
+            call = Call(call_id, lan_ip, public_ip, created=now)
+            self.calls[key] = call
+        return call
+
+    def bind_stream(
+        self, call: Call, index: int, lan_ports: tuple[int, ...], labels: tuple[str, ...], now: float
+    ) -> tuple[StreamBinding, list[Pinhole], bool]:
+        """Map the LAN ports of stream `index`; returns the binding, the pinholes it replaced, and whether
+        the binding is new.
+
+        Same LAN ports as before: the same public ports (a re-offer refreshes). Different ports: the old
+        block is released and a new one allocated. Raises PortsExhausted when the range is full (the
+        state is left as it was).
+        """
+        removed: list[Pinhole] = []
+        old = call.streams.get(index)
+        if old is not None and old.lan_ports == lan_ports:
+            if old.labels != labels:
+                old = call.streams[index] = StreamBinding(old.lan_ports, old.public_ports, labels)
+            return old, removed, False
+        public_ports = _allocate_run(self.ports, lan_ports, now)
+        if old is not None:
+            removed.extend(self._drop_stream(call, index, now))
+        for lan in lan_ports:
+            owner = self._owner.get((call.lan_ip, lan))
+            if owner is not None:
+                other = self.calls.get(owner[0])
+                if other is not None:
+                    removed.extend(self._drop_stream(other, owner[1], now))
+        binding = StreamBinding(lan_ports, public_ports, labels)
+        call.streams[index] = binding
+        for lan in lan_ports:
+            self._owner[(call.lan_ip, lan)] = ((call.call_id, call.lan_ip), index)
+        return binding, removed, True
+
+    def _drop_stream(self, call: Call, index: int, now: float) -> list[Pinhole]:
+        binding = call.streams.pop(index, None)
+        if binding is None:
+            return []
+        _release(self.ports, binding.public_ports, now)
+        for lan in binding.lan_ports:
+            if self._owner.get((call.lan_ip, lan)) == ((call.call_id, call.lan_ip), index):
+                del self._owner[(call.lan_ip, lan)]
+        return stream_pinholes(call, binding, 0)
+
+    def end(self, call: Call, now: float) -> list[Pinhole]:
+        """Forget the call; returns every pinhole it held (to remove from the kernel)."""
+        removed: list[Pinhole] = []
+        for index in list(call.streams):
+            removed.extend(self._drop_stream(call, index, now))
+        self.calls.pop((call.call_id, call.lan_ip), None)
+        return removed
+
+    def expire(self, now: float) -> list[tuple[Call, list[Pinhole]]]:
+        """End the calls whose deadline passed (the kernel has expired their elements by itself)."""
+        ended = []
+        for call in [c for c in self.calls.values() if c.expires_at and c.expires_at <= now]:
+            ended.append((call, self.end(call, now)))
+        return ended
+
+    def __len__(self) -> int:
+        return len(self.calls)

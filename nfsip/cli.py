@@ -1,0 +1,171 @@
+"""Command line: nfsip run | check | status | ruleset | flush.
+
+Exit codes: 0 success; 1 runtime failure (kernel refused something, daemon died); 2 bad usage or
+configuration; 3 a required kernel feature or privilege is missing (`nfsip check` says which and how to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import config as configmod
+from .config import Config, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_MISSING = 3
+
+
+def _add_config_args(p: argparse.ArgumentParser, wan_required: bool = False) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see docs/configuration.md)")
+    p.add_argument(
+        "--wan-interface", metavar="IF", required=wan_required,
+        help="the interface facing the SIP server (overrides wan_interface from the file)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return configmod.load(args.config, wan_interface=args.wan_interface)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .kernel.netinfo import InterfaceError
+    from .kernel.nft import NftError
+
+    config = _load(args)
+    if not config.wan_interface:
+        raise ConfigError("wan_interface", "required: pass --wan-interface IF or set it in the config file")
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        daemon = Daemon(config)
+    except InterfaceError as exc:
+        print(f"nfsip: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        daemon.run()
+    except NftError as exc:
+        print(f"nfsip: nftables refused the change: {exc}\n  run `nfsip check` for what is missing", file=sys.stderr)
+        return EXIT_FAILURE
+    except PermissionError as exc:
+        print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
+        return EXIT_MISSING
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import run_checks
+
+    config = _load(args)
+    results = run_checks(config, kernel=not args.config_only)
+    worst = EXIT_OK
+    for item in results:
+        mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[item.level]
+        print(f"[{mark}] {item.name}: {item.message}")
+        if item.fix and item.level != "ok":
+            print(f"       fix: {item.fix}")
+        if item.level == "fail":
+            worst = max(worst, item.exit_code)
+    return worst
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, format_table
+
+    config = _load(args)
+    state = collect(config.table_name)
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(format_table(state))
+    return EXIT_OK if state["installed"] else EXIT_FAILURE
+
+
+def cmd_ruleset(args: argparse.Namespace) -> int:
+    from .kernel import ruleset
+
+    config = _load(args)
+    if not config.wan_interface:
+        raise ConfigError("wan_interface", "required: pass --wan-interface IF or set it in the config file")
+    if args.queue == "auto":
+        from .kernel.nft import Nft
+
+        native = Nft(config.table_name).has_native_queue()
+    else:
+        native = args.queue == "native"
+    sys.stdout.write(ruleset.render(ruleset.options_from(config, native)))
+    return EXIT_OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from .kernel.conntrack import Conntrack
+    from .kernel.nft import Nft
+    from .model import Pinhole
+
+    config = _load(args)
+    nft = Nft(config.table_name)
+    if not nft.table_exists():
+        print(f"no table ip {config.table_name}: nothing to flush")
+        return EXIT_OK
+    holes = [Pinhole(e.key, e.value, "", "") for e in nft.elements()]
+    nft.remove_table()
+    purged = Conntrack().purge_media(holes)
+    print(f"removed table ip {config.table_name} ({len(holes)} pinholes, {purged} conntrack entries)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nfsip",
+        description="SIP-through-NAT helper: rewrites SIP/SDP on NFQUEUE and opens nftables media pinholes.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration error, 3 missing kernel feature "
+        "or privilege.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the daemon in the foreground (installs its table, removes it on exit)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="check kernel features, permissions and the configuration")
+    _add_config_args(p)
+    p.add_argument("--config-only", action="store_true", help="validate the configuration, touch no kernel state")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("status", help="live calls and pinholes, read from the kernel's maps")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("ruleset", help="print the nft table nfsip installs for this configuration")
+    _add_config_args(p)
+    p.add_argument(
+        "--queue", choices=("auto", "native", "compat"), default="auto",
+        help="queue statement flavour: native nft queue, or xt NFQUEUE added by the daemon (default: ask kernel)",
+    )
+    p.set_defaults(func=cmd_ruleset)
+    p = sub.add_parser("flush", help="remove everything nfsip installed (table, map entries, media conntrack)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_flush)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"nfsip: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""nfsip configuration: defaults, the TOML file, and validation that names the key at fault.
+
+Everything has a default; `nfsip run --wan-interface IF` needs nothing else. A TOML file may override any
+key. Unknown keys and bad values are errors (ConfigError names the key), never silently ignored: a typo in a
+router's config must not quietly fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem; `key` names the offending key (empty for file-level problems)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    wan_interface: str = ""
+    # Empty: the primary IPv4 address of wan_interface, learned through netlink.
+    public_address: str = ""
+    table_name: str = "nfsip"
+    queue_num: int = 5060
+    sip_ports: tuple[int, ...] = (5060,)
+    media_port_min: int = 40000
+    media_port_max: int = 49999
+    # Pinholes of a call attempt (offer sent, no 2xx yet) and of an established call. Both are refreshed by
+    # signalling and removed on BYE/failure; the kernel expires whatever nobody removes.
+    pinhole_setup_timeout: int = 180
+    pinhole_call_timeout: int = 7200
+    # Prometheus endpoint; "" disables it. Loopback by default: metrics reveal call activity.
+    metrics_listen: str = "127.0.0.1:9477"
+    log_level: str = "info"
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _expect_int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _expect_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _validate_value(key: str, value: Any) -> Any:
+    if key in ("wan_interface", "table_name", "metrics_listen", "public_address", "log_level"):
+        text = _expect_str(key, value)
+        if key == "wan_interface" and text and (len(text) > 15 or "/" in text or " " in text):
+            raise ConfigError(key, f"not a valid interface name: {text!r}")
+        if key == "table_name" and not text.replace("_", "").isalnum():
+            raise ConfigError(key, f"must be letters, digits and '_': {text!r}")
+        if key == "public_address" and text:
+            try:
+                ipaddress.IPv4Address(text)
+            except ValueError:
+                raise ConfigError(key, f"not an IPv4 address: {text!r}") from None
+        if key == "metrics_listen" and text:
+            host, sep, port = text.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(key, f"must be HOST:PORT or empty, got {text!r}")
+        if key == "log_level" and text not in _LOG_LEVELS:
+            raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+        return text
+    if key == "queue_num":
+        return _expect_int(key, value, 0, 65535)
+    if key in ("media_port_min", "media_port_max"):
+        return _expect_int(key, value, 1024, 65535)
+    if key in ("pinhole_setup_timeout", "pinhole_call_timeout"):
+        return _expect_int(key, value, 5, 7 * 24 * 3600)
+    if key == "sip_ports":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(key, "must be a non-empty list of port numbers")
+        return tuple(_expect_int(f"{key}[{i}]", v, 1, 65535) for i, v in enumerate(value))
+    raise ConfigError(key, "unknown key")
+
+
+_KEYS = tuple(f.name for f in fields(Config))
+
+
+def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Validate a parsed TOML table and merge it over `base` (defaults when None)."""
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _KEYS:
+            raise ConfigError(key, f"unknown key (known keys: {', '.join(_KEYS)})")
+        changes[key] = _validate_value(key, value)
+    config = replace(base or Config(), **changes)
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config: Config) -> None:
+    if config.media_port_min >= config.media_port_max:
+        raise ConfigError("media_port_min", "must be lower than media_port_max")
+    if config.media_port_max - config.media_port_min < 3:
+        raise ConfigError("media_port_max", "the media port range must hold at least two RTP/RTCP pairs")
+    overlap = [p for p in config.sip_ports if config.media_port_min <= p <= config.media_port_max]
+    if overlap:
+        raise ConfigError("sip_ports", f"{overlap} lie inside the media port range")
+    if config.pinhole_setup_timeout > config.pinhole_call_timeout:
+        raise ConfigError("pinhole_setup_timeout", "must not exceed pinhole_call_timeout")
+
+
+def load(path: str | Path | None, *, wan_interface: str | None = None) -> Config:
+    """Read the TOML file at `path` (None: defaults only); a command-line WAN interface wins over the file."""
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("", f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+        config = from_mapping(data, config)
+    if wan_interface:
+        config = from_mapping({"wan_interface": wan_interface}, config)
+    return config

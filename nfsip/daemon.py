@@ -1,0 +1,205 @@
+"""The daemon: the queue loop that ties the kernel adapters to the sans-I/O engine.
+
+Per queued datagram, one way: bytes -> decode (nfsip.packet) -> flow (who is the LAN host: conntrack)
+-> engine decision -> pinholes to the kernel in one nft transaction -> encode -> verdict -> after the
+verdict, purge conntrack of what was removed. Whatever goes wrong, the datagram is accepted unchanged and
+the reason counted: nfsip never drops SIP and never leaves a packet without a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .engine import Engine, Timeouts
+from .kernel import divert, ruleset
+from .kernel.conntrack import Conntrack
+from .kernel.netinfo import primary_ipv4
+from .kernel.nft import Nft, NftError
+from .metrics import Metrics
+from .model import Decision, Direction, Endpoint, Flow, Pinhole
+from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
+from .ports import PortAllocator
+
+log = logging.getLogger("nfsip")
+
+NF_INET_PRE_ROUTING = 0
+NF_INET_POST_ROUTING = 4
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.nft = Nft(config.table_name)
+        self.public_ip = config.public_address or primary_ipv4(config.wan_interface)
+        self.engine = Engine(
+            self.public_ip,
+            PortAllocator(config.media_port_min, config.media_port_max),
+            Timeouts(config.pinhole_setup_timeout, config.pinhole_call_timeout),
+        )
+        self.conntrack = Conntrack(clock)
+        self.native_queue = False
+        self._stop = False
+        self._queue: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def install(self) -> None:
+        self.native_queue = self.nft.has_native_queue()
+        text = ruleset.render(ruleset.options_from(self.config, self.native_queue))
+        self.nft.install(text)
+        if not self.native_queue:
+            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num)
+        log.info(
+            "table ip %s installed; WAN %s public address %s; queue %d via %s",
+            self.config.table_name, self.config.wan_interface, self.public_ip, self.config.queue_num,
+            "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
+        )
+
+    def uninstall(self) -> None:
+        holes = [h for call in self.engine.calls.calls.values() for h in call.pinholes()]
+        try:
+            self.nft.remove_table()
+        finally:
+            self.conntrack.purge_media(holes)
+
+    def stop(self, *_args: object) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        from netfilterqueue import NetfilterQueue
+
+        if self.config.metrics_listen:
+            self.metrics.serve(self.config.metrics_listen)
+        self.install()
+        queue = NetfilterQueue()
+        # range=65535: copy whole datagrams. netfilterqueue 1.1.0 caps the copy at 4016 bytes; a longer
+        # message arrives truncated and is passed on unchanged (see decode_ipv4_udp).
+        queue.bind(self.config.queue_num, self.on_packet, max_len=4096, range=65535)
+        self._queue = queue
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        selector = selectors.DefaultSelector()
+        selector.register(queue.get_fd(), selectors.EVENT_READ)
+        log.info("ready")
+        try:
+            while not self._stop:
+                if selector.select(timeout=1.0):
+                    queue.run(block=False)
+                self.tick()
+        finally:
+            selector.close()
+            queue.unbind()
+            self.uninstall()
+            log.info("table ip %s removed; stopped", self.config.table_name)
+
+    def tick(self) -> None:
+        """Housekeeping between packets: forget calls whose deadline passed."""
+        expired = self.engine.expire(self.clock())
+        if expired:
+            self.metrics.pinholes_expired.inc(len(expired))
+            self._update_gauges()
+
+    # -- per packet -----------------------------------------------------------------------------------
+    def on_packet(self, pkt: Any) -> None:
+        started = time.perf_counter()
+        remove: tuple[Pinhole, ...] = ()
+        fresh: tuple[Pinhole, ...] = ()
+        try:
+            raw = pkt.get_payload()
+            outcome, new_raw, remove, fresh = self._process(pkt.hook, raw)
+            if new_raw is not None:
+                pkt.set_payload(new_raw)
+        except Exception:  # never leave a packet without a verdict, never crash the loop
+            log.exception("internal error; datagram passed unchanged")
+            outcome = "internal-error"
+        pkt.accept()
+        self.metrics.verdicts.labels(outcome).inc()
+        self.metrics.verdict_seconds.observe(time.perf_counter() - started)
+        self._after_verdict(remove, fresh)
+
+    def _process(
+        self, hook: int, raw: bytes
+    ) -> tuple[str, bytes | None, tuple[Pinhole, ...], tuple[Pinhole, ...]]:
+        try:
+            dgram = decode_ipv4_udp(raw)
+        except PacketError as exc:
+            return exc.reason, None, (), ()
+        flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport)
+        if isinstance(flow, str):
+            return flow, None, (), ()
+        decision = self.engine.handle(flow, dgram.payload, self.clock())
+        self.metrics.sip_messages.labels(flow.direction.value, decision.kind or "invalid").inc()
+        if decision.outcome == "parse-error":
+            self.metrics.parse_errors.labels(decision.detail).inc()
+        for event in decision.events:
+            log.info("%s", event)
+        if decision.detail and decision.outcome != "parse-error":
+            log.debug("%s %s: %s", flow.direction.value, decision.kind, decision.detail)
+        if not self._apply(decision):
+            return "nft-error", None, decision.remove, ()
+        new_raw = None
+        if decision.payload is not None:
+            new_raw = encode_ipv4_udp(raw, decision.payload)
+        return decision.outcome, new_raw, decision.remove, decision.opened
+
+    def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int) -> Flow | str:
+        if hook == NF_INET_POST_ROUTING:
+            public = Endpoint(src, sport)
+            remote = Endpoint(dst, dport)
+            lan = self.conntrack.original_source(reply_src=remote, reply_dst=public)
+            if lan is None:
+                return "no-conntrack"
+            if lan.ip == self.public_ip:
+                return "not-from-lan"  # the router's own SIP traffic
+            return Flow(Direction.OUTBOUND, lan, Endpoint(self.public_ip, sport), remote)
+        if hook == NF_INET_PRE_ROUTING:
+            if dst == self.public_ip:
+                return "not-for-lan"
+            return Flow(Direction.INBOUND, Endpoint(dst, dport), Endpoint(self.public_ip, 0), Endpoint(src, sport))
+        return "unexpected-hook"
+
+    def _apply(self, decision: Decision) -> bool:
+        """Put the decision's pinhole changes into the kernel before the verdict. False: install failed."""
+        if not decision.install and not decision.remove:
+            return True
+        started = time.perf_counter()
+        try:
+            self.nft.apply(decision.install, decision.remove)
+            ok = True
+        except NftError as exc:
+            self.metrics.nft_errors.inc()
+            log.warning("nft transaction failed (%s); retrying element by element", exc)
+            errors = self.nft.apply_each(decision.install, decision.remove)
+            for error in errors:
+                log.warning("nft: %s", error)
+            ok = not any(e.startswith("install") for e in errors)
+        self.metrics.nft_seconds.observe(time.perf_counter() - started)
+        if decision.remove:
+            self.metrics.pinholes_closed.inc(len(decision.remove))
+        if decision.opened:
+            self.metrics.pinholes_opened.inc(len(decision.opened))
+        self._update_gauges()
+        return ok
+
+    def _after_verdict(self, remove: tuple[Pinhole, ...], fresh: tuple[Pinhole, ...]) -> None:
+        try:
+            if remove:
+                self.metrics.conntrack_purged.inc(self.conntrack.purge_media(remove))
+            if fresh:
+                # Media the phone sent before its map entry existed was masqueraded to some other port and
+                # that binding would stick to the flow: drop such entries so the next packet uses the map.
+                self.metrics.conntrack_purged.inc(self.conntrack.purge_media(fresh, keep_public=True))
+        except Exception:
+            log.exception("conntrack purge failed")
+
+    def _update_gauges(self) -> None:
+        calls = self.engine.calls.calls.values()
+        self.metrics.calls_active.set(len(calls))
+        self.metrics.pinholes_active.set(sum(len(c.pinholes()) for c in calls))

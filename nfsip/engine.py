@@ -1,0 +1,310 @@
+"""The decision core: one SIP datagram in, a Decision out. Pure; the clock is an argument.
+
+Flow of one message: parse (nfsip.sip) -> address rewrites for the direction -> media pinholes for an SDP
+from the LAN host -> call state transitions (confirm, tear down) -> apply the edits (Content-Length fixed).
+
+What is rewritten, and why:
+- OUTBOUND (LAN -> WAN), only where the text names the sending LAN host itself:
+  * top Via sent-by -> public ip:port of this SIP flow (RFC 3261 §18.2.1 servers answer to sent-by unless
+    rport is used; many softswitches do not use rport),
+  * Contact hosts -> public ip:port, so in-dialog requests and calls to a registration reach the router,
+  * SDP o=/c= addresses -> public ip, m= ports and a=rtcp (RFC 3605) -> the allocated public ports.
+  Text naming any other address (another LAN host, a public address the phone learned by STUN) is left
+  alone and opens nothing: a pinhole only ever targets the host that sent the SDP.
+- INBOUND (WAN -> LAN): what we rewrote must look like the phone's own text again:
+  * top Via of a response: our public sent-by goes back to the phone's original text (RFC 3261 §18.1.2:
+    a client drops responses whose top Via is not its own), received=/rport= back to the LAN values,
+  * Request-URI naming our public address -> the phone's address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .calls import Call, CallTable, stream_pinholes
+from .model import Decision, Direction, Endpoint, Flow, Pinhole
+from .ports import PortAllocator, PortsExhausted
+from .sip.edit import Edit, apply_edits
+from .sip.errors import SipParseError
+from .sip.message import HostPort, SipMessage, parse_message
+from .sip.sdp import Sdp, SdpMedia
+
+# Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
+# (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
+_UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
+
+# Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
+_TRANSACTION_SECONDS = 64.0
+_TRANSACTION_LIMIT = 20000
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    setup: int = 180
+    call: int = 7200
+
+
+def _is_udp_media(media: SdpMedia) -> bool:
+    return media.proto.lower().startswith(_UDP_PROTO_PREFIXES)
+
+
+def _hostport_bytes(ep: Endpoint) -> bytes:
+    return f"{ep.ip}:{ep.port}".encode()
+
+
+def _message_kind(msg: SipMessage) -> str:
+    if msg.is_request:
+        return msg.method or "?"
+    return f"{(msg.status or 0) // 100}xx"
+
+
+def _is_private(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    # 0.0.0.0 is the RFC 3264 §8.4 hold address, not a host.
+    return ip.is_private and not ip.is_unspecified
+
+
+class Engine:
+    def __init__(self, public_ip: str, ports: PortAllocator, timeouts: Timeouts | None = None) -> None:
+        self.public_ip = public_ip
+        self.calls = CallTable(ports)
+        self.timeouts = timeouts or Timeouts()
+        # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
+        self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+
+    # -- entry point ---------------------------------------------------------------------------------
+    def handle(self, flow: Flow, payload: bytes, now: float) -> Decision:
+        try:
+            msg = parse_message(payload)
+        except SipParseError as exc:
+            return Decision(None, "parse-error", detail=exc.reason)
+        if flow.direction is Direction.OUTBOUND:
+            return self._outbound(flow, msg, now)
+        return self._inbound(flow, msg, now)
+
+    # -- LAN -> WAN ----------------------------------------------------------------------------------
+    def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
+        edits: list[Edit] = []
+        lan_ip = flow.lan.ip
+        public_sip = Endpoint(self.public_ip, flow.public.port)
+        if msg.is_request and msg.vias:
+            via = msg.vias[0]
+            if via.sent_by.host == lan_ip:
+                edits.append(Edit(via.sent_by.span, _hostport_bytes(public_sip)))
+                if via.branch:
+                    self._remember_via(via.branch, lan_ip, via.sent_by.span.slice(msg.raw), now)
+        for contact in msg.contacts:
+            hp = contact.uri.hostport
+            if hp is not None and hp.host == lan_ip:
+                edits.append(Edit(hp.span, _hostport_bytes(public_sip)))
+
+        install: list[Pinhole] = []
+        opened: list[Pinhole] = []
+        remove: list[Pinhole] = []
+        events: list[str] = []
+        detail = ""
+        if msg.sdp is not None:
+            sdp_edits, install, opened, remove, detail = self._outbound_sdp(flow, msg, msg.sdp, now)
+            edits.extend(sdp_edits)
+
+        more_remove, more_events = self._transitions(msg, lan_ip, flow.direction, now)
+        remove.extend(more_remove)
+        events.extend(more_events)
+        if install:
+            # The transitions may have confirmed the call (a phone's 200 OK answering an inbound call) or
+            # ended it: install what is left, with the timeout of the state the call is in now.
+            call = self.calls.get(msg.call_id, lan_ip)
+            install = call.pinholes(self._timeout_for(call)) if call is not None else []
+            if call is None:
+                opened = []
+        return self._finish(msg, edits, install, opened, remove, events, detail)
+
+    def _outbound_sdp(
+        self, flow: Flow, msg: SipMessage, sdp: Sdp, now: float
+    ) -> tuple[list[Edit], list[Pinhole], list[Pinhole], list[Pinhole], str]:
+        lan_ip = flow.lan.ip
+        edits: list[Edit] = []
+        removed: list[Pinhole] = []
+        opened: list[Pinhole] = []
+        foreign = ""
+        wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
+        for index, media in enumerate(sdp.media):
+            conn = sdp.media_connection(media)
+            if media.port == 0 or conn is None or not _is_udp_media(media):
+                continue
+            if conn.address != lan_ip:
+                if _is_private(conn.address):
+                    # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
+                    foreign = f"sdp names {conn.address}, sender is {lan_ip}"
+                continue
+            lan_ports, labels = _stream_ports(index, media)
+            wanted.append((index, media, lan_ports, labels))
+        if not wanted:
+            return edits, [], [], removed, foreign
+        call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+        try:
+            bindings = []
+            for index, media, lan_ports, labels in wanted:
+                binding, replaced, is_new = self.calls.bind_stream(call, index, lan_ports, labels, now)
+                removed.extend(replaced)
+                bindings.append((media, binding))
+                if is_new:
+                    opened.extend(stream_pinholes(call, binding, self.timeouts.setup))
+        except PortsExhausted:
+            if not call.streams:
+                self.calls.end(call, now)
+            return [], [], [], removed, "media ports exhausted"
+        for media, binding in bindings:
+            edits.append(Edit(media.port_span, str(binding.public_ports[0]).encode()))
+            if media.rtcp is not None and not media.rtcp_mux:
+                rtcp_public = binding.public_ports[binding.lan_ports.index(media.rtcp.port)]
+                edits.append(Edit(media.rtcp.port_span, str(rtcp_public).encode()))
+            if media.rtcp is not None and media.rtcp.address is not None:
+                if media.rtcp.address.address == lan_ip:
+                    edits.append(Edit(media.rtcp.address.address_span, self.public_ip.encode()))
+            if media.connection is not None and media.connection.address == lan_ip:
+                edits.append(Edit(media.connection.address_span, self.public_ip.encode()))
+        if sdp.connection is not None and sdp.connection.address == lan_ip:
+            edits.append(Edit(sdp.connection.address_span, self.public_ip.encode()))
+        if sdp.origin is not None and sdp.origin.address == lan_ip:
+            edits.append(Edit(sdp.origin.address_span, self.public_ip.encode()))
+        if call.expires_at == 0.0 or not call.confirmed:
+            call.expires_at = now + self.timeouts.setup
+        return edits, call.pinholes(self._timeout_for(call)), opened, removed, foreign
+
+    # -- WAN -> LAN ----------------------------------------------------------------------------------
+    def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
+        edits: list[Edit] = []
+        lan_sip = flow.lan
+        if not msg.is_request and msg.vias:
+            via = msg.vias[0]
+            if via.sent_by.host == self.public_ip:
+                original = self._recall_via(via.branch, lan_sip.ip)
+                edits.append(Edit(via.sent_by.span, original or _hostport_bytes(lan_sip)))
+                received = via.param("received")
+                if received is not None and received.value_span is not None:
+                    if received.value == self.public_ip:
+                        edits.append(Edit(received.value_span, lan_sip.ip.encode()))
+                rport = via.param("rport")
+                if rport is not None and rport.value_span is not None:
+                    edits.append(Edit(rport.value_span, str(lan_sip.port).encode()))
+        if msg.is_request and msg.request_uri is not None:
+            hp: HostPort | None = msg.request_uri.hostport
+            if hp is not None and hp.host == self.public_ip:
+                edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
+        remove, events = self._transitions(msg, lan_sip.ip, flow.direction, now)
+        return self._finish(msg, edits, [], [], remove, events, "")
+
+    # -- call state ----------------------------------------------------------------------------------
+    def _transitions(
+        self, msg: SipMessage, lan_ip: str, direction: Direction, now: float
+    ) -> tuple[list[Pinhole], list[str]]:
+        call = self.calls.get(msg.call_id, lan_ip)
+        if call is None:
+            return [], []
+        if msg.is_request:
+            if msg.method == "BYE":
+                return self._end(call, now, f"BYE ({direction.value})")
+            return [], []
+        status = msg.status or 0
+        if msg.cseq_method == "INVITE":
+            if 200 <= status < 300 and not call.confirmed:
+                call.confirmed = True
+                call.expires_at = now + self.timeouts.call
+                return [], [f"call {call.call_id} established"]
+            if status >= 300 and not call.confirmed:
+                return self._end(call, now, f"INVITE failed with {status}")
+        elif msg.cseq_method == "BYE":
+            return self._end(call, now, f"{status} to BYE")
+        return [], []
+
+    def _end(self, call: Call, now: float, why: str) -> tuple[list[Pinhole], list[str]]:
+        duration = now - call.created
+        removed = self.calls.end(call, now)
+        ports = ",".join(str(p.public.port) for p in removed)
+        return removed, [f"call {call.call_id} ended: {why}; {duration:.1f}s; ports {ports or '-'}"]
+
+    def _timeout_for(self, call: Call) -> int:
+        return self.timeouts.call if call.confirmed else self.timeouts.setup
+
+    def expire(self, now: float) -> list[Pinhole]:
+        """Drop state whose deadline passed. The kernel expires the matching elements by itself."""
+        removed: list[Pinhole] = []
+        for _call, holes in self.calls.expire(now):
+            removed.extend(holes)
+        while self._vias:
+            key, (_text, deadline) = next(iter(self._vias.items()))
+            if deadline > now:
+                break
+            del self._vias[key]
+        return removed
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _remember_via(self, branch: str, lan_ip: str, sent_by: bytes, now: float) -> None:
+        key = (branch, lan_ip)
+        self._vias.pop(key, None)
+        self._vias[key] = (sent_by, now + _TRANSACTION_SECONDS)
+        if len(self._vias) > _TRANSACTION_LIMIT:
+            self._vias.popitem(last=False)
+
+    def _recall_via(self, branch: str | None, lan_ip: str) -> bytes | None:
+        if branch is None:
+            return None
+        entry = self._vias.get((branch, lan_ip))
+        return entry[0] if entry else None
+
+    def _finish(
+        self,
+        msg: SipMessage,
+        edits: list[Edit],
+        install: list[Pinhole],
+        opened: list[Pinhole],
+        remove: list[Pinhole],
+        events: list[str],
+        detail: str,
+    ) -> Decision:
+        kind = _message_kind(msg)
+        payload = None
+        if edits:
+            new = apply_edits(msg, edits)
+            if new != msg.raw or msg.trailing:
+                payload = new
+        return Decision(
+            payload,
+            "rewritten" if payload is not None else "unchanged",
+            kind=kind,
+            detail=detail,
+            install=tuple(install),
+            opened=tuple(opened),
+            remove=tuple(remove),
+            events=tuple(events),
+        )
+
+
+def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """LAN ports a stream receives on, with labels: RTP ports, then RTCP (RFC 3550: port+1; RFC 3605
+    a=rtcp names it explicitly; RFC 5761 rtcp-mux puts it on the RTP port). `m=video 49170/2` means two RTP
+    ports 49170 and 49172, with RTCP on 49171 and 49173 (RFC 8866 §5.14)."""
+    count = max(media.port_count, 1)
+    ports: list[int] = []
+    labels: list[str] = []
+    for i in range(count):
+        rtp = media.port + 2 * i
+        ports.append(rtp)
+        labels.append(f"m{index}.rtp" if count == 1 else f"m{index}.rtp{i}")
+        if media.rtcp_mux:
+            continue
+        if i == 0 and media.rtcp is not None:
+            rtcp = media.rtcp.port
+        else:
+            rtcp = rtp + 1
+        if rtcp not in ports:
+            ports.append(rtcp)
+            labels.append(f"m{index}.rtcp" if count == 1 else f"m{index}.rtcp{i}")
+    order = sorted(range(len(ports)), key=ports.__getitem__)
+    return tuple(ports[i] for i in order), tuple(labels[i] for i in order)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the daemon (prometheus-client), in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sip_messages = Counter(
+            "nfsip_sip_messages", "SIP messages seen, by direction and method or status class",
+            ["direction", "kind"], registry=r,
+        )
+        self.verdicts = Counter(
+            "nfsip_verdicts",
+            "Queued datagrams by outcome (rewritten, unchanged, or the reason they passed untouched)",
+            ["outcome"], registry=r,
+        )
+        self.parse_errors = Counter(
+            "nfsip_parse_errors", "Datagrams that were not a SIP message nfsip could parse, by reason",
+            ["reason"], registry=r,
+        )
+        self.pinholes_opened = Counter("nfsip_pinholes_opened", "Media pinholes opened", registry=r)
+        self.pinholes_closed = Counter("nfsip_pinholes_closed", "Media pinholes closed by signalling", registry=r)
+        self.pinholes_expired = Counter(
+            "nfsip_pinholes_expired", "Media pinholes dropped when their call state timed out", registry=r
+        )
+        self.pinholes_active = Gauge("nfsip_pinholes_active", "Media pinholes nfsip holds now", registry=r)
+        self.calls_active = Gauge("nfsip_calls_active", "Calls with media pinholes now", registry=r)
+        self.nft_errors = Counter("nfsip_nft_errors", "Failed nft transactions", registry=r)
+        self.conntrack_purged = Counter(
+            "nfsip_conntrack_purged", "Conntrack entries of media flows deleted", registry=r
+        )
+        self.verdict_seconds = Histogram(
+            "nfsip_verdict_seconds", "Time from reading a queued datagram to its verdict",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.nft_seconds = Histogram(
+            "nfsip_nft_transaction_seconds", "Time of one nft pinhole transaction",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)

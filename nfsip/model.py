@@ -1,0 +1,70 @@
+"""The vocabulary shared by the sans-I/O core and the kernel adapters.
+
+The adapters describe a queued datagram as a `Flow` (who is the LAN host, which public address/port the
+router shows for it); the engine answers with a `Decision` (new payload or none, pinholes to install or
+refresh, pinholes to remove). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Direction(enum.Enum):
+    OUTBOUND = "out"  # LAN -> WAN
+    INBOUND = "in"  # WAN -> LAN
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What the adapter knows about one queued SIP datagram.
+
+    OUTBOUND: `lan` is the phone's real source (the conntrack original tuple) and `public` the translated
+    source the server will see. INBOUND: `lan` is the translated destination (the phone) and `public` the
+    address the server sent to (its port may be unknown: 0).
+    """
+
+    direction: Direction
+    lan: Endpoint
+    public: Endpoint
+    remote: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Pinhole:
+    """One public UDP port forwarded to one LAN ip:port, both ways (a DNAT and an SNAT map entry)."""
+
+    public: Endpoint
+    lan: Endpoint
+    call_id: str
+    label: str  # which stream of the call, without spaces: "m0.rtp", "m1.rtcp"
+    timeout: int = 0  # seconds; 0 for removals
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one datagram.
+
+    `payload` is the rewritten SIP message, or None to accept the datagram byte for byte unchanged.
+    `install` must be live in the kernel BEFORE the datagram is reinjected (the far end may start sending
+    media the instant it reads the SDP); `remove` may be applied after the verdict.
+    """
+
+    payload: bytes | None
+    outcome: str  # "rewritten", "unchanged", "parse-error", ... (a metrics label)
+    kind: str = ""  # method or status class of the message, e.g. "INVITE", "2xx"
+    detail: str = ""
+    install: tuple[Pinhole, ...] = ()  # every pinhole of the call, new or refreshed
+    opened: tuple[Pinhole, ...] = ()  # the part of `install` that did not exist before
+    remove: tuple[Pinhole, ...] = ()
+    events: tuple[str, ...] = field(default=())  # human-readable call events for the log

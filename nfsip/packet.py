@@ -1,0 +1,106 @@
+"""IPv4/UDP datagrams as the queue hands them over: decode, and re-encode after the payload changed.
+
+Sans-I/O: bytes in, bytes out. The kernel's `set_payload()` copies our bytes into the skb and fixes
+*nothing* (see ../shared/LAB.md, "Rewriting a queued packet"): after a length change the IP total length,
+the IP header checksum, the UDP length and the UDP checksum must all be recomputed here, or receivers drop
+the datagram (UdpInCsumErrors, IpExtInTruncatedPkts).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+IPPROTO_UDP = 17
+
+
+class PacketError(ValueError):
+    """The bytes are not a whole, unfragmented IPv4/UDP datagram nfsip can rewrite."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class UdpDatagram:
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    header_len: int  # IP header length (with options) + 8 bytes of UDP header
+    payload: bytes
+
+
+def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
+    """Split a queued IPv4 packet into addresses, ports and UDP payload.
+
+    Raises PacketError when the packet is not IPv4/UDP, is a fragment, or is shorter than its own
+    total length says (the queue copies at most a bounded prefix of large packets: such a copy must never be
+    rewritten, or the packet on the wire would be truncated).
+    """
+    if len(packet) < 28:
+        raise PacketError("short-packet")
+    version_ihl = packet[0]
+    if version_ihl >> 4 != 4:
+        raise PacketError("not-ipv4")
+    ihl = (version_ihl & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl + 8:
+        raise PacketError("bad-ip-header")
+    if packet[9] != IPPROTO_UDP:
+        raise PacketError("not-udp")
+    total_len = (packet[2] << 8) | packet[3]
+    if total_len > len(packet):
+        raise PacketError("truncated-copy")
+    flags_frag = (packet[6] << 8) | packet[7]
+    if flags_frag & 0x3FFF:  # MF set or fragment offset != 0
+        raise PacketError("fragment")
+    udp_len = (packet[ihl + 4] << 8) | packet[ihl + 5]
+    if udp_len < 8 or ihl + udp_len > total_len:
+        raise PacketError("bad-udp-length")
+    sport, dport = struct.unpack_from("!HH", packet, ihl)
+    return UdpDatagram(
+        src=socket.inet_ntoa(packet[12:16]),
+        sport=sport,
+        dst=socket.inet_ntoa(packet[16:20]),
+        dport=dport,
+        header_len=ihl + 8,
+        payload=packet[ihl + 8 : ihl + udp_len],
+    )
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum, folded and complemented."""
+    if len(data) % 2:
+        data += b"\0"
+    # One struct.unpack over the whole buffer and a C-level sum() is far faster in CPython than a per-word
+    # loop; the carries are folded afterwards.
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def encode_ipv4_udp(original: bytes, payload: bytes) -> bytes:
+    """Return `original` with its UDP payload replaced, lengths and both checksums recomputed.
+
+    IP options and every other header field are kept. Anything after the IP total length in `original`
+    (there is nothing in a queued packet) is dropped.
+    """
+    ihl = (original[0] & 0x0F) * 4
+    udp_len = 8 + len(payload)
+    total_len = ihl + udp_len
+    if total_len > 0xFFFF:
+        raise PacketError("too-large")
+    ip_header = bytearray(original[:ihl])
+    struct.pack_into("!H", ip_header, 2, total_len)
+    struct.pack_into("!H", ip_header, 10, 0)
+    struct.pack_into("!H", ip_header, 10, internet_checksum(bytes(ip_header)))
+    sport_dport = original[ihl : ihl + 4]
+    udp_header = sport_dport + struct.pack("!HH", udp_len, 0)
+    pseudo = ip_header[12:20] + struct.pack("!BBH", 0, IPPROTO_UDP, udp_len)
+    checksum = internet_checksum(bytes(pseudo) + udp_header + payload)
+    # RFC 768: a computed checksum of zero is transmitted as all ones (zero means "no checksum").
+    udp_header = sport_dport + struct.pack("!HH", udp_len, checksum or 0xFFFF)
+    return bytes(ip_header) + udp_header + payload

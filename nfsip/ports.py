@@ -1,0 +1,85 @@
+"""Public media port allocation (pure: the clock is passed in).
+
+RTP wants an even port and RTCP the next odd one (RFC 3550 §11), so ports are handed out in blocks that
+start even. A port whose block was just released is quarantined: a flow on it may still have a conntrack
+entry (the kernel keeps the NAT binding in the conntrack entry, not in our map: LAB.md "Behaviour verified"),
+and a new call on that port would inherit the old binding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class PortsExhausted(RuntimeError):
+    pass
+
+
+@dataclass
+class PortAllocator:
+    low: int
+    high: int
+    quarantine_seconds: float = 30.0
+    _in_use: set[int] = field(default_factory=set)
+    _quarantine: dict[int, float] = field(default_factory=dict)
+    _cursor: int = -1
+
+    def __post_init__(self) -> None:
+        if self._cursor < 0:
+            self._cursor = self.low + (self.low & 1)
+
+    def in_use(self, port: int) -> bool:
+        return port in self._in_use
+
+    def _free(self, port: int, now: float) -> bool:
+        if port in self._in_use:
+            return False
+        until = self._quarantine.get(port)
+        if until is None:
+            return True
+        if until <= now:
+            del self._quarantine[port]
+            return True
+        return False
+
+    def _block_free(self, first: int, count: int, now: float) -> bool:
+        return all(self._free(p, now) for p in range(first, first + count))
+
+    def allocate(self, count: int, now: float, preferred: int | None = None) -> int:
+        """Reserve `count` consecutive ports and return the first.
+
+        `preferred` (the phone's own port) is taken when its whole block is free and it lies in a legal
+        range; otherwise the next free even-aligned block of the configured range, round robin, so a
+        released block is not handed out again sooner than necessary.
+        """
+        if preferred is not None and 1024 <= preferred and preferred + count - 1 <= 65535:
+            if self._block_free(preferred, count, now):
+                self._in_use.update(range(preferred, preferred + count))
+                return preferred
+        span = self.high - self.low + 1
+        first_even = self.low + (self.low & 1)
+        candidate = self._cursor
+        for _ in range(span // 2 + 1):
+            if candidate + count - 1 > self.high:
+                candidate = first_even
+            if self._block_free(candidate, count, now):
+                self._in_use.update(range(candidate, candidate + count))
+                self._cursor = candidate + count + ((candidate + count) & 1)
+                return candidate
+            candidate += 2
+        raise PortsExhausted(f"no {count} free consecutive ports in {self.low}-{self.high}")
+
+    def claim(self, port: int) -> None:
+        """Mark a port as taken without allocating (state rebuilt from the kernel)."""
+        self._in_use.add(port)
+        self._quarantine.pop(port, None)
+
+    def release(self, first: int, count: int, now: float) -> None:
+        for port in range(first, first + count):
+            if port in self._in_use:
+                self._in_use.discard(port)
+                self._quarantine[port] = now + self.quarantine_seconds
+
+    @property
+    def used(self) -> int:
+        return len(self._in_use)

@@ -1,0 +1,274 @@
+"""The decision core on real messages: what is rewritten, what is not, and which pinholes follow."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from nfsip.engine import Engine, Timeouts
+from nfsip.model import Direction, Endpoint, Flow
+from nfsip.ports import PortAllocator
+from nfsip.sip.message import SipMessage, parse_message
+
+from .corpus import CORPUS, corpus_dir, pcap_udp_sip, vendor_messages
+
+PUBLIC = "203.0.113.7"
+SERVER = Endpoint("198.51.100.2", 5060)
+
+
+def engine() -> Engine:
+    return Engine(PUBLIC, PortAllocator(40000, 49999), Timeouts(setup=180, call=7200))
+
+
+def private(address: str) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_unspecified
+
+
+def lan_host_of(msg: SipMessage) -> str | None:
+    """The LAN host that sent a message: its SDP connection address, when private."""
+    if msg.sdp is None:
+        return None
+    for media in msg.sdp.media:
+        conn = msg.sdp.media_connection(media)
+        if conn is not None and private(conn.address):
+            return conn.address
+    return None
+
+
+def outbound(lan_ip: str, sip_port: int = 5060, public_port: int = 5060) -> Flow:
+    return Flow(Direction.OUTBOUND, Endpoint(lan_ip, sip_port), Endpoint(PUBLIC, public_port), SERVER)
+
+
+def inbound(lan_ip: str, sip_port: int = 5060) -> Flow:
+    return Flow(Direction.INBOUND, Endpoint(lan_ip, sip_port), Endpoint(PUBLIC, 0), SERVER)
+
+
+def sdp_lines(msg: SipMessage) -> list[bytes]:
+    return msg.body().split(b"\n")
+
+
+def check_rewrite(original: bytes, lan_ip: str) -> None:
+    """Rewrite `original` as if `lan_ip` sent it, and check that exactly the intended parts changed."""
+    eng = engine()
+    before = parse_message(original)
+    decision = eng.handle(outbound(lan_ip), original, 0.0)
+    assert decision.outcome == "rewritten", decision
+    after = parse_message(decision.payload)
+    # Still a valid message with the same identity.
+    assert (after.method, after.status, after.call_id, after.cseq) == (
+        before.method, before.status, before.call_id, before.cseq,
+    )
+    assert after.content_length is None or after.content_length == len(after.body())
+    # Headers: same names in the same order; values differ only in Via / Contact / Content-Length.
+    assert [h.name for h in after.headers] == [h.name for h in before.headers]
+    for h_before, h_after in zip(before.headers, after.headers, strict=True):
+        if h_before.name not in ("via", "contact", "content-length"):
+            assert h_before.value == h_after.value, h_before.name
+    if before.is_request and before.vias[0].sent_by.host == lan_ip:
+        assert after.vias[0].sent_by.host == PUBLIC
+    assert [v.params for v in after.vias[1:]] == [v.params for v in before.vias[1:]]
+    for c_before, c_after in zip(before.contacts, after.contacts, strict=True):
+        host = c_before.uri.hostport.host if c_before.uri.hostport else None
+        expected = PUBLIC if host == lan_ip else host
+        assert (c_after.uri.hostport.host if c_after.uri.hostport else None) == expected
+    # SDP: every m= stream from the LAN host now names a public port with a pinhole to its LAN port.
+    holes = {(h.public.port, h.lan.port) for h in decision.install}
+    assert holes, "an SDP from the LAN host must open pinholes"
+    assert all(h.lan.ip == lan_ip and h.public.ip == PUBLIC for h in decision.install)
+    for m_before, m_after in zip(before.sdp.media, after.sdp.media, strict=True):
+        assert m_after.formats == m_before.formats and m_after.proto == m_before.proto
+        conn = before.sdp.media_connection(m_before)
+        if m_before.port and conn is not None and conn.address == lan_ip:
+            assert (m_after.port, m_before.port) in holes
+            assert after.sdp.media_connection(m_after).address == PUBLIC
+        else:
+            assert m_after.port == m_before.port
+    assert lan_ip.encode() not in b"".join(
+        line for line in sdp_lines(after) if line.startswith((b"c=", b"o=", b"m="))
+    )
+    # Lines other than o= c= m= a=rtcp: are byte-identical.
+    kept = (b"c=", b"o=", b"m=", b"a=rtcp:")
+    assert [x for x in sdp_lines(after) if not x.startswith(kept)] == [
+        x for x in sdp_lines(before) if not x.startswith(kept)
+    ]
+
+
+VENDOR_SDP = [p for p in vendor_messages() if "-sdp" in p.name]
+
+
+@pytest.mark.parametrize("path", VENDOR_SDP, ids=lambda p: p.name)
+def test_vendor_messages_with_sdp(path: Path):
+    raw = path.read_bytes()
+    msg = parse_message(raw)
+    lan_ip = lan_host_of(msg)
+    if lan_ip is None:
+        pytest.skip("SDP names no private address: nothing to rewrite")
+    check_rewrite(raw, lan_ip)
+
+
+def test_vendor_corpus_present():
+    corpus_dir("vendors")
+    assert len(VENDOR_SDP) >= 20
+
+
+def _pcap_sdp_messages() -> list[tuple[str, bytes]]:
+    found = []
+    if not (CORPUS / "pcap").is_dir():
+        return found
+    for path in sorted((CORPUS / "pcap").glob("*.pcap*")):
+        for _packet, payload in pcap_udp_sip(path):
+            try:
+                msg = parse_message(payload)
+            except Exception:
+                continue
+            if msg.sdp is not None and lan_host_of(msg) and (msg.method == "INVITE" or msg.status == 200):
+                found.append((f"{path.name}#{len(found)}", payload))
+    return found
+
+
+PCAP_SDP = _pcap_sdp_messages()
+
+
+@pytest.mark.parametrize("payload", [p for _n, p in PCAP_SDP], ids=[n for n, _p in PCAP_SDP])
+def test_pcap_invites_and_200s(payload: bytes):
+    check_rewrite(payload, lan_host_of(parse_message(payload)))
+
+
+def test_pcap_corpus_has_private_sdp_messages():
+    corpus_dir("pcap")
+    assert len(PCAP_SDP) >= 10
+
+
+INVITE = (
+    "INVITE sip:bob@198.51.100.2 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{branch};rport\r\n"
+    "From: <sip:alice@example.org>;tag=1\r\n"
+    "To: <sip:bob@example.org>\r\n"
+    "Call-ID: {callid}\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:alice@{ip}:5060>\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n\r\n{sdp}"
+)
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {conn}\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 8\r\n"
+)
+
+
+def invite(ip="10.0.0.2", port=6000, callid="c1", conn=None, branch="1") -> bytes:
+    sdp = SDP.format(ip=ip, conn=conn or ip, port=port)
+    return INVITE.format(ip=ip, callid=callid, branch=branch, length=len(sdp), sdp=sdp).encode()
+
+
+def response(status: int, callid="c1", method="INVITE", via_host=PUBLIC, branch="1", extra="") -> bytes:
+    reason = {100: "Trying", 200: "OK", 486: "Busy Here", 487: "Request Terminated"}[status]
+    return (
+        f"SIP/2.0 {status} {reason}\r\n"
+        f"Via: SIP/2.0/UDP {via_host}:5060;branch=z9hG4bK{branch};received={PUBLIC};rport=5060\r\n"
+        f"From: <sip:alice@example.org>;tag=1\r\nTo: <sip:bob@example.org>;tag=2\r\n"
+        f"Call-ID: {callid}\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def bye(callid="c1", host=PUBLIC) -> bytes:
+    return (
+        f"BYE sip:alice@{host}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.2:5060;branch=z9hG4bKb\r\n"
+        f"From: <sip:bob@example.org>;tag=2\r\nTo: <sip:alice@example.org>;tag=1\r\n"
+        f"Call-ID: {callid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_keeps_the_phone_port_when_free_and_allocates_otherwise():
+    eng = engine()
+    d1 = eng.handle(outbound("10.0.0.2"), invite("10.0.0.2", callid="a"), 0.0)
+    d2 = eng.handle(outbound("10.0.0.3", public_port=1024), invite("10.0.0.3", callid="b"), 0.0)
+    assert {(h.public.port, h.lan.port) for h in d1.install} == {(6000, 6000), (6001, 6001)}
+    ports2 = sorted(h.public.port for h in d2.install)
+    assert ports2[0] % 2 == 0 and ports2[1] == ports2[0] + 1 and 40000 <= ports2[0] <= 49999
+    assert b"m=audio %d RTP/AVP" % ports2[0] in d2.payload
+    assert b"Via: SIP/2.0/UDP 203.0.113.7:1024;" in d2.payload
+    assert b"Contact: <sip:alice@203.0.113.7:1024>" in d2.payload
+
+
+def test_failed_attempt_tears_down_and_2xx_confirms():
+    eng = engine()
+    d = eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    assert all(h.timeout == 180 for h in d.install)
+    fail = eng.handle(inbound("10.0.0.2"), response(486), 1.0)
+    assert {h.public for h in fail.remove} == {h.public for h in d.install}
+    assert len(eng.calls) == 0
+
+    d = eng.handle(outbound("10.0.0.2"), invite(callid="c2"), 2.0)
+    ok = eng.handle(inbound("10.0.0.2"), response(200, callid="c2"), 3.0)
+    assert ok.remove == () and eng.calls.get("c2", "10.0.0.2").confirmed
+    reinvite = eng.handle(outbound("10.0.0.2"), invite(callid="c2", branch="2"), 4.0)
+    assert all(h.timeout == 7200 for h in reinvite.install) and reinvite.opened == ()
+    gone = eng.handle(inbound("10.0.0.2"), bye("c2"), 5.0)
+    assert {h.public for h in gone.remove} == {h.public for h in d.install}
+    assert gone.events and "ended" in gone.events[0]
+
+
+def test_changed_media_port_replaces_the_pinhole_in_one_decision():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2"), invite(port=6000), 0.0)
+    d = eng.handle(outbound("10.0.0.2"), invite(port=7000, branch="2"), 1.0)
+    assert {h.lan.port for h in d.remove} == {6000, 6001}
+    assert {h.lan.port for h in d.install} == {7000, 7001}
+
+
+def test_inbound_response_gets_the_phones_own_via_back():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2", public_port=1024), invite(), 0.0)
+    d = eng.handle(inbound("10.0.0.2"), response(100), 0.5)
+    via = parse_message(d.payload).vias[0]
+    assert (via.sent_by.host, via.sent_by.port) == ("10.0.0.2", 5060)
+    assert via.received == "10.0.0.2" and via.rport.value == "5060"
+
+
+def test_inbound_request_uri_goes_back_to_the_phone():
+    eng = engine()
+    d = eng.handle(inbound("10.0.0.2", 5062), bye("nocall"), 0.0)
+    assert parse_message(d.payload).request_uri.hostport.span is not None
+    assert d.payload.startswith(b"BYE sip:alice@10.0.0.2:5062 SIP/2.0\r\n")
+
+
+def test_sdp_naming_another_lan_host_opens_nothing():
+    eng = engine()
+    d = eng.handle(outbound("10.0.0.2"), invite("10.0.0.2", conn="10.0.0.9"), 0.0)
+    assert d.install == () and "10.0.0.9" in d.detail
+    assert b"c=IN IP4 10.0.0.9" in d.payload  # untouched
+
+
+def test_unparseable_datagram_passes_unchanged():
+    d = engine().handle(outbound("10.0.0.2"), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert d.payload is None and d.outcome == "parse-error" and d.detail
+
+
+def test_rfc4475_invalid_messages_pass_unchanged():
+    folder = corpus_dir("rfc4475")
+    invalid = [
+        line.split("\t")[0]
+        for line in (folder / "index.tsv").read_text().splitlines()[1:]
+        if line.split("\t")[1] == "invalid"
+    ]
+    rejected = 0
+    for name in invalid:
+        d = engine().handle(outbound("10.0.0.2"), (folder / name).read_bytes(), 0.0)
+        if d.outcome == "parse-error":
+            rejected += 1
+            assert d.payload is None and d.install == ()
+    assert rejected >= 10
+
+
+def test_expiry_forgets_calls():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    assert eng.expire(100.0) == []
+    assert len(eng.expire(181.0)) == 2 and len(eng.calls) == 0

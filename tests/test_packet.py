@@ -1,0 +1,85 @@
+"""IPv4/UDP decode/encode: lengths and checksums must be what a receiving kernel accepts."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfsip.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp, internet_checksum
+
+
+def make_packet(payload: bytes, src="10.0.0.2", dst="198.51.100.2", sport=5060, dport=5060, options=b"") -> bytes:
+    ihl = (20 + len(options)) // 4
+    total = ihl * 4 + 8 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0x1234, 0x4000, 64, 17, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    ) + options
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    pseudo = header[12:20] + struct.pack("!BBH", 0, 17, 8 + len(payload))
+    csum = internet_checksum(pseudo + udp + payload) or 0xFFFF
+    return header + udp[:6] + struct.pack("!H", csum) + payload
+
+
+def verify(packet: bytes) -> None:
+    ihl = (packet[0] & 0x0F) * 4
+    assert struct.unpack_from("!H", packet, 2)[0] == len(packet)
+    assert internet_checksum(packet[:ihl]) == 0, "IP header checksum"
+    udp_len = struct.unpack_from("!H", packet, ihl + 4)[0]
+    assert udp_len == len(packet) - ihl
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, udp_len)
+    assert internet_checksum(pseudo + packet[ihl:]) == 0, "UDP checksum"
+
+
+def test_decode_fields():
+    pkt = make_packet(b"OPTIONS sip:x SIP/2.0\r\n\r\n", sport=1234, dport=5060)
+    d = decode_ipv4_udp(pkt)
+    assert (d.src, d.sport, d.dst, d.dport) == ("10.0.0.2", 1234, "198.51.100.2", 5060)
+    assert d.payload == b"OPTIONS sip:x SIP/2.0\r\n\r\n"
+
+
+@given(st.binary(max_size=1400), st.binary(max_size=1400))
+def test_encode_fixes_lengths_and_checksums(old: bytes, new: bytes):
+    pkt = make_packet(old)
+    verify(pkt)
+    out = encode_ipv4_udp(pkt, new)
+    verify(out)
+    assert decode_ipv4_udp(out).payload == new
+    assert out[:2] == pkt[:2] and out[4:10] == pkt[4:10] and out[12:20] == pkt[12:20]
+
+
+def test_ip_options_are_kept():
+    pkt = make_packet(b"x" * 10, options=b"\x01\x01\x01\x00")
+    out = encode_ipv4_udp(pkt, b"y" * 30)
+    verify(out)
+    assert out[20:24] == b"\x01\x01\x01\x00"
+    assert decode_ipv4_udp(out).payload == b"y" * 30
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda p: p[:27], "short-packet"),
+        (lambda p: bytes([0x60]) + p[1:], "not-ipv4"),
+        (lambda p: p[:9] + b"\x06" + p[10:], "not-udp"),
+        (lambda p: p[:-5], "truncated-copy"),  # what a queue copy of a too-long packet looks like
+        (lambda p: p[:6] + b"\x20\x00" + p[8:], "fragment"),
+    ],
+)
+def test_decode_rejects(mutate, reason):
+    with pytest.raises(PacketError) as exc:
+        decode_ipv4_udp(mutate(make_packet(b"hello world, a sip message")))
+    assert exc.value.reason == reason
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_else(data: bytes):
+    try:
+        decode_ipv4_udp(data)
+    except PacketError:
+        pass
