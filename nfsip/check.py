@@ -33,9 +33,7 @@ def _config_checks(config: Config) -> list[CheckResult]:
 def _kernel_checks(config: Config) -> list[CheckResult]:
     results: list[CheckResult] = []
     if os.geteuid() != 0:
-        results.append(
-            CheckResult("privileges", "fail", "not running as root", "run as root or grant CAP_NET_ADMIN")
-        )
+        results.append(CheckResult("privileges", "fail", "not running as root", "run as root or grant CAP_NET_ADMIN"))
         return results
     results.append(CheckResult("privileges", "ok", "root"))
 
@@ -54,7 +52,9 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
     except (NftError, OSError) as exc:
         results.append(
             CheckResult(
-                "nftables", "fail", f"nftables cannot build nfsip's NAT maps: {exc}",
+                "nftables",
+                "fail",
+                f"nftables cannot build nfsip's NAT maps: {exc}",
                 "install nftables and libnftables1; load nf_tables, nft_nat, nft_ct (modprobe nft_nat)",
             )
         )
@@ -92,7 +92,8 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
     if any(line.startswith(("nf_conntrack_sip ", "nf_nat_sip ")) for line in modules.splitlines()):
         results.append(
             CheckResult(
-                "kernel-sip-alg", "warn",
+                "kernel-sip-alg",
+                "warn",
                 "the kernel SIP ALG (nf_conntrack_sip) is loaded: it must not handle the flows nfsip handles",
                 "remove `ct helper` assignments for SIP and `modprobe -r nf_nat_sip nf_conntrack_sip`",
             )
@@ -102,9 +103,7 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
 
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward")
     if ip_forward.exists() and ip_forward.read_text().strip() != "1":
-        results.append(
-            CheckResult("forwarding", "warn", "IPv4 forwarding is off", "sysctl -w net.ipv4.ip_forward=1")
-        )
+        results.append(CheckResult("forwarding", "warn", "IPv4 forwarding is off", "sysctl -w net.ipv4.ip_forward=1"))
     return results
 
 
@@ -119,12 +118,15 @@ def _compat_queue_check() -> CheckResult:
         probe.run_text(f"add table ip nfsip_probe\nadd chain ip nfsip_probe {QUEUE_CHAIN}\n")
         divert.add_compat_queue_rule("nfsip_probe", 0)
         return CheckResult(
-            "queue", "ok",
+            "queue",
+            "ok",
             "no native nft `queue` (CONFIG_NFT_QUEUE off): using the xt NFQUEUE target through nft_compat",
         )
     except Exception as exc:
         return CheckResult(
-            "queue", "fail", f"neither nft `queue` nor xt NFQUEUE through nft_compat works: {exc}",
+            "queue",
+            "fail",
+            f"neither nft `queue` nor xt NFQUEUE through nft_compat works: {exc}",
             "load nft_queue (modprobe nft_queue) or nft_compat + xt_NFQUEUE (modprobe nft_compat xt_NFQUEUE)",
         )
     finally:

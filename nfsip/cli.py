@@ -25,7 +25,9 @@ EXIT_MISSING = 3
 def _add_config_args(p: argparse.ArgumentParser, wan_required: bool = False) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (see docs/configuration.md)")
     p.add_argument(
-        "--wan-interface", metavar="IF", required=wan_required,
+        "--wan-interface",
+        metavar="IF",
+        required=wan_required,
         help="the interface facing the SIP server (overrides wan_interface from the file)",
     )
 
@@ -44,9 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("wan_interface", "required: pass --wan-interface IF or set it in the config file")
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
-        format="%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+        format="%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pyroute2 logs every netlink message at debug level: far too much even for nfsip's own debug output.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:
         daemon = Daemon(config)
     except InterfaceError as exc:
@@ -146,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ruleset", help="print the nft table nfsip installs for this configuration")
     _add_config_args(p)
     p.add_argument(
-        "--queue", choices=("auto", "native", "compat"), default="auto",
+        "--queue",
+        choices=("auto", "native", "compat"),
+        default="auto",
         help="queue statement flavour: native nft queue, or xt NFQUEUE added by the daemon (default: ask kernel)",
     )
     p.set_defaults(func=cmd_ruleset)

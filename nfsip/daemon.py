@@ -19,6 +19,7 @@ from .config import Config
 from .engine import Engine, Timeouts
 from .kernel import divert, ruleset
 from .kernel.conntrack import Conntrack
+from .kernel.firstpacket import FirstPackets
 from .kernel.netinfo import primary_ipv4
 from .kernel.nft import Nft, NftError
 from .metrics import Metrics
@@ -45,6 +46,7 @@ class Daemon:
             Timeouts(config.pinhole_setup_timeout, config.pinhole_call_timeout),
         )
         self.conntrack = Conntrack(clock)
+        self.first_packets = FirstPackets()
         self.native_queue = False
         self._stop = False
         self._queue: Any = None
@@ -58,7 +60,10 @@ class Daemon:
             divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num)
         log.info(
             "table ip %s installed; WAN %s public address %s; queue %d via %s",
-            self.config.table_name, self.config.wan_interface, self.public_ip, self.config.queue_num,
+            self.config.table_name,
+            self.config.wan_interface,
+            self.public_ip,
+            self.config.queue_num,
             "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
         )
 
@@ -120,18 +125,17 @@ class Daemon:
             log.exception("internal error; datagram passed unchanged")
             outcome = "internal-error"
         pkt.accept()
+        log.debug("hook %d: %s", pkt.hook, outcome)
         self.metrics.verdicts.labels(outcome).inc()
         self.metrics.verdict_seconds.observe(time.perf_counter() - started)
         self._after_verdict(remove, fresh)
 
-    def _process(
-        self, hook: int, raw: bytes
-    ) -> tuple[str, bytes | None, tuple[Pinhole, ...], tuple[Pinhole, ...]]:
+    def _process(self, hook: int, raw: bytes) -> tuple[str, bytes | None, tuple[Pinhole, ...], tuple[Pinhole, ...]]:
         try:
             dgram = decode_ipv4_udp(raw)
         except PacketError as exc:
             return exc.reason, None, (), ()
-        flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport)
+        flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload)
         if isinstance(flow, str):
             return flow, None, (), ()
         decision = self.engine.handle(flow, dgram.payload, self.clock())
@@ -149,11 +153,18 @@ class Daemon:
             new_raw = encode_ipv4_udp(raw, decision.payload)
         return decision.outcome, new_raw, decision.remove, decision.opened
 
-    def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int) -> Flow | str:
+    def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
         if hook == NF_INET_POST_ROUTING:
+            if src != self.public_ip:
+                # Before source NAT (sip_new_to_wan), or a LAN host that is not NATed at all: nothing to
+                # rewrite; remember who sent these bytes for their second pass (nfsip.kernel.firstpacket).
+                self.first_packets.note(payload, Endpoint(src, sport), self.clock())
+                return "not-translated"
             public = Endpoint(src, sport)
             remote = Endpoint(dst, dport)
             lan = self.conntrack.original_source(reply_src=remote, reply_dst=public)
+            if lan is None:
+                lan = self.first_packets.sender(payload, self.clock())
             if lan is None:
                 return "no-conntrack"
             if lan.ip == self.public_ip:

@@ -12,17 +12,22 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sip_messages = Counter(
-            "nfsip_sip_messages", "SIP messages seen, by direction and method or status class",
-            ["direction", "kind"], registry=r,
+            "nfsip_sip_messages",
+            "SIP messages seen, by direction and method or status class",
+            ["direction", "kind"],
+            registry=r,
         )
         self.verdicts = Counter(
             "nfsip_verdicts",
             "Queued datagrams by outcome (rewritten, unchanged, or the reason they passed untouched)",
-            ["outcome"], registry=r,
+            ["outcome"],
+            registry=r,
         )
         self.parse_errors = Counter(
-            "nfsip_parse_errors", "Datagrams that were not a SIP message nfsip could parse, by reason",
-            ["reason"], registry=r,
+            "nfsip_parse_errors",
+            "Datagrams that were not a SIP message nfsip could parse, by reason",
+            ["reason"],
+            registry=r,
         )
         self.pinholes_opened = Counter("nfsip_pinholes_opened", "Media pinholes opened", registry=r)
         self.pinholes_closed = Counter("nfsip_pinholes_closed", "Media pinholes closed by signalling", registry=r)
@@ -36,12 +41,16 @@ class Metrics:
             "nfsip_conntrack_purged", "Conntrack entries of media flows deleted", registry=r
         )
         self.verdict_seconds = Histogram(
-            "nfsip_verdict_seconds", "Time from reading a queued datagram to its verdict",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "nfsip_verdict_seconds",
+            "Time from reading a queued datagram to its verdict",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.nft_seconds = Histogram(
-            "nfsip_nft_transaction_seconds", "Time of one nft pinhole transaction",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "nfsip_nft_transaction_seconds",
+            "Time of one nft pinhole transaction",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
 
     def serve(self, listen: str) -> None:

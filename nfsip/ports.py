@@ -52,7 +52,7 @@ class PortAllocator:
         range; otherwise the next free even-aligned block of the configured range, round robin, so a
         released block is not handed out again sooner than necessary.
         """
-        if preferred is not None and 1024 <= preferred and preferred + count - 1 <= 65535:
+        if preferred is not None and preferred >= 1024 and preferred + count - 1 <= 65535:
             if self._block_free(preferred, count, now):
                 self._in_use.update(range(preferred, preferred + count))
                 return preferred

@@ -62,7 +62,10 @@ def check_rewrite(original: bytes, lan_ip: str) -> None:
     after = parse_message(decision.payload)
     # Still a valid message with the same identity.
     assert (after.method, after.status, after.call_id, after.cseq) == (
-        before.method, before.status, before.call_id, before.cseq,
+        before.method,
+        before.status,
+        before.call_id,
+        before.cseq,
     )
     assert after.content_length is None or after.content_length == len(after.body())
     # Headers: same names in the same order; values differ only in Via / Contact / Content-Length.
@@ -89,9 +92,7 @@ def check_rewrite(original: bytes, lan_ip: str) -> None:
             assert after.sdp.media_connection(m_after).address == PUBLIC
         else:
             assert m_after.port == m_before.port
-    assert lan_ip.encode() not in b"".join(
-        line for line in sdp_lines(after) if line.startswith((b"c=", b"o=", b"m="))
-    )
+    assert lan_ip.encode() not in b"".join(line for line in sdp_lines(after) if line.startswith((b"c=", b"o=", b"m=")))
     # Lines other than o= c= m= a=rtcp: are byte-identical.
     kept = (b"c=", b"o=", b"m=", b"a=rtcp:")
     assert [x for x in sdp_lines(after) if not x.startswith(kept)] == [
@@ -156,10 +157,7 @@ INVITE = (
     "Content-Type: application/sdp\r\n"
     "Content-Length: {length}\r\n\r\n{sdp}"
 )
-SDP = (
-    "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {conn}\r\nt=0 0\r\n"
-    "m=audio {port} RTP/AVP 8\r\n"
-)
+SDP = "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {conn}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n"
 
 
 def invite(ip="10.0.0.2", port=6000, callid="c1", conn=None, branch="1") -> bytes:

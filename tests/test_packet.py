@@ -15,10 +15,22 @@ from nfsip.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp, internet
 def make_packet(payload: bytes, src="10.0.0.2", dst="198.51.100.2", sport=5060, dport=5060, options=b"") -> bytes:
     ihl = (20 + len(options)) // 4
     total = ihl * 4 + 8 + len(payload)
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0x1234, 0x4000, 64, 17, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    ) + options
+    header = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            total,
+            0x1234,
+            0x4000,
+            64,
+            17,
+            0,
+            socket.inet_aton(src),
+            socket.inet_aton(dst),
+        )
+        + options
+    )
     header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
     pseudo = header[12:20] + struct.pack("!BBH", 0, 17, 8 + len(payload))

@@ -68,7 +68,8 @@ class Conntrack:
         except Exception as exc:  # NetlinkError ENOENT when there is no such entry
             log.debug("conntrack lookup %s -> %s: %s", reply_src, reply_dst, exc)
             return None
-        for msg in answer:
+        # pyroute2's Conntrack.entry() answers one message; NFCTSocket.entry() a list of them.
+        for msg in answer if isinstance(answer, list) else [answer]:
             pair = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
             if pair is not None:
                 if len(self._cache) >= _CACHE_LIMIT:
@@ -127,7 +128,8 @@ class Conntrack:
 
     def _dump(self, **filters: str) -> list:
         try:
-            return list(self._ct.dump_entries(tuple_orig=self._tuple(proto=IPPROTO_UDP, **filters)))
+            # dump() yields the raw messages, filtered in the kernel (CTA_FILTER, Linux >= 5.8).
+            return list(self._ct.dump(tuple_orig=self._tuple(proto=IPPROTO_UDP, **filters)))
         except Exception as exc:
             log.warning("conntrack dump %s failed: %s", filters, exc)
             return []

@@ -198,11 +198,7 @@ class Nft:
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing
         anything: a dry-run transaction still goes to the kernel, which validates the expression."""
-        probe = (
-            "add table ip nfsip_probe\n"
-            "add chain ip nfsip_probe c\n"
-            "add rule ip nfsip_probe c queue num 0 bypass\n"
-        )
+        probe = "add table ip nfsip_probe\nadd chain ip nfsip_probe c\nadd rule ip nfsip_probe c queue num 0 bypass\n"
         try:
             self.run_text(probe, dry_run=True)
         except NftError:

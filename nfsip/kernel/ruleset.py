@@ -52,8 +52,7 @@ def render(opts: RulesetOptions) -> str:
         queue_rule = f"\t\tcounter queue num {opts.queue_num} bypass\n"
     else:
         queue_rule = (
-            "\t\tcounter\n"
-            f"\t\t# + xt NFQUEUE target (queue num {opts.queue_num} bypass), added by the nfsip daemon\n"
+            f"\t\tcounter\n\t\t# + xt NFQUEUE target (queue num {opts.queue_num} bypass), added by the nfsip daemon\n"
         )
     return f"""\
 # nfsip: SIP-through-NAT helper. This table is owned by nfsip; the daemon replaces it as a whole.
@@ -88,6 +87,15 @@ table ip {opts.table} {{
 \tchain media_postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;
 \t\toifname "{wan}" meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
+\t}}
+
+\t# The first datagram of a new LAN -> WAN SIP flow, before source NAT. At srcnat+10 its conntrack entry
+\t# is not confirmed yet, so ctnetlink cannot say which LAN host sent it; the daemon notes the sender here
+\t# and recognises the same bytes when they come back through sip_to_wan (nfsip.kernel.firstpacket).
+\tchain sip_new_to_wan {{
+\t\ttype filter hook postrouting priority mangle; policy accept;
+\t\toifname "{wan}" ct state new udp dport @sip_ports jump {QUEUE_CHAIN}
+\t\toifname "{wan}" ct state new udp sport @sip_ports jump {QUEUE_CHAIN}
 \t}}
 
 \t# LAN -> WAN SIP, after source NAT: the queue sees the public address and port the server will see.

@@ -1,0 +1,193 @@
+"""Time spent in Python per SIP message, and per pinhole transaction.
+
+    .venv/bin/python bench/engine.py [--n 2000]          (the nft part needs root; it uses its own netns)
+
+Per message: decode IPv4/UDP + parse SIP/SDP + decide + rewrite + encode (what the daemon does between
+reading a queued datagram and its verdict, minus the netlink calls), on an outbound INVITE with a 2-stream
+SDP, the 200 OK with SDP answering it, an un-rewritten BYE, and a REGISTER. Per transaction: one
+libnftables JSON transaction installing the 2 pinholes (4 map elements each way) of an audio stream, and
+one removing them, in a scratch network namespace. Median and p99 over n runs, all in one run of this
+script (the machine is noisy: compare numbers from the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nfsip.engine import Engine
+from nfsip.model import Direction, Endpoint, Flow
+from nfsip.packet import decode_ipv4_udp, encode_ipv4_udp, internet_checksum
+from nfsip.ports import PortAllocator
+
+PUBLIC = "198.51.100.1"
+PHONE = "10.0.0.2"
+SERVER = "198.51.100.2"
+
+SDP = (
+    "v=0\r\no=- 3712 3712 IN IP4 10.0.0.2\r\ns=call\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n"
+    "m=audio 6000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+    "m=video 6002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 profile-level-id=42e01f\r\na=sendrecv\r\n"
+)
+HEAD = (
+    "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK{n};rport\r\n"
+    'Max-Forwards: 70\r\nFrom: "Alice" <sip:alice@example.org>;tag=a{n}\r\nTo: <sip:bob@example.org>{totag}\r\n'
+    "Call-ID: {n}-bench@10.0.0.2\r\nCSeq: {cseq}\r\nContact: <sip:alice@10.0.0.2:5060;transport=udp>\r\n"
+    "User-Agent: bench/1.0\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK\r\n"
+)
+
+
+def invite(n: int) -> bytes:
+    return (
+        "INVITE sip:bob@example.org SIP/2.0\r\n"
+        + HEAD.format(n=n, totag="", cseq="1 INVITE")
+        + f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}"
+    ).encode()
+
+
+def ok_200(n: int) -> bytes:
+    return (
+        "SIP/2.0 200 OK\r\n"
+        + HEAD.format(n=n, totag=";tag=b1", cseq="1 INVITE")
+        + f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}"
+    ).encode()
+
+
+def bye(n: int) -> bytes:
+    return (
+        "BYE sip:bob@198.51.100.2 SIP/2.0\r\n"
+        + HEAD.format(n=n, totag=";tag=b1", cseq="2 BYE")
+        + "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def register(n: int) -> bytes:
+    return (
+        "REGISTER sip:example.org SIP/2.0\r\n"
+        + HEAD.format(n=n, totag="", cseq="1 REGISTER")
+        + "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def ip_udp(payload: bytes, src: str, dst: str) -> bytes:
+    total = 28 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 1, 0x4000, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    return header + struct.pack("!HHHH", 5060, 5060, 8 + len(payload), 0) + payload
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    samples.sort()
+    return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99) - 1] * 1e6
+
+
+def bench_messages(n: int) -> list[tuple[str, float, float]]:
+    out = []
+    flow = Flow(Direction.OUTBOUND, Endpoint(PHONE, 5060), Endpoint(PUBLIC, 5060), Endpoint(SERVER, 5060))
+    for name, make in (
+        ("INVITE + 2-stream SDP", invite),
+        ("200 OK + SDP", ok_200),
+        ("BYE", bye),
+        ("REGISTER", register),
+    ):
+        engine = Engine(PUBLIC, PortAllocator(40000, 49999))
+        packets = [ip_udp(make(i), PUBLIC, SERVER) for i in range(n)]
+        samples = []
+        for i, packet in enumerate(packets):
+            start = time.perf_counter()
+            dgram = decode_ipv4_udp(packet)
+            decision = engine.handle(flow, dgram.payload, float(i))
+            if decision.payload is not None:
+                encode_ipv4_udp(packet, decision.payload)
+            samples.append(time.perf_counter() - start)
+            if decision.install:  # keep the state small: end the call outside the timed part
+                call = engine.calls.get(f"{i}-bench@10.0.0.2", PHONE)
+                if call is not None:
+                    engine.calls.end(call, float(i))
+        out.append((name, *stats(samples)))
+    return out
+
+
+NFT_CHILD = "--nft-child"
+
+
+def nft_child(n: int) -> None:
+    """Runs inside the scratch namespace: install the table, then time pinhole transactions."""
+    from nfsip.config import Config
+    from nfsip.kernel.nft import Nft
+    from nfsip.kernel.ruleset import options_from, render
+    from nfsip.model import Pinhole
+
+    nft = Nft("nfsip")
+    nft.install(render(options_from(Config(wan_interface="lo"), native_queue=False)))
+    add, remove = [], []
+    for i in range(n):
+        holes = [
+            Pinhole(Endpoint(PUBLIC, 40000 + 2 * (i % 4000) + k), Endpoint(PHONE, 6000 + k), f"c{i}", "m0", 180)
+            for k in (0, 1)
+        ]
+        start = time.perf_counter()
+        nft.apply(holes, ())
+        add.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        nft.apply((), holes)
+        remove.append(time.perf_counter() - start)
+    print(json.dumps({"add": stats(add), "remove": stats(remove)}))
+
+
+def bench_nft(n: int) -> dict[str, tuple[float, float]] | str:
+    if os.geteuid() != 0:
+        return "skipped (needs root)"
+    ns = f"nfsip-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, __file__, NFT_CHILD, str(n)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return f"failed: {proc.stderr.strip()[-300:]}"
+        return json.loads(proc.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == NFT_CHILD:
+        nft_child(int(sys.argv[2]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    args = ap.parse_args()
+    print(f"Python per message (decode + parse + decide + rewrite + encode), n={args.n}")
+    print(f"{'message':<24}{'median µs':>12}{'p99 µs':>12}")
+    for name, median, p99 in bench_messages(args.n):
+        print(f"{name:<24}{median:>12.1f}{p99:>12.1f}")
+    nft = bench_nft(min(args.n, 1000))
+    print("\nnft transaction (libnftables JSON), one audio stream = 2 pinholes = 4 map elements")
+    if isinstance(nft, str):
+        print(f"  {nft}")
+    else:
+        print(f"{'transaction':<24}{'median µs':>12}{'p99 µs':>12}")
+        for name, (median, p99) in nft.items():
+            print(f"{name + ' 2 pinholes':<24}{median:>12.1f}{p99:>12.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

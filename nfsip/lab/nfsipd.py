@@ -1,0 +1,104 @@
+"""Run the real nfsip daemon inside the lab's router namespace (for the integration tests and the demo)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from nfsip.lab import topology as T
+from nfsip.lab.lab import Lab, LabError
+
+METRICS_PORT = 9477
+
+
+class NfsipDaemon:
+    """`python -m nfsip run --wan-interface wan0` in the router namespace, with its log in a file."""
+
+    def __init__(self, lab: Lab, *, config: dict[str, Any] | None = None, log_level: str = "info") -> None:
+        self.lab = lab
+        self.workdir = Path(tempfile.mkdtemp(prefix="nfsip-daemon-"))
+        self.config_path = self.workdir / "nfsip.toml"
+        settings = {"log_level": log_level, "metrics_listen": f"127.0.0.1:{METRICS_PORT}", **(config or {})}
+        self.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+        self.log_path = self.workdir / "nfsip.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> Self:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child process
+        self.proc = self.lab.popen(
+            T.ROUTER,
+            [sys.executable, "-m", "nfsip", "run", "--wan-interface", "wan0", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f"nfsip exited with {self.proc.returncode}:\n{self.log()}")
+            if re.search(r"\bready\b", self.log()):
+                return self
+            time.sleep(0.05)
+        raise LabError(f"nfsip not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lab.run(
+            T.ROUTER, [sys.executable, "-m", "nfsip", *args, "--config", str(self.config_path)], check=check
+        )
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cli("status", "--json", check=False).stdout)
+
+    def metrics(self) -> str:
+        code = (
+            "import urllib.request;"
+            f"print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())"
+        )
+        return self.lab.run(T.ROUTER, [sys.executable, "-c", code]).stdout
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of the last scrape (0 when absent)."""
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            name_part, _, label_part = sample.partition("{")
+            got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
+            if name_part == name and got == wanted:
+                return float(value)
+        return 0.0
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

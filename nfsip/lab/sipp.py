@@ -1,0 +1,402 @@
+"""Real SIP calls in the lab with sipp: a UAS on the server, UACs on the phones, RTP both ways.
+
+Why sipp: it is a real, independent SIP implementation (nfsip must interoperate with others,
+not with itself), and ``play_pcap_audio`` sends genuine RTP to whatever the peer's SDP says,
+so an SDP that nfsip failed to rewrite shows up as missing packets, not as a passing test.
+
+Measured with sipp 3.6.1 in this lab (plain masquerade, one call): the UAC returns after about
+8.1 s (8 s pause + signalling), the UAS exits at the same moment; each direction carries 236 RTP
+packets when routable.
+
+sipp facts that shaped this module (pitfalls):
+
+* ``play_pcap_audio`` sends through a raw socket from ``-mi``:``-mp`` to the address and port of
+  the *peer's* SDP, taken per call (so one UAS serves concurrent calls, each with its own
+  destination; all calls share the UAS's source port ``-mp``). It rewrites the UDP ports and
+  checksum itself. The first ``sendto`` error (ENETUNREACH towards an unroutable private SDP
+  address) ends that call's playback with a warning in the error log; the call itself succeeds.
+* A call's playback stops when the call ends, so the UAC pause (``-d``) must outlast the 7.1 s
+  pcap; the BYE then comes after both directions are done.
+* sipp binds ``-mp`` and ``-mp``+2 (audio, video) at startup in UAS and UAC mode, and a control
+  socket on UDP 8888 (8889 for a second sipp in the same namespace): harmless, but they show in
+  ``ss``. A second UAS in one namespace (e.g. ``sip_port=5062``) needs its own ``media_port``.
+* Without ``-rtp_echo`` sipp never reads its RTP socket: its Recv-Q fills (17920 bytes seen) and
+  the kernel then drops further RTP there (UdpRcvbufErrors). Count media in captures, never in
+  socket statistics of the endpoints.
+* In the foreground sipp redraws its statistics screen on stdout every second: never give it a
+  pipe nobody reads (the 64 KiB pipe buffer fills and sipp blocks); it writes to files here.
+  ``-nostdin`` plus stdin=/dev/null keep it from touching a terminal (CI has none).
+* ``play_pcap_audio`` is resolved when the scenario is loaded and does not expand ``[$var]``:
+  another pcap means another scenario file (``_scenario_file`` writes a copy).
+* ``stop()`` sends SIGUSR1 first (sipp's soft quit), which waits for active calls to end: on a
+  call in progress it takes the full grace time before SIGTERM.
+* Exit codes: 0 all calls succeeded, 1 at least one failed, 97 internal exit command, 99 normal
+  exit without processed calls, -1/-2 (255/254) fatal error / cannot bind a socket. The counters
+  come from the ``-trace_stat`` CSV (last line, columns SuccessfulCall(C)/FailedCall(C)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from nfsip.lab import topology as T
+from nfsip.lab.lab import Lab, LabError
+
+SCENARIO_DIR = Path(__file__).with_name("scenarios")
+UAC_SCENARIO = SCENARIO_DIR / "uac.xml"
+UAS_SCENARIO = SCENARIO_DIR / "uas.xml"
+DEFAULT_PCAP = "/usr/share/sip-tester/g711a.pcap"
+PCAP_RTP_PACKETS = 236
+"""RTP packets in g711a.pcap: one PCMA stream, 240 bytes of audio every 30 ms, 7.05 s in all."""
+UAC_PAUSE_MS = 8000
+"""Time between ACK and BYE on the UAC: the 7.05 s playback plus margin (see module doc)."""
+
+_counter = iter(range(1, 1 << 30))
+
+
+def have_sipp() -> bool:
+    """True if the sipp binary is on PATH."""
+    return shutil.which("sipp") is not None
+
+
+@dataclass
+class SippResult:
+    """Outcome of one sipp process (UAC or UAS)."""
+
+    returncode: int
+    successful_calls: int
+    failed_calls: int
+    stdout: str
+    stderr: str
+    log: str
+    """The -trace_err error log plus the final statistics screen: the first thing to read on failure."""
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        """All calls succeeded and at least one was made."""
+        return self.returncode == 0 and self.failed_calls == 0 and self.successful_calls > 0
+
+    def describe(self) -> str:
+        """Multi-line summary for assertion messages."""
+        return (
+            f"sipp rc={self.returncode} successful={self.successful_calls} failed={self.failed_calls} "
+            f"in {self.duration_s:.1f}s\n--- stderr ---\n{self.stderr.strip()[-3000:]}\n"
+            f"--- log ---\n{self.log.strip()[-3000:]}"
+        )
+
+
+def _scenario_file(template: Path, pcap: str, workdir: Path) -> Path:
+    """The scenario to use: the packaged file, or a copy in ``workdir`` playing ``pcap``."""
+    if pcap == DEFAULT_PCAP:
+        return template
+    text = template.read_text(encoding="latin-1").replace(DEFAULT_PCAP, pcap)
+    out = workdir / template.name
+    out.write_text(text, encoding="latin-1")
+    return out
+
+
+def _read_counters(stat_file: Path) -> tuple[int, int]:
+    """(successful, failed) from the last line of a -trace_stat CSV; (0, 0) if absent."""
+    try:
+        text = stat_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0, 0
+    rows = list(csv.reader(io.StringIO(text), delimiter=";"))
+    if len(rows) < 2:
+        return 0, 0
+    header, last = rows[0], rows[-1]
+    fields = dict(zip(header, last, strict=False))
+    try:
+        return int(fields["SuccessfulCall(C)"]), int(fields["FailedCall(C)"])
+    except (KeyError, ValueError):
+        return 0, 0
+
+
+class _Sipp:
+    """One sipp process in a lab namespace, with its files in a private work directory."""
+
+    role = "sipp"
+
+    def __init__(self, lab: Lab, node: str, workdir: str | Path | None) -> None:
+        self.lab, self.node = lab, node
+        self._own_workdir = workdir is None
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix=f"nfsip-sipp-{node}-")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tag = f"{self.role}-{node}-{next(_counter)}"
+        self.stat_file = self.workdir / f"{tag}_stat.csv"
+        self.error_file = self.workdir / f"{tag}_errors.log"
+        self.screen_file = self.workdir / f"{tag}_screen.log"
+        self.message_file = self.workdir / f"{tag}_messages.log"
+        self.stdout_file = self.workdir / f"{tag}.stdout"
+        self.stderr_file = self.workdir / f"{tag}.stderr"
+        self.proc: subprocess.Popen[Any] | None = None
+        self._t0 = 0.0
+        self.result: SippResult | None = None
+
+    def _common_args(self, trace_msg: bool) -> list[str]:
+        args = [
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            str(self.error_file),
+            "-trace_stat",
+            "-stf",
+            str(self.stat_file),
+            "-trace_screen",
+            "-screen_file",
+            str(self.screen_file),
+        ]
+        if trace_msg:
+            args += ["-trace_msg", "-message_file", str(self.message_file)]
+        return args
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.argv = argv
+        with open(self.stdout_file, "wb") as out, open(self.stderr_file, "wb") as err:
+            self.proc = self.lab.popen(self.node, argv, stdout=out, stderr=err, cwd=self.workdir)
+        self._t0 = time.monotonic()
+
+    @property
+    def returncode(self) -> int | None:
+        """sipp's exit code, None while running."""
+        return None if self.proc is None else self.proc.poll()
+
+    def _collect(self) -> SippResult:
+        assert self.proc is not None
+        rc = self.proc.returncode
+        ok, failed = _read_counters(self.stat_file)
+        log = ""
+        for f in (self.error_file, self.screen_file):
+            with contextlib.suppress(FileNotFoundError):
+                log += f"=== {f.name} ===\n{f.read_text(errors='replace')}\n"
+        self.result = SippResult(
+            returncode=rc,
+            successful_calls=ok,
+            failed_calls=failed,
+            stdout=self.stdout_file.read_text(errors="replace") if self.stdout_file.exists() else "",
+            stderr=self.stderr_file.read_text(errors="replace") if self.stderr_file.exists() else "",
+            log=log,
+            duration_s=time.monotonic() - self._t0,
+        )
+        return self.result
+
+    def wait(self, timeout: float | None = None) -> SippResult:
+        """Wait for sipp to exit by itself; on timeout stop it and raise LabError with its logs."""
+        if self.proc is None:
+            raise LabError(f"{self.role} on {self.node} was never started")
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            res = self.stop()
+            raise LabError(f"{self.role} on {self.node} did not finish in {timeout}s:\n{res.describe()}") from None
+        return self._collect()
+
+    def stop(self, grace: float = 3.0) -> SippResult:
+        """End sipp: SIGUSR1 (sipp's soft quit, writes final stats), then SIGTERM, then SIGKILL."""
+        if self.proc is None:
+            raise LabError(f"{self.role} on {self.node} was never started")
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace)
+        self.proc.wait()
+        return self._collect()
+
+    def cleanup(self) -> None:
+        """Delete the work directory (logs, stats) if this object created it; keep it to debug."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._own_workdir = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+class SippUas(_Sipp):
+    """The sipp UAS (``scenarios/uas.xml``) in the background, by default on the server.
+
+    One UAS answers any number of concurrent calls (``calls`` = how many before it exits with
+    ``-m``); media goes per call to each caller's SDP address, from the shared ``media_port``.
+    """
+
+    role = "uas"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str = T.SERVER,
+        *,
+        ip: str | None = None,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        calls: int = 1,
+        pcap: str = DEFAULT_PCAP,
+        workdir: str | Path | None = None,
+        trace_msg: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(lab, node, workdir)
+        self.ip = ip or lab.ip_of(node)
+        self.sip_port, self.media_port, self.calls = sip_port, media_port, calls
+        self.scenario = _scenario_file(UAS_SCENARIO, pcap, self.workdir)
+        self.trace_msg = trace_msg
+        self.extra_args = extra_args
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start sipp and return once it listens on ``ip:sip_port`` (raise LabError if it died)."""
+        self._spawn(
+            [
+                "sipp",
+                "-sf",
+                str(self.scenario),
+                "-i",
+                self.ip,
+                "-mi",
+                self.ip,
+                "-p",
+                str(self.sip_port),
+                "-mp",
+                str(self.media_port),
+                "-m",
+                str(self.calls),
+                *self._common_args(self.trace_msg),
+                *self.extra_args,
+            ]
+        )
+        deadline = time.monotonic() + timeout
+        needle = f"{self.ip}:{self.sip_port} "
+        while time.monotonic() < deadline:
+            if self.returncode is not None:
+                raise LabError(f"UAS on {self.node} exited at start:\n{self._collect().describe()}")
+            listening = self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout
+            if needle in listening:
+                return self
+            time.sleep(0.02)
+        res = self.stop()
+        raise LabError(f"UAS on {self.node} not listening after {timeout}s:\n{res.describe()}")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+
+class SippUac(_Sipp):
+    """The sipp UAC (``scenarios/uac.xml``): one call to ``server``; use ``start()`` + ``wait()``
+    to run several phones concurrently, or ``run_uac`` for one blocking call."""
+
+    role = "uac"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str = "phone1",
+        *,
+        server: str = T.SERVER_IP,
+        server_port: int = T.SIP_PORT,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        ip: str | None = None,
+        pause_ms: int = UAC_PAUSE_MS,
+        service: str = "echo",
+        pcap: str = DEFAULT_PCAP,
+        call_timeout_s: int = 60,
+        workdir: str | Path | None = None,
+        trace_msg: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(lab, node, workdir)
+        self.ip = ip or lab.ip_of(node)
+        self.server, self.server_port = server, server_port
+        self.sip_port, self.media_port = sip_port, media_port
+        self.pause_ms, self.service = pause_ms, service
+        self.call_timeout_s = call_timeout_s
+        self.scenario = _scenario_file(UAC_SCENARIO, pcap, self.workdir)
+        self.trace_msg = trace_msg
+        self.extra_args = extra_args
+
+    def start(self) -> Self:
+        """Place the call (sipp runs in the background; ``wait()`` collects the result)."""
+        self._spawn(
+            [
+                "sipp",
+                f"{self.server}:{self.server_port}",
+                "-sf",
+                str(self.scenario),
+                "-s",
+                self.service,
+                "-i",
+                self.ip,
+                "-mi",
+                self.ip,
+                "-p",
+                str(self.sip_port),
+                "-mp",
+                str(self.media_port),
+                "-m",
+                "1",
+                "-d",
+                str(self.pause_ms),
+                # sipp's own safety net: give up (as a failure) instead of waiting forever for a 200.
+                "-timeout",
+                f"{self.call_timeout_s}s",
+                "-timeout_error",
+                *self._common_args(self.trace_msg),
+                *self.extra_args,
+            ]
+        )
+        return self
+
+
+def run_uac(
+    lab: Lab,
+    node: str = "phone1",
+    server: str = T.SERVER_IP,
+    media_port: int = T.MEDIA_PORT,
+    sip_port: int = T.SIP_PORT,
+    timeout: float = 60.0,
+    **kw: Any,
+) -> SippResult:
+    """Place one call from ``node`` to ``server`` and wait for it (≈ 8.1 s with the default pause).
+
+    Extra keyword arguments go to ``SippUac`` (server_port, pause_ms, pcap, workdir, trace_msg…).
+    Raises LabError if sipp has not exited after ``timeout`` seconds. The temporary work directory
+    is deleted after a successful call (the result holds the logs) and kept after a failure.
+    """
+    uac = SippUac(
+        lab,
+        node,
+        server=server,
+        media_port=media_port,
+        sip_port=sip_port,
+        call_timeout_s=max(1, int(timeout) - 5),
+        **kw,
+    )
+    res = uac.start().wait(timeout)
+    if res.ok:
+        uac.cleanup()
+    return res

@@ -1,0 +1,63 @@
+"""Fixed addresses and names of the nfsip network-namespace lab.
+
+The addresses are constants (not options) so that tests, the demo and the documentation can
+name them literally and so that a capture of one run is comparable with another's::
+
+    phone1 10.0.0.2 ─┐                                     ┌─ server 198.51.100.2
+    phone2 10.0.0.3 ─┤ lanswitch ── lan0 router wan0 ── wanswitch ┤
+                     ┘            10.0.0.1    198.51.100.1     └─ (wan host 198.51.100.3, optional)
+
+198.51.100.0/24 is TEST-NET-2 (RFC 5737): it can never leak to or collide with a real network.
+The server has no default route and no route to 10.0.0.0/24, so a packet that the router did
+not translate (for example RTP sent to the private address of an un-rewritten SDP) is dropped
+at the server with ENETUNREACH instead of being delivered by accident.
+"""
+
+from __future__ import annotations
+
+PREFIX_LEN = 24
+"""Both subnets are /24."""
+
+LAN_NET = "10.0.0.0/24"
+ROUTER_LAN_IP = "10.0.0.1"
+ROUTER_WAN_IP = "198.51.100.1"
+WAN_NET = "198.51.100.0/24"
+SERVER_IP = "198.51.100.2"
+WAN_HOST2_IP = "198.51.100.3"
+"""Reserved for a second WAN host (e.g. a second SIP server), see ``Lab.add_wan_host``."""
+
+PHONE_IPS: tuple[str, ...] = tuple(f"10.0.0.{n}" for n in range(2, 2 + 50))
+"""phone1 is 10.0.0.2, phone2 10.0.0.3, ... (phone<n> is 10.0.0.<n + 1>)."""
+
+MAX_PHONES = len(PHONE_IPS)
+
+SIP_PORT = 5060
+MEDIA_PORT = 6000
+"""Default RTP port of the sipp endpoints (sipp's own default for ``-mp``)."""
+
+# Node names (the namespace name is "<lab prefix>-<node>").
+ROUTER = "router"
+SERVER = "server"
+LAN_SWITCH = "lanswitch"
+WAN_SWITCH = "wanswitch"
+
+# Interface names inside the namespaces. Every veth is created directly inside its namespace,
+# so these short names never collide with another lab or with the root namespace.
+ROUTER_LAN_IF = "lan0"
+ROUTER_WAN_IF = "wan0"
+HOST_IF = "eth0"
+"""Interface of a phone or a WAN host."""
+BRIDGE_IF = "br0"
+"""Bridge inside each switch namespace; its ports are named after the node they lead to."""
+
+
+def phone_name(n: int) -> str:
+    """Node name of phone number ``n`` (1-based)."""
+    return f"phone{n}"
+
+
+def phone_ip(n: int) -> str:
+    """Address of phone number ``n`` (1-based): 10.0.0.(n + 1)."""
+    if not 1 <= n <= MAX_PHONES:
+        raise ValueError(f"phone number must be 1..{MAX_PHONES}, got {n}")
+    return PHONE_IPS[n - 1]
