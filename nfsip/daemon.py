@@ -22,6 +22,7 @@ from .kernel.conntrack import Conntrack
 from .kernel.firstpacket import FirstPackets
 from .kernel.netinfo import primary_ipv4
 from .kernel.nft import Nft, NftError
+from .kernel.queue import Queue
 from .metrics import Metrics
 from .model import Decision, Direction, Endpoint, Flow, Pinhole
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
@@ -49,7 +50,6 @@ class Daemon:
         self.first_packets = FirstPackets()
         self.native_queue = False
         self._stop = False
-        self._queue: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -78,31 +78,30 @@ class Daemon:
         self._stop = True
 
     def run(self) -> None:
-        from netfilterqueue import NetfilterQueue
-
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        self.install()
-        queue = NetfilterQueue()
-        # range=65535: copy whole datagrams. netfilterqueue 1.1.0 caps the copy at 4016 bytes; a longer
-        # message arrives truncated and is passed on unchanged (see decode_ipv4_udp).
-        queue.bind(self.config.queue_num, self.on_packet, max_len=4096, range=65535)
-        self._queue = queue
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        selector = selectors.DefaultSelector()
-        selector.register(queue.get_fd(), selectors.EVENT_READ)
-        log.info("ready")
+        # Bind and configure the queue before the divert rules exist: the configuration's ACK is read
+        # from the queue's socket, where no packet may arrive yet (nfsip.kernel.queue).
+        queue = Queue(self.config.queue_num, self.on_packet)
         try:
-            while not self._stop:
-                if selector.select(timeout=1.0):
-                    queue.run(block=False)
-                self.tick()
+            self.install()
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+            selector = selectors.DefaultSelector()
+            selector.register(queue.fd, selectors.EVENT_READ)
+            log.info("ready")
+            try:
+                while not self._stop:
+                    if selector.select(timeout=1.0):
+                        queue.drain()
+                    self.tick()
+            finally:
+                selector.close()
+                self.uninstall()
+                queue.drain()  # what was queued before the rules went away still gets its verdict
+                log.info("table ip %s removed; stopped", self.config.table_name)
         finally:
-            selector.close()
-            queue.unbind()
-            self.uninstall()
-            log.info("table ip %s removed; stopped", self.config.table_name)
+            queue.close()
 
     def tick(self) -> None:
         """Housekeeping between packets: forget calls whose deadline passed."""

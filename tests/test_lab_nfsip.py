@@ -168,3 +168,47 @@ def test_unparseable_message_passes_unchanged_and_is_counted(lab: Lab, nfsip: Nf
         assert run_uac(lab, "phone1").ok
     assert uas.wait(20).ok
     assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+
+
+def big_invite(size: int, call_id: str) -> bytes:
+    """An INVITE from phone1 padded with ICE candidates and a long header to about `size` bytes."""
+    candidates = "".join(
+        f"a=candidate:{i} 1 UDP {2130706431 - i} 10.0.0.2 {6000 + 2 * i} typ host\r\n" for i in range(40)
+    )
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n"
+        f"m=audio 6000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n{candidates}"
+    )
+    head = (
+        "INVITE sip:echo@198.51.100.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKbig\r\n"
+        f"From: <sip:phone@example.org>;tag=1\r\nTo: <sip:echo@example.org>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\nContact: <sip:phone@10.0.0.2:5060>\r\nContent-Type: application/sdp\r\n"
+    )
+    pad = max(0, size - len(head) - len(sdp) - 40)
+    head += f"X-Padding: {'p' * pad}\r\n"
+    return f"{head}Content-Length: {len(sdp)}\r\n\r\n{sdp}".encode()
+
+
+@pytest.mark.parametrize("size", [5000, 30000])
+def test_messages_beyond_the_queue_copy_limit_are_rewritten(lab: Lab, nfsip: NfsipDaemon, size: int):
+    """netfilterqueue alone copies 4016 bytes; nfsip lifts the copy range (nfsip.kernel.queue). A 30 KB
+    datagram is fragmented on the LAN and reassembled by conntrack before the queue."""
+    message = big_invite(size, f"big-{size}")
+    assert len(message) >= size - 100
+    with Capture(lab, T.SERVER, "eth0", capture_filter="udp port 5060 or ip[6:2] & 0x1fff != 0") as at_server:
+        sender = (
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"s.bind(('{T.PHONE_IPS[0]}',5060))\n"
+            f"s.sendto(sys.stdin.buffer.read(),('{T.SERVER_IP}',5060))\n"
+        )
+        lab.run("phone1", [sys.executable, "-c", sender], input=message.decode())
+    got = [p.payload for p in at_server.packets() if p.payload.startswith(b"INVITE")]
+    assert len(got) == 1, [len(p.payload) for p in at_server.packets()]
+    msg = parse_message(got[0])
+    assert msg.content_length == len(msg.body())
+    assert msg.sdp.connection.address == T.ROUTER_WAN_IP
+    assert msg.vias[0].sent_by.host == T.ROUTER_WAN_IP
+    assert b"X-Padding: " + b"p" * 100 in got[0]
+    live = nfsip.status()
+    assert any(c["call_id"] == f"big-{size}" for c in live["calls"]), live
