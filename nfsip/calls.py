@@ -28,8 +28,11 @@ class Call:
     lan_ip: str
     public_ip: str
     created: float
-    confirmed: bool = False
-    expires_at: float = 0.0
+    confirmed: bool = False  # a 2xx to the INVITE was seen
+    responded: bool = False  # any response to the INVITE was seen (else Timer B applies)
+    expires_at: float = 0.0  # the engine's deadline for this call
+    kernel_deadline: float = 0.0  # when the kernel elements expire unless refreshed
+    session_expires: int = 0  # RFC 4028 interval negotiated for the dialog, 0 without session timers
     streams: dict[int, StreamBinding] = field(default_factory=dict)
 
     def pinholes(self, timeout: int = 0) -> list[Pinhole]:
@@ -107,20 +110,20 @@ class CallTable:
             return old, removed, False
         public_ports = _allocate_run(self.ports, lan_ports, now)
         if old is not None:
-            removed.extend(self._drop_stream(call, index, now))
+            removed.extend(self.drop_stream(call, index, now))
         for lan in lan_ports:
             owner = self._owner.get((call.lan_ip, lan))
             if owner is not None:
                 other = self.calls.get(owner[0])
                 if other is not None:
-                    removed.extend(self._drop_stream(other, owner[1], now))
+                    removed.extend(self.drop_stream(other, owner[1], now))
         binding = StreamBinding(lan_ports, public_ports, labels)
         call.streams[index] = binding
         for lan in lan_ports:
             self._owner[(call.lan_ip, lan)] = ((call.call_id, call.lan_ip), index)
         return binding, removed, True
 
-    def _drop_stream(self, call: Call, index: int, now: float) -> list[Pinhole]:
+    def drop_stream(self, call: Call, index: int, now: float) -> list[Pinhole]:
         binding = call.streams.pop(index, None)
         if binding is None:
             return []
@@ -134,7 +137,7 @@ class CallTable:
         """Forget the call; returns every pinhole it held (to remove from the kernel)."""
         removed: list[Pinhole] = []
         for index in list(call.streams):
-            removed.extend(self._drop_stream(call, index, now))
+            removed.extend(self.drop_stream(call, index, now))
         self.calls.pop((call.call_id, call.lan_ip), None)
         return removed
 

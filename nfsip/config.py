@@ -37,6 +37,13 @@ class Config:
     # signalling and removed on BYE/failure; the kernel expires whatever nobody removes.
     pinhole_setup_timeout: int = 180
     pinhole_call_timeout: int = 7200
+    # Hard cap on a call's pinholes, however often the dialog is refreshed.
+    call_max_duration: int = 86400
+    # Who may send to a registered phone's SIP port once its conntrack entry expired: "registrar" (the
+    # server that accepted the registration) or "any".
+    registration_from: str = "registrar"
+    # Seconds a registration pinhole outlives the expiry the registrar granted (refresh in flight).
+    registration_grace: int = 30
     # Prometheus endpoint; "" disables it. Loopback by default: metrics reveal call activity.
     metrics_listen: str = "127.0.0.1:9477"
     log_level: str = "info"
@@ -60,7 +67,7 @@ def _expect_str(key: str, value: Any) -> str:
 
 
 def _validate_value(key: str, value: Any) -> Any:
-    if key in ("wan_interface", "table_name", "metrics_listen", "public_address", "log_level"):
+    if key in ("wan_interface", "table_name", "metrics_listen", "public_address", "log_level", "registration_from"):
         text = _expect_str(key, value)
         if key == "wan_interface" and text and (len(text) > 15 or "/" in text or " " in text):
             raise ConfigError(key, f"not a valid interface name: {text!r}")
@@ -75,6 +82,8 @@ def _validate_value(key: str, value: Any) -> Any:
             host, sep, port = text.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(key, f"must be HOST:PORT or empty, got {text!r}")
+        if key == "registration_from" and text not in ("registrar", "any"):
+            raise ConfigError(key, f'must be "registrar" or "any", got {text!r}')
         if key == "log_level" and text not in _LOG_LEVELS:
             raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}, got {text!r}")
         return text
@@ -82,8 +91,10 @@ def _validate_value(key: str, value: Any) -> Any:
         return _expect_int(key, value, 0, 65535)
     if key in ("media_port_min", "media_port_max"):
         return _expect_int(key, value, 1024, 65535)
-    if key in ("pinhole_setup_timeout", "pinhole_call_timeout"):
+    if key in ("pinhole_setup_timeout", "pinhole_call_timeout", "call_max_duration"):
         return _expect_int(key, value, 5, 7 * 24 * 3600)
+    if key == "registration_grace":
+        return _expect_int(key, value, 0, 3600)
     if key == "sip_ports":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list of port numbers")
@@ -116,6 +127,8 @@ def check_consistency(config: Config) -> None:
         raise ConfigError("sip_ports", f"{overlap} lie inside the media port range")
     if config.pinhole_setup_timeout > config.pinhole_call_timeout:
         raise ConfigError("pinhole_setup_timeout", "must not exceed pinhole_call_timeout")
+    if config.pinhole_call_timeout > config.call_max_duration:
+        raise ConfigError("pinhole_call_timeout", "must not exceed call_max_duration")
 
 
 def load(path: str | Path | None, *, wan_interface: str | None = None) -> Config:

@@ -44,7 +44,13 @@ class Daemon:
         self.engine = Engine(
             self.public_ip,
             PortAllocator(config.media_port_min, config.media_port_max),
-            Timeouts(config.pinhole_setup_timeout, config.pinhole_call_timeout),
+            Timeouts(
+                setup=config.pinhole_setup_timeout,
+                call=config.pinhole_call_timeout,
+                max_call=config.call_max_duration,
+                registration_grace=config.registration_grace,
+            ),
+            registration_from_registrar_only=config.registration_from == "registrar",
         )
         self.conntrack = Conntrack(clock)
         self.first_packets = FirstPackets()
@@ -69,6 +75,7 @@ class Daemon:
 
     def uninstall(self) -> None:
         holes = [h for call in self.engine.calls.calls.values() for h in call.pinholes()]
+        holes += [r.pinhole(0, 0) for r in self.engine.registrations.by_lan.values()]
         try:
             self.nft.remove_table()
         finally:
@@ -104,11 +111,21 @@ class Daemon:
             queue.close()
 
     def tick(self) -> None:
-        """Housekeeping between packets: forget calls whose deadline passed."""
+        """Housekeeping between packets: end calls and registrations whose deadline passed, with their map
+        entries (gone from the kernel already unless the engine's deadline came first, as for Timer B)
+        and their media flows' conntrack entries."""
         expired = self.engine.expire(self.clock())
-        if expired:
-            self.metrics.pinholes_expired.inc(len(expired))
-            self._update_gauges()
+        if not expired:
+            return
+        self.metrics.pinholes_expired.inc(len(expired))
+        try:
+            self.nft.apply((), expired)
+        except NftError as exc:
+            self.metrics.nft_errors.inc()
+            log.warning("removing expired pinholes failed (%s); retrying one by one", exc)
+            self.nft.apply_each((), expired)
+        self._after_verdict(tuple(expired), ())
+        self._update_gauges()
 
     # -- per packet -----------------------------------------------------------------------------------
     def on_packet(self, pkt: Any) -> None:
@@ -161,7 +178,7 @@ class Daemon:
                 return "not-translated"
             public = Endpoint(src, sport)
             remote = Endpoint(dst, dport)
-            lan = self.conntrack.original_source(reply_src=remote, reply_dst=public)
+            lan = self.conntrack.lan_endpoint(remote, public)
             if lan is None:
                 lan = self.first_packets.sender(payload, self.clock())
             if lan is None:
@@ -212,4 +229,5 @@ class Daemon:
     def _update_gauges(self) -> None:
         calls = self.engine.calls.calls.values()
         self.metrics.calls_active.set(len(calls))
+        self.metrics.registrations_active.set(len(self.engine.registrations))
         self.metrics.pinholes_active.set(sum(len(c.pinholes()) for c in calls))

@@ -1,7 +1,7 @@
 """The decision core: one SIP datagram in, a Decision out. Pure; the clock is an argument.
 
 Flow of one message: parse (nfsip.sip) -> address rewrites for the direction -> media pinholes for an SDP
-from the LAN host -> call state transitions (confirm, tear down) -> apply the edits (Content-Length fixed).
+from the LAN host -> registration and call state transitions -> apply the edits (Content-Length fixed).
 
 What is rewritten, and why:
 - OUTBOUND (LAN -> WAN), only where the text names the sending LAN host itself:
@@ -15,17 +15,25 @@ What is rewritten, and why:
   * top Via of a response: our public sent-by goes back to the phone's original text (RFC 3261 §18.1.2:
     a client drops responses whose top Via is not its own), received=/rport= back to the LAN values,
   * Request-URI naming our public address -> the phone's address.
+
+Lifetimes (all also enforced by the kernel element timeouts, which back up this state):
+- an INVITE that got no response at all: Timer B, 64*T1 = 32 s (RFC 3261 §17.1.1.2);
+- an attempt with provisional responses only: `setup` seconds;
+- an established call: `call` seconds, or Session-Expires + 32 s when the dialog uses session timers
+  (RFC 4028 §10), refreshed by every in-dialog request, never beyond `max_call` after the call began;
+- ended at once by BYE, the 200 to BYE, or a final non-2xx answer to the initial INVITE.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .calls import Call, CallTable, stream_pinholes
 from .model import Decision, Direction, Endpoint, Flow, Pinhole
 from .ports import PortAllocator, PortsExhausted
+from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
 from .sip.edit import Edit, apply_edits
 from .sip.errors import SipParseError
 from .sip.message import HostPort, SipMessage, parse_message
@@ -35,6 +43,7 @@ from .sip.sdp import Sdp, SdpMedia
 # (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
 
+TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
 _TRANSACTION_SECONDS = 64.0
 _TRANSACTION_LIMIT = 20000
@@ -44,6 +53,8 @@ _TRANSACTION_LIMIT = 20000
 class Timeouts:
     setup: int = 180
     call: int = 7200
+    max_call: int = 86400
+    registration_grace: int = 30
 
 
 def _is_udp_media(media: SdpMedia) -> bool:
@@ -69,11 +80,33 @@ def _is_private(address: str) -> bool:
     return ip.is_private and not ip.is_unspecified
 
 
+def _in_dialog(msg: SipMessage) -> bool:
+    try:
+        return msg.to.tag is not None
+    except SipParseError:
+        return False
+
+
+def _session_expires(msg: SipMessage) -> int | None:
+    header = msg.header("session-expires")
+    if header is None:
+        return None
+    digits = header.value.split(";", 1)[0].strip()
+    return int(digits) if digits.isdigit() and 0 < int(digits) < 1 << 31 else None
+
+
 class Engine:
-    def __init__(self, public_ip: str, ports: PortAllocator, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self,
+        public_ip: str,
+        ports: PortAllocator,
+        timeouts: Timeouts | None = None,
+        registration_from_registrar_only: bool = True,
+    ) -> None:
         self.public_ip = public_ip
         self.calls = CallTable(ports)
         self.timeouts = timeouts or Timeouts()
+        self.registrations = RegistrationTable(self.timeouts.registration_grace, registration_from_registrar_only)
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
 
@@ -98,67 +131,67 @@ class Engine:
                 edits.append(Edit(via.sent_by.span, _hostport_bytes(public_sip)))
                 if via.branch:
                     self._remember_via(via.branch, lan_ip, via.sent_by.span.slice(msg.raw), now)
+                    if msg.method == "REGISTER":
+                        aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
+                        pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
+                        self.registrations.request(via.branch, pending)
         for contact in msg.contacts:
             hp = contact.uri.hostport
             if hp is not None and hp.host == lan_ip:
                 edits.append(Edit(hp.span, _hostport_bytes(public_sip)))
 
-        install: list[Pinhole] = []
-        opened: list[Pinhole] = []
-        remove: list[Pinhole] = []
-        events: list[str] = []
-        detail = ""
+        change = _Change()
         if msg.sdp is not None:
-            sdp_edits, install, opened, remove, detail = self._outbound_sdp(flow, msg, msg.sdp, now)
-            edits.extend(sdp_edits)
+            edits.extend(self._outbound_sdp(flow, msg, msg.sdp, now, change))
+        self._transitions(msg, lan_ip, flow.direction, now, change)
+        return self._finish(msg, edits, change, now)
 
-        more_remove, more_events = self._transitions(msg, lan_ip, flow.direction, now)
-        remove.extend(more_remove)
-        events.extend(more_events)
-        if install:
-            # The transitions may have confirmed the call (a phone's 200 OK answering an inbound call) or
-            # ended it: install what is left, with the timeout of the state the call is in now.
-            call = self.calls.get(msg.call_id, lan_ip)
-            install = call.pinholes(self._timeout_for(call)) if call is not None else []
-            if call is None:
-                opened = []
-        return self._finish(msg, edits, install, opened, remove, events, detail)
-
-    def _outbound_sdp(
-        self, flow: Flow, msg: SipMessage, sdp: Sdp, now: float
-    ) -> tuple[list[Edit], list[Pinhole], list[Pinhole], list[Pinhole], str]:
+    def _outbound_sdp(self, flow: Flow, msg: SipMessage, sdp: Sdp, now: float, change: _Change) -> list[Edit]:
         lan_ip = flow.lan.ip
         edits: list[Edit] = []
-        removed: list[Pinhole] = []
-        opened: list[Pinhole] = []
-        foreign = ""
         wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
+        disabled: list[int] = []
         for index, media in enumerate(sdp.media):
             conn = sdp.media_connection(media)
-            if media.port == 0 or conn is None or not _is_udp_media(media):
+            if media.port == 0:
+                disabled.append(index)  # RFC 3264 §8.2: a stream removed from the session
+                continue
+            if conn is None or not _is_udp_media(media):
                 continue
             if conn.address != lan_ip:
                 if _is_private(conn.address):
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
-                    foreign = f"sdp names {conn.address}, sender is {lan_ip}"
+                    change.detail = f"sdp names {conn.address}, sender is {lan_ip}"
                 continue
             lan_ports, labels = _stream_ports(index, media)
             wanted.append((index, media, lan_ports, labels))
+        call = self.calls.get(msg.call_id, lan_ip)
+        if call is not None:
+            for index in disabled:
+                change.remove.extend(self.calls.drop_stream(call, index, now))
         if not wanted:
-            return edits, [], [], removed, foreign
-        call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+            return edits
+        if call is None:
+            call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+            # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
+            # established already; one first seen in an INVITE waits for any response for Timer B.
+            call.confirmed = msg.is_request and _in_dialog(msg)
+            call.responded = not msg.is_request
+            call.expires_at = now + (self._lifetime(call) if call.confirmed else TIMER_B)
         try:
             bindings = []
             for index, media, lan_ports, labels in wanted:
                 binding, replaced, is_new = self.calls.bind_stream(call, index, lan_ports, labels, now)
-                removed.extend(replaced)
+                change.remove.extend(replaced)
                 bindings.append((media, binding))
                 if is_new:
-                    opened.extend(stream_pinholes(call, binding, self.timeouts.setup))
+                    change.opened.extend(stream_pinholes(call, binding, self.timeouts.setup))
         except PortsExhausted:
             if not call.streams:
                 self.calls.end(call, now)
-            return [], [], [], removed, "media ports exhausted"
+            change.detail = "media ports exhausted"
+            return []
+        change.install_call = call
         for media, binding in bindings:
             edits.append(Edit(media.port_span, str(binding.public_ports[0]).encode()))
             if media.rtcp is not None and not media.rtcp_mux:
@@ -173,16 +206,17 @@ class Engine:
             edits.append(Edit(sdp.connection.address_span, self.public_ip.encode()))
         if sdp.origin is not None and sdp.origin.address == lan_ip:
             edits.append(Edit(sdp.origin.address_span, self.public_ip.encode()))
-        if call.expires_at == 0.0 or not call.confirmed:
-            call.expires_at = now + self.timeouts.setup
-        return edits, call.pinholes(self._timeout_for(call)), opened, removed, foreign
+        return edits
 
     # -- WAN -> LAN ----------------------------------------------------------------------------------
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         edits: list[Edit] = []
         lan_sip = flow.lan
+        change = _Change()
         if not msg.is_request and msg.vias:
             via = msg.vias[0]
+            if msg.cseq_method == "REGISTER":
+                self._registered(msg, via.branch, now, change)
             if via.sent_by.host == self.public_ip:
                 original = self._recall_via(via.branch, lan_sip.ip)
                 edits.append(Edit(via.sent_by.span, original or _hostport_bytes(lan_sip)))
@@ -197,46 +231,95 @@ class Engine:
             hp: HostPort | None = msg.request_uri.hostport
             if hp is not None and hp.host == self.public_ip:
                 edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
-        remove, events = self._transitions(msg, lan_sip.ip, flow.direction, now)
-        return self._finish(msg, edits, [], [], remove, events, "")
+        self._transitions(msg, lan_sip.ip, flow.direction, now, change)
+        return self._finish(msg, edits, change, now)
+
+    def _registered(self, msg: SipMessage, branch: str | None, now: float, change: _Change) -> None:
+        """A registrar's final answer to a REGISTER: keep, refresh or drop the phone's SIP pinhole."""
+        if msg.status is None or msg.status < 200:
+            return
+        pending = self.registrations.pending(branch)
+        granted: int | None = None
+        if pending is not None and 200 <= msg.status < 300:
+            for contact in msg.contacts:
+                hp = contact.uri.hostport
+                if hp is not None and hp.host == pending.public.ip and (hp.port or 5060) == pending.public.port:
+                    param = contact.param("expires")
+                    if param is not None and param.value is not None and param.value.isdigit():
+                        granted = int(param.value)
+                    elif msg.expires is not None:
+                        granted = msg.expires
+                    else:
+                        granted = DEFAULT_EXPIRES
+                    break
+        install, remove, event = self.registrations.final_response(branch, msg.status, granted, now)
+        change.install.extend(install)
+        change.opened.extend(install if event else [])
+        change.remove.extend(remove)
+        if event:
+            change.events.append(event)
 
     # -- call state ----------------------------------------------------------------------------------
-    def _transitions(
-        self, msg: SipMessage, lan_ip: str, direction: Direction, now: float
-    ) -> tuple[list[Pinhole], list[str]]:
+    def _transitions(self, msg: SipMessage, lan_ip: str, direction: Direction, now: float, change: _Change) -> None:
         call = self.calls.get(msg.call_id, lan_ip)
         if call is None:
-            return [], []
+            return
         if msg.is_request:
             if msg.method == "BYE":
-                return self._end(call, now, f"BYE ({direction.value})")
-            return [], []
+                self._end(call, now, f"BYE ({direction.value})", change)
+            elif call.confirmed and _in_dialog(msg):
+                self._refresh(call, now, change, _session_expires(msg))
+            return
         status = msg.status or 0
         if msg.cseq_method == "INVITE":
-            if 200 <= status < 300 and not call.confirmed:
+            if status >= 100 and not call.responded:
+                call.responded = True
+                if not call.confirmed:
+                    call.expires_at = call.created + self.timeouts.setup
+            if 200 <= status < 300:
+                first = not call.confirmed
                 call.confirmed = True
-                call.expires_at = now + self.timeouts.call
-                return [], [f"call {call.call_id} established"]
-            if status >= 300 and not call.confirmed:
-                return self._end(call, now, f"INVITE failed with {status}")
-        elif msg.cseq_method == "BYE":
-            return self._end(call, now, f"{status} to BYE")
-        return [], []
+                self._refresh(call, now, change, _session_expires(msg), force=first)
+                if first:
+                    change.events.append(f"call {call.call_id} established")
+            elif status >= 300 and not call.confirmed:
+                self._end(call, now, f"INVITE failed with {status}", change)
+        elif msg.cseq_method == "BYE" and status >= 200:
+            self._end(call, now, f"{status} to BYE", change)
 
-    def _end(self, call: Call, now: float, why: str) -> tuple[list[Pinhole], list[str]]:
+    def _lifetime(self, call: Call) -> int:
+        if call.session_expires:
+            return call.session_expires + int(TIMER_B)
+        return self.timeouts.call
+
+    def _refresh(
+        self, call: Call, now: float, change: _Change, session_expires: int | None, force: bool = False
+    ) -> None:
+        """An established call showed life: push its deadline out, and the kernel's too when due."""
+        if session_expires:
+            call.session_expires = session_expires
+        lifetime = self._lifetime(call)
+        call.expires_at = min(now + lifetime, call.created + self.timeouts.max_call)
+        # Re-adding the elements costs a transaction: only when the kernel timeout is half used up.
+        if force or call.kernel_deadline - now < lifetime / 2:
+            change.install_call = call
+
+    def _end(self, call: Call, now: float, why: str, change: _Change) -> None:
         duration = now - call.created
         removed = self.calls.end(call, now)
+        change.remove.extend(removed)
+        if change.install_call is call:
+            change.install_call = None
+            change.opened.clear()
         ports = ",".join(str(p.public.port) for p in removed)
-        return removed, [f"call {call.call_id} ended: {why}; {duration:.1f}s; ports {ports or '-'}"]
-
-    def _timeout_for(self, call: Call) -> int:
-        return self.timeouts.call if call.confirmed else self.timeouts.setup
+        change.events.append(f"call {call.call_id} ended: {why}; {duration:.1f}s; ports {ports or '-'}")
 
     def expire(self, now: float) -> list[Pinhole]:
-        """Drop state whose deadline passed. The kernel expires the matching elements by itself."""
+        """Drop state whose deadline passed; returns the pinholes to remove (and whose flows to purge)."""
         removed: list[Pinhole] = []
         for _call, holes in self.calls.expire(now):
             removed.extend(holes)
+        removed.extend(self.registrations.expire(now))
         while self._vias:
             key, (_text, deadline) = next(iter(self._vias.items()))
             if deadline > now:
@@ -258,32 +341,49 @@ class Engine:
         entry = self._vias.get((branch, lan_ip))
         return entry[0] if entry else None
 
-    def _finish(
-        self,
-        msg: SipMessage,
-        edits: list[Edit],
-        install: list[Pinhole],
-        opened: list[Pinhole],
-        remove: list[Pinhole],
-        events: list[str],
-        detail: str,
-    ) -> Decision:
-        kind = _message_kind(msg)
+    def _finish(self, msg: SipMessage, edits: list[Edit], change: _Change, now: float) -> Decision:
         payload = None
         if edits:
             new = apply_edits(msg, edits)
             if new != msg.raw or msg.trailing:
                 payload = new
+        install = list(change.install)
+        call = change.install_call
+        if call is not None and call.streams:
+            install.extend(self._call_pinholes(call, now))
         return Decision(
             payload,
             "rewritten" if payload is not None else "unchanged",
-            kind=kind,
-            detail=detail,
+            kind=_message_kind(msg),
+            detail=change.detail,
             install=tuple(install),
-            opened=tuple(opened),
-            remove=tuple(remove),
-            events=tuple(events),
+            opened=tuple(change.opened),
+            remove=tuple(change.remove),
+            events=tuple(change.events),
         )
+
+    def _call_pinholes(self, call: Call, now: float) -> list[Pinhole]:
+        """Every pinhole of the call, with a kernel timeout at least as long as the engine's deadline: the
+        engine removes them itself in time; the kernel timeout matters only if the daemon is gone."""
+        if call.confirmed:
+            timeout = min(self._lifetime(call), call.created + self.timeouts.max_call - now)
+        else:
+            timeout = self.timeouts.setup
+        timeout = max(1, int(timeout + 0.999))
+        call.kernel_deadline = now + timeout
+        return call.pinholes(timeout)
+
+
+@dataclass
+class _Change:
+    """What one message changes: collected by the steps of the decision, turned into a Decision."""
+
+    install_call: Call | None = None
+    install: list[Pinhole] = field(default_factory=list)
+    opened: list[Pinhole] = field(default_factory=list)
+    remove: list[Pinhole] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    detail: str = ""
 
 
 def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -36,6 +36,9 @@ class Metrics:
         )
         self.pinholes_active = Gauge("nfsip_pinholes_active", "Media pinholes nfsip holds now", registry=r)
         self.calls_active = Gauge("nfsip_calls_active", "Calls with media pinholes now", registry=r)
+        self.registrations_active = Gauge(
+            "nfsip_registrations_active", "Phone registrations kept reachable now", registry=r
+        )
         self.nft_errors = Counter("nfsip_nft_errors", "Failed nft transactions", registry=r)
         self.conntrack_purged = Counter(
             "nfsip_conntrack_purged", "Conntrack entries of media flows deleted", registry=r

@@ -42,13 +42,20 @@ class Flow:
 
 @dataclass(frozen=True, slots=True)
 class Pinhole:
-    """One public UDP port forwarded to one LAN ip:port, both ways (a DNAT and an SNAT map entry)."""
+    """One public UDP port forwarded to one LAN ip:port, both ways (a DNAT and an SNAT map entry).
+
+    kind "media": any remote may send to the public port (RTP latching: the far end may itself be behind
+    NAT). kind "sip": a registration's SIP port, reachable only from `remote_ip` (the registrar that
+    accepted the registration) unless remote_ip is "" (configured: from anywhere).
+    """
 
     public: Endpoint
     lan: Endpoint
-    call_id: str
-    label: str  # which stream of the call, without spaces: "m0.rtp", "m1.rtcp"
+    call_id: str  # the call's Call-ID; for a registration, "reg:<address-of-record>"
+    label: str  # which stream of the call, without spaces: "m0.rtp", "m1.rtcp"; "sip" for registrations
     timeout: int = 0  # seconds; 0 for removals
+    kind: str = "media"
+    remote_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from .kernel.nft import Nft, NftError
+from .kernel.ruleset import SIP_DNAT_ANY_MAP, SIP_DNAT_MAP
 
 
 def collect(table: str) -> dict[str, Any]:
     nft = Nft(table)
+    empty: dict[str, Any] = {"table": table, "calls": [], "pinholes": 0, "registrations": []}
     if not nft.table_exists():
-        return {"table": table, "installed": False, "calls": [], "pinholes": 0}
+        return {**empty, "installed": False}
     try:
         elements = nft.elements()
+        sip_elements = nft.elements(SIP_DNAT_MAP) + nft.elements(SIP_DNAT_ANY_MAP)
     except NftError as exc:
-        return {"table": table, "installed": True, "error": str(exc), "calls": [], "pinholes": 0}
+        return {**empty, "installed": True, "error": str(exc)}
     calls: dict[tuple[str, str], dict[str, Any]] = {}
     for elem in elements:
         # The comment is "<label> <call-id>" (nfsip.kernel.nft.element_comment).
@@ -36,13 +39,35 @@ def collect(table: str) -> dict[str, Any]:
         )
     for call in calls.values():
         call["pinholes"].sort(key=lambda p: p["public_port"])
-    return {"table": table, "installed": True, "calls": list(calls.values()), "pinholes": len(elements)}
+    registrations = [
+        {
+            "aor": elem.comment.partition(" ")[2].removeprefix("reg:"),
+            "public": f"{elem.key.ip}:{elem.key.port}",
+            "private": f"{elem.value.ip}:{elem.value.port}",
+            "from": elem.remote_ip or "any",
+            "seconds_left": elem.expires,
+        }
+        for elem in sip_elements
+    ]
+    return {
+        "table": table,
+        "installed": True,
+        "calls": list(calls.values()),
+        "pinholes": len(elements),
+        "registrations": registrations,
+    }
 
 
 def format_table(state: dict[str, Any]) -> str:
     if not state["installed"]:
         return f"table ip {state['table']} is not installed (is `nfsip run` running?)"
-    lines = [f"{len(state['calls'])} calls, {state['pinholes']} pinholes"]
+    lines = [f"{len(state['registrations'])} registrations, {len(state['calls'])} calls, {state['pinholes']} pinholes"]
+    for reg in state["registrations"]:
+        left = reg["seconds_left"]
+        lines.append(
+            f"registration {reg['aor']}  {reg['public']} -> {reg['private']}  from {reg['from']}"
+            f"  {'' if left is None else f'{left:.0f}s left'}"
+        )
     for call in state["calls"]:
         lines.append(f"call {call['call_id']}  lan host {call['lan_host']}")
         for hole in call["pinholes"]:

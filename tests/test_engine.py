@@ -160,8 +160,8 @@ INVITE = (
 SDP = "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {conn}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n"
 
 
-def invite(ip="10.0.0.2", port=6000, callid="c1", conn=None, branch="1") -> bytes:
-    sdp = SDP.format(ip=ip, conn=conn or ip, port=port)
+def invite(ip="10.0.0.2", port=6000, callid="c1", conn=None, branch="1", extra_media="") -> bytes:
+    sdp = SDP.format(ip=ip, conn=conn or ip, port=port) + extra_media
     return INVITE.format(ip=ip, callid=callid, branch=branch, length=len(sdp), sdp=sdp).encode()
 
 
@@ -265,8 +265,116 @@ def test_rfc4475_invalid_messages_pass_unchanged():
     assert rejected >= 10
 
 
-def test_expiry_forgets_calls():
+def test_attempt_without_any_response_ends_after_timer_b():
     eng = engine()
     eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    assert eng.expire(31.0) == []
+    assert len(eng.expire(32.5)) == 2 and len(eng.calls) == 0
+
+
+def test_attempt_with_provisional_responses_lives_for_the_setup_timeout():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    eng.handle(inbound("10.0.0.2"), response(100), 0.1)
     assert eng.expire(100.0) == []
     assert len(eng.expire(181.0)) == 2 and len(eng.calls) == 0
+
+
+def test_established_call_is_refreshed_by_in_dialog_requests_and_capped():
+    eng = Engine(PUBLIC, PortAllocator(40000, 49999), Timeouts(setup=180, call=600, max_call=1000))
+    eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    ok = eng.handle(inbound("10.0.0.2"), response(200), 1.0)
+    assert {h.timeout for h in ok.install} == {600}  # confirmed: the call lifetime, pushed to the kernel
+    info = bye("c1").replace(b"BYE ", b"INFO ", 1).replace(b"2 BYE", b"3 INFO")
+    early = eng.handle(inbound("10.0.0.2"), info, 100.0)
+    assert early.install == ()  # kernel timeout barely used: no transaction for this refresh
+    late = eng.handle(inbound("10.0.0.2"), info, 400.0)
+    assert {h.timeout for h in late.install} == {600}
+    assert eng.expire(999.0) == [] and len(eng.calls) == 1
+    assert len(eng.expire(1000.5)) == 2  # max_call reached despite refreshes
+
+
+def test_session_expires_sets_the_call_lifetime():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    ok = eng.handle(inbound("10.0.0.2"), response(200, extra="Session-Expires: 90;refresher=uac\r\n"), 1.0)
+    assert {h.timeout for h in ok.install} == {90 + 32}
+    assert eng.expire(100.0) == []
+    assert len(eng.expire(124.0)) == 2
+
+
+def test_stream_disabled_by_port_zero_closes_its_pinholes():
+    eng = engine()
+    two = invite(extra_media="m=video 6002 RTP/AVP 96\r\n")
+    first = eng.handle(outbound("10.0.0.2"), two, 0.0)
+    assert {h.lan.port for h in first.install} == {6000, 6001, 6002, 6003}
+    eng.handle(inbound("10.0.0.2"), response(200), 1.0)
+    off = invite(extra_media="m=video 0 RTP/AVP 96\r\n", branch="2").replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
+    d = eng.handle(
+        outbound("10.0.0.2"), off.replace(b"To: <sip:bob@example.org>", b"To: <sip:bob@example.org>;tag=2"), 2.0
+    )
+    assert {h.lan.port for h in d.remove} == {6002, 6003}
+    assert {h.lan.port for h in d.install} == {6000, 6001}
+
+
+def test_late_offer_answer_in_ack_opens_pinholes_of_an_established_call():
+    eng = engine()
+    sdp = SDP.format(ip="10.0.0.2", conn="10.0.0.2", port=6000)
+    ack = (
+        "ACK sip:bob@198.51.100.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKack\r\n"
+        "From: <sip:alice@example.org>;tag=1\r\nTo: <sip:bob@example.org>;tag=2\r\nCall-ID: late\r\n"
+        f"CSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+    ).encode()
+    d = eng.handle(outbound("10.0.0.2"), ack, 0.0)
+    assert {h.timeout for h in d.install} == {7200}
+    assert eng.calls.get("late", "10.0.0.2").confirmed
+
+
+REGISTER = (
+    "REGISTER sip:example.org SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK{branch};rport\r\n"
+    "From: <sip:alice@example.org>;tag=r1\r\nTo: <sip:alice@example.org>\r\nCall-ID: reg1\r\n"
+    "CSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.2:5060>\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def register_ok(branch: str, cseq: int, contacts: str) -> bytes:
+    return (
+        f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {PUBLIC}:1024;branch=z9hG4bK{branch};rport=1024;received={PUBLIC}\r\n"
+        "From: <sip:alice@example.org>;tag=r1\r\nTo: <sip:alice@example.org>;tag=x\r\nCall-ID: reg1\r\n"
+        f"CSeq: {cseq} REGISTER\r\n{contacts}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_registration_keeps_the_phone_reachable_from_the_registrar_for_the_granted_expiry():
+    eng = engine()
+    out = eng.handle(
+        outbound("10.0.0.2", public_port=1024), REGISTER.format(branch="a", cseq=1, expires=3600).encode(), 0
+    )
+    assert b"Contact: <sip:alice@203.0.113.7:1024>" in out.payload
+    # The 200 lists this phone's binding (granted 600 s) and another phone's for the same AOR.
+    contacts = f"Contact: <sip:alice@{PUBLIC}:1024>;expires=600, <sip:alice@{PUBLIC}:2048>;expires=3600\r\n"
+    ok = eng.handle(inbound("10.0.0.2"), register_ok("a", 1, contacts), 0.2)
+    (hole,) = ok.install
+    assert (hole.kind, hole.public, hole.lan, hole.remote_ip) == (
+        "sip",
+        Endpoint(PUBLIC, 1024),
+        Endpoint("10.0.0.2", 5060),
+        SERVER.ip,
+    )
+    assert hole.timeout == 600 + 30
+    # Re-REGISTER refreshes; un-REGISTER (no contact of ours in the 200) removes.
+    eng.handle(outbound("10.0.0.2", public_port=1024), REGISTER.format(branch="b", cseq=2, expires=3600).encode(), 300)
+    again = eng.handle(inbound("10.0.0.2"), register_ok("b", 2, contacts), 300.1)
+    assert again.remove == () and again.install[0].timeout == 630
+    eng.handle(outbound("10.0.0.2", public_port=1024), REGISTER.format(branch="c", cseq=3, expires=0).encode(), 400)
+    gone = eng.handle(inbound("10.0.0.2"), register_ok("c", 3, ""), 400.1)
+    assert gone.install == () and [h.kind for h in gone.remove] == ["sip"]
+    assert len(eng.registrations) == 0
+
+
+def test_registration_expires_without_refresh():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2", public_port=1024), REGISTER.format(branch="a", cseq=1, expires=60).encode(), 0)
+    eng.handle(inbound("10.0.0.2"), register_ok("a", 1, f"Contact: <sip:alice@{PUBLIC}:1024>;expires=60\r\n"), 0)
+    assert eng.expire(89.0) == []
+    assert [h.kind for h in eng.expire(90.5)] == ["sip"]

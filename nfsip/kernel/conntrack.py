@@ -53,29 +53,36 @@ class Conntrack:
     def close(self) -> None:
         self._ct.close()
 
-    def original_source(self, reply_src: Endpoint, reply_dst: Endpoint) -> Endpoint | None:
-        """The original source of the UDP flow whose reply tuple is reply_src -> reply_dst."""
-        key = (reply_src.ip, reply_src.port, reply_dst.ip, reply_dst.port)
+    def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint | None:
+        """The LAN ip:port behind an outbound datagram seen after NAT as public -> remote.
+
+        A flow the LAN host started has reply tuple remote -> public and its original source is the host;
+        a flow the remote started (an INVITE to a registration, DNATed by sip_dnat) has original tuple
+        remote -> public and the host is its reply source."""
+        key = (remote.ip, remote.port, public.ip, public.port)
         now = self._clock()
         hit = self._cache.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        reply = self._tuple(
-            saddr=reply_src.ip, daddr=reply_dst.ip, proto=IPPROTO_UDP, sport=reply_src.port, dport=reply_dst.port
-        )
+        tup = self._tuple(saddr=remote.ip, daddr=public.ip, proto=IPPROTO_UDP, sport=remote.port, dport=public.port)
+        found = self._get("tuple_reply", tup, "CTA_TUPLE_ORIG", 0) or self._get("tuple_orig", tup, "CTA_TUPLE_REPLY", 0)
+        if found is not None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = (found, now + _CACHE_SECONDS)
+        return found
+
+    def _get(self, by: str, tup: object, answer_attr: str, side: int) -> Endpoint | None:
         try:
-            answer = self._ct.entry("get", tuple_reply=reply)
+            answer = self._ct.entry("get", **{by: tup})
         except Exception as exc:  # NetlinkError ENOENT when there is no such entry
-            log.debug("conntrack lookup %s -> %s: %s", reply_src, reply_dst, exc)
+            log.debug("conntrack get by %s: %s", by, exc)
             return None
         # pyroute2's Conntrack.entry() answers one message; NFCTSocket.entry() a list of them.
         for msg in answer if isinstance(answer, list) else [answer]:
-            pair = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
+            pair = _tuple_endpoints(msg, answer_attr)
             if pair is not None:
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[key] = (pair[0], now + _CACHE_SECONDS)
-                return pair[0]
+                return pair[side]
         return None
 
     def purge_media(self, pinholes: Iterable[Pinhole], keep_public: bool = False) -> int:
@@ -86,7 +93,7 @@ class Conntrack:
         are kept (used right after installing: only flows that raced ahead of the map entry and were
         masqueraded elsewhere are dropped).
         """
-        holes = list(pinholes)
+        holes = [h for h in pinholes if h.kind == "media"]  # a registration's SIP flow stays up
         if not holes:
             return 0
         lan_ports: dict[str, dict[int, Pinhole]] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import Endpoint, Pinhole
-from .ruleset import DNAT_MAP, SNAT_MAP
+from .ruleset import DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_DNAT_MAP, SIP_SNAT_MAP, SNAT_MAP
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class MapElement:
     value: Endpoint
     comment: str
     expires: float | None  # seconds left, None when the kernel gave none
+    remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
 class Nft:
@@ -108,28 +109,42 @@ class Nft:
         return False
 
     # -- pinholes -------------------------------------------------------------------------------------
-    def _element(self, map_name: str, key: Endpoint, value: Endpoint, extra: dict[str, Any]) -> dict:
+    def _element(self, map_name: str, key: list, value: Endpoint, extra: dict[str, Any]) -> dict:
         return {
             "family": "ip",
             "table": self.table,
             "name": map_name,
-            "elem": [[{"elem": {"val": {"concat": [key.ip, key.port]}, **extra}}, {"concat": [value.ip, value.port]}]],
+            "elem": [[{"elem": {"val": {"concat": key}, **extra}}, {"concat": [value.ip, value.port]}]],
         }
+
+    @staticmethod
+    def _entries(hole: Pinhole) -> list[tuple[str, list, Endpoint]]:
+        """The (map, key, value) elements that make one pinhole: inbound DNAT and outbound SNAT."""
+        if hole.kind == "sip":
+            if hole.remote_ip:
+                dnat = (SIP_DNAT_MAP, [hole.remote_ip, hole.public.ip, hole.public.port], hole.lan)
+            else:
+                dnat = (SIP_DNAT_ANY_MAP, [hole.public.ip, hole.public.port], hole.lan)
+            return [dnat, (SIP_SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public)]
+        return [
+            (DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan),
+            (SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public),
+        ]
 
     def _commands(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> list[dict]:
         cmds: list[dict] = []
         for hole in remove:
             # nft 1.0.6 has no "destroy": deleting an element the kernel already expired fails the whole
             # transaction with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
-            for map_name, key, value in ((DNAT_MAP, hole.public, hole.lan), (SNAT_MAP, hole.lan, hole.public)):
+            for map_name, key, value in self._entries(hole):
                 cmds.append({"add": {"element": self._element(map_name, key, value, {"timeout": 1})}})
                 cmds.append({"delete": {"element": self._element(map_name, key, value, {})}})
         for hole in install:
-            extra = {"timeout": hole.timeout, "comment": element_comment(hole)}
+            extra = {"timeout": max(1, hole.timeout), "comment": element_comment(hole)}
             # Re-adding an element with the same value refreshes its timeout (LAB.md); a changed mapping is
             # always preceded by its removal in the same transaction.
-            cmds.append({"add": {"element": self._element(DNAT_MAP, hole.public, hole.lan, extra)}})
-            cmds.append({"add": {"element": self._element(SNAT_MAP, hole.lan, hole.public, extra)}})
+            for map_name, key, value in self._entries(hole):
+                cmds.append({"add": {"element": self._element(map_name, key, value, extra)}})
         return cmds
 
     def apply(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> None:
@@ -154,11 +169,7 @@ class Nft:
             try:
                 self.apply((hole,), ())
             except NftError:
-                try:
-                    # The key may hold a stale value: drop whatever is there, then add.
-                    self.apply((), (hole,))
-                except NftError:
-                    self._delete_keys(hole)
+                self._delete_keys(hole)  # the key may hold a stale value: drop whatever is there, then add
                 try:
                     self.apply((hole,), ())
                 except NftError as exc:
@@ -166,8 +177,9 @@ class Nft:
         return errors
 
     def _delete_keys(self, hole: Pinhole) -> None:
-        for map_name, key in ((DNAT_MAP, hole.public), (SNAT_MAP, hole.lan)):
-            self._nft.cmd(f"delete element ip {self.table} {map_name} {{ {key.ip} . {key.port} }}")
+        for map_name, key, _value in self._entries(hole):
+            key_text = " . ".join(str(k) for k in key)
+            self._nft.cmd(f"delete element ip {self.table} {map_name} {{ {key_text} }}")
 
     def elements(self, map_name: str = DNAT_MAP) -> list[MapElement]:
         rc, out, err = self._nft.cmd(f"list map ip {self.table} {map_name}")
@@ -182,15 +194,16 @@ class Nft:
                 elem = key_part.get("elem", {})
                 key = elem.get("val", {}).get("concat", [])
                 value = value_part.get("concat", [])
-                if len(key) != 2 or len(value) != 2:
+                if len(key) not in (2, 3) or len(value) != 2:
                     continue
                 result.append(
                     MapElement(
                         map_name,
-                        Endpoint(str(key[0]), int(key[1])),
+                        Endpoint(str(key[-2]), int(key[-1])),
                         Endpoint(str(value[0]), int(value[1])),
                         str(elem.get("comment", "")),
                         float(elem["expires"]) if "expires" in elem else None,
+                        str(key[0]) if len(key) == 3 else "",
                     )
                 )
         return result

@@ -22,6 +22,9 @@ from ..config import Config
 
 DNAT_MAP = "media_dnat"
 SNAT_MAP = "media_snat"
+SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
+SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
+SIP_SNAT_MAP = "sip_snat"
 QUEUE_CHAIN = "sip_queue"
 
 
@@ -79,14 +82,41 @@ table ip {opts.table} {{
 \t\tflags timeout
 \t}}
 
-\tchain media_prerouting {{
-\t\ttype nat hook prerouting priority dstnat - 10; policy accept;
-\t\tiifname "{wan}" meta l4proto udp dnat ip to ip daddr . udp dport map @{DNAT_MAP}
+\t# A registered phone's SIP port, kept reachable for the registration's lifetime even after the UDP
+\t# conntrack entry expired: from the registrar that accepted it only ...
+\tmap {SIP_DNAT_MAP} {{
+\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
+\t\tflags timeout
 \t}}
 
-\tchain media_postrouting {{
+\t# ... or, when configured (registration_from = "any"), from anywhere.
+\tmap {SIP_DNAT_ANY_MAP} {{
+\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
+\t\tflags timeout
+\t}}
+
+\t# and its outgoing SIP keeps the public port the registrar knows.
+\tmap {SIP_SNAT_MAP} {{
+\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
+\t\tflags timeout
+\t}}
+
+\tchain pinholes_prerouting {{
+\t\ttype nat hook prerouting priority dstnat - 10; policy accept;
+\t\t# No iifname on the media rule: a LAN phone sending to another LAN phone's public media port (a
+\t\t# hairpin call through an outside softswitch) is forwarded inside too.
+\t\tmeta l4proto udp dnat ip to ip daddr . udp dport map @{DNAT_MAP}
+\t\tiifname "{wan}" meta l4proto udp dnat ip to ip saddr . ip daddr . udp dport map @{SIP_DNAT_MAP}
+\t\tiifname "{wan}" meta l4proto udp dnat ip to ip daddr . udp dport map @{SIP_DNAT_ANY_MAP}
+\t}}
+
+\tchain pinholes_postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;
 \t\toifname "{wan}" meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
+\t\toifname "{wan}" meta l4proto udp snat ip to ip saddr . udp sport map @{SIP_SNAT_MAP}
+\t\t# Hairpin: media DNATed back into the LAN leaves from the sender's public port, so the receiver
+\t\t# sees the address its SDP peer announced and answers through the router too.
+\t\tct status dnat meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
 \t}}
 
 \t# The first datagram of a new LAN -> WAN SIP flow, before source NAT. At srcnat+10 its conntrack entry

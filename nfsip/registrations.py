@@ -1,0 +1,106 @@
+"""Registrations of LAN phones (pure state; the clock is passed in).
+
+Why: a phone behind NAT is reachable for inbound calls only while the UDP conntrack entry of its SIP flow
+lives (30 s unreplied, 120 s replied by default). Phones and registrars work around that with keepalives
+every few seconds; nfsip instead keeps the mapping itself: when the registrar's 2xx accepts the phone's
+(rewritten) Contact, a `sip` pinhole maps public ip:port -> phone ip:port for the granted expiry plus a
+grace, reachable by default only from the registrar that answered (RFC 3261 §10.3; §10.2.4 for the
+granted expiry: the contact's expires parameter, else the Expires header).
+
+One registration per phone SIP endpoint (LAN ip:port): several accounts registered from one endpoint, or
+several phones registering the same address-of-record, all share this one mapping rule, because what must
+stay reachable is the endpoint, not the AOR.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .model import Endpoint, Pinhole
+
+# A REGISTER transaction's 2xx comes within Timer F (64*T1 = 32 s); keep pending ones a little longer.
+_PENDING_SECONDS = 64.0
+_PENDING_LIMIT = 20000
+DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1: the registrar's default when the request asked for none
+
+
+@dataclass
+class Registration:
+    lan: Endpoint
+    public: Endpoint
+    registrar_ip: str  # "" when the pinhole accepts any sender
+    aor: str
+    expires_at: float
+
+    def pinhole(self, now: float, grace: int) -> Pinhole:
+        timeout = max(1, int(self.expires_at - now) + grace)
+        return Pinhole(
+            self.public, self.lan, f"reg:{self.aor}", "sip", timeout, kind="sip", remote_ip=self.registrar_ip
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRegister:
+    lan: Endpoint
+    public: Endpoint
+    registrar: Endpoint
+    aor: str
+    deadline: float
+
+
+class RegistrationTable:
+    def __init__(self, grace: int = 30, from_registrar_only: bool = True) -> None:
+        self.grace = grace
+        self.from_registrar_only = from_registrar_only
+        self.by_lan: dict[Endpoint, Registration] = {}
+        self._pending: OrderedDict[str, PendingRegister] = OrderedDict()
+
+    def request(self, branch: str, pending: PendingRegister) -> None:
+        """A REGISTER left the LAN: remember what its 2xx will be about."""
+        self._pending.pop(branch, None)
+        self._pending[branch] = pending
+        while len(self._pending) > _PENDING_LIMIT:
+            self._pending.popitem(last=False)
+
+    def pending(self, branch: str | None) -> PendingRegister | None:
+        return self._pending.get(branch) if branch else None
+
+    def final_response(
+        self, branch: str | None, status: int, granted: int | None, now: float
+    ) -> tuple[list[Pinhole], list[Pinhole], str]:
+        """The registrar answered. Returns (install, remove, event).
+
+        `granted` is the expiry the 2xx gives for this phone's contact, None when the 2xx no longer lists
+        it (un-REGISTER, or the binding was dropped), 0 when it is removed explicitly."""
+        pending = self._pending.pop(branch, None) if branch else None
+        if pending is None or status < 200 or status >= 300:
+            return [], [], ""
+        old = self.by_lan.get(pending.lan)
+        remove = [old.pinhole(now, self.grace)] if old is not None else []
+        if not granted:
+            if old is None:
+                return [], [], ""
+            del self.by_lan[pending.lan]
+            return [], remove, f"registration of {pending.aor} from {pending.lan} removed"
+        registrar = pending.registrar.ip if self.from_registrar_only else ""
+        reg = Registration(pending.lan, pending.public, registrar, pending.aor, now + granted)
+        self.by_lan[pending.lan] = reg
+        if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
+            remove = []  # a refresh: the same elements are re-added with the new timeout
+        event = "" if old is not None else f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s"
+        return [reg.pinhole(now, self.grace)], remove, event
+
+    def expire(self, now: float) -> list[Pinhole]:
+        gone = [r for r in self.by_lan.values() if r.expires_at + self.grace <= now]
+        for reg in gone:
+            del self.by_lan[reg.lan]
+        while self._pending:
+            branch, pending = next(iter(self._pending.items()))
+            if pending.deadline > now:
+                break
+            del self._pending[branch]
+        return [r.pinhole(now, self.grace) for r in gone]
+
+    def __len__(self) -> int:
+        return len(self.by_lan)

@@ -1,0 +1,78 @@
+"""Byte-exact edits of a parsed SIP message.
+
+A NAT helper must change as little as possible (RFC 3261 §16.6 proxies may only
+touch specific fields; anything else can break S/MIME, RFC 4474 Identity
+signatures over the body, or simply confuse picky UAs). :func:`apply_edits`
+therefore replaces only the given spans and, when the body length changed,
+the digits of every Content-Length value (RFC 3261 §20.14), keeping everything
+else -- folding, compact names, leading zeros' position -- byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nfsip.sip.message import SipMessage
+from nfsip.sip.spans import Span
+
+__all__ = ["Edit", "apply_edits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace ``msg.raw[span.start:span.end]`` by ``replacement``."""
+
+    span: Span
+    replacement: bytes
+
+
+def apply_edits(msg: SipMessage, edits: Iterable[Edit]) -> bytes:
+    """Return ``msg.raw`` with ``edits`` applied and Content-Length fixed up.
+
+    * Edits must not overlap (``ValueError``); they may touch (adjacent), be
+      empty insertions, or be no-ops (same bytes).
+    * An edit may not straddle the header/body boundary (``ValueError``).
+    * If the body length changed and Content-Length header(s) exist, each of
+      their values is rewritten to the new length; an edit overlapping a
+      Content-Length value is then a ``ValueError``. Without a Content-Length
+      (UDP) the body simply ends with the datagram.
+    * The datagram's ``msg.trailing`` bytes are *not* re-attached: they are
+      not part of the message (RFC 3261 §18.3) and forwarding them would let a
+      sender smuggle a second message past the helper (RFC 4475 dblreq).
+    """
+    raw = msg.raw
+    n = len(raw)
+    bs, be = msg.body_span.start, msg.body_span.end
+    ordered = sorted(edits, key=lambda ed: (ed.span.start, ed.span.end))
+    delta = 0
+    prev_end = 0
+    for ed in ordered:
+        s, e = ed.span.start, ed.span.end
+        if not 0 <= s <= e <= n:
+            raise ValueError(f"edit span {s}:{e} outside message of {n} bytes")
+        if s < prev_end:
+            raise ValueError(f"overlapping edits at {s}:{e}")
+        if s < bs < e or (s < be < e):
+            raise ValueError(f"edit {s}:{e} straddles the body boundary {bs}:{be}")
+        prev_end = e
+        if s >= bs:  # not straddling, so the edit lies inside the body
+            delta += len(ed.replacement) - (e - s)
+    if delta and msg.content_length_spans:
+        new_len = str(be - bs + delta).encode("ascii")
+        cl_edits = [Edit(sp, new_len) for sp in msg.content_length_spans]
+        for cl in cl_edits:
+            for ed in ordered:
+                if ed.span.start < cl.span.end and cl.span.start < ed.span.end:
+                    raise ValueError("edit overlaps a Content-Length value that must be rewritten")
+        ordered = sorted([*ordered, *cl_edits], key=lambda ed: (ed.span.start, ed.span.end))
+    if not ordered:
+        return raw
+    out: list[bytes] = []
+    p = 0
+    for ed in ordered:
+        out.append(raw[p : ed.span.start])
+        out.append(ed.replacement)
+        p = ed.span.end
+    out.append(raw[p:])
+    return b"".join(out)

@@ -1,0 +1,56 @@
+"""Byte spans: half-open ``[start, end)`` offsets into ``SipMessage.raw``.
+
+Kept in its own module so that :mod:`nfsip.sip.sdp` and :mod:`nfsip.sip.message`
+can share it without an import cycle; re-exported by :mod:`nfsip.sip.message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+__all__ = ["Span", "fast_ctor", "new_span"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Half-open byte offsets into ``SipMessage.raw``."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        # Deliberately not ``__len__``: an empty span must not be falsy.
+        return self.end - self.start
+
+    def slice(self, data: bytes) -> bytes:
+        """The bytes this span covers in ``data``."""
+        return data[self.start : self.end]
+
+
+def fast_ctor(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor for a frozen slots dataclass that skips ``__init__``.
+
+    The generated ``__init__`` of a frozen dataclass goes through
+    ``object.__setattr__`` for every field; setting the slot descriptors
+    directly is ~40 % cheaper, which matters when a parse builds ~50 small
+    objects per packet. Every field must be passed (defaults are not applied);
+    only for internal use by the parsers.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for name in names:
+        ns["_set_" + name] = getattr(cls, name).__set__
+    body = "".join(f"    _set_{name}(o, {name})\n" for name in names)
+    src = f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n"
+    exec(src, ns)  # same technique as dataclasses itself; static source
+    make: Callable[..., _T] = ns["make"]
+    make.__qualname__ = f"fast_ctor({cls.__name__})"
+    return make
+
+
+new_span: Callable[[int, int], Span] = fast_ctor(Span)
