@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Endpoint, Pinhole
+from .model import Endpoint, Pinhole, comment_call_id
 from .ports import PortAllocator
 
 
@@ -44,7 +44,14 @@ class Call:
 
 def stream_pinholes(call: Call, binding: StreamBinding, timeout: int) -> list[Pinhole]:
     return [
-        Pinhole(Endpoint(call.public_ip, pub), Endpoint(call.lan_ip, lan), call.call_id, label, timeout)
+        Pinhole(
+            Endpoint(call.public_ip, pub),
+            Endpoint(call.lan_ip, lan),
+            call.call_id,
+            label,
+            timeout,
+            established=call.confirmed,
+        )
         for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
     ]
 
@@ -80,9 +87,40 @@ class CallTable:
         # Which call/stream owns a LAN media endpoint: a phone cannot use one port in two live calls, so a
         # new owner means the old call was stale (its BYE lost): take the endpoint over.
         self._owner: dict[tuple[str, int], tuple[tuple[str, str], int]] = {}
+        self._adopted = False
 
     def get(self, call_id: str, lan_ip: str) -> Call | None:
-        return self.calls.get((call_id, lan_ip))
+        call = self.calls.get((call_id, lan_ip))
+        if call is None and self._adopted:
+            # A call rebuilt after a restart is known by the Call-ID its kernel elements carry.
+            call = self.calls.get((comment_call_id(call_id), lan_ip))
+        return call
+
+    def adopt(self, hole: Pinhole, now: float) -> None:
+        """Take over one media pinhole found in the kernel at start (crash recovery)."""
+        index_text = hole.label.partition(".")[0]
+        if not index_text.startswith("m") or not index_text[1:].isdigit():
+            return
+        index = int(index_text[1:])
+        call = self.get_or_create(hole.call_id, hole.lan.ip, hole.public.ip, now)
+        call.confirmed = call.confirmed or hole.established
+        call.responded = True
+        call.expires_at = max(call.expires_at, now + hole.timeout)
+        call.kernel_deadline = max(call.kernel_deadline, now + hole.timeout)
+        old = call.streams.get(index)
+        pairs = sorted(
+            [
+                *zip(old.lan_ports, old.public_ports, old.labels, strict=True),
+                (hole.lan.port, hole.public.port, hole.label),
+            ]
+            if old is not None
+            else [(hole.lan.port, hole.public.port, hole.label)]
+        )
+        lan_ports, public_ports, labels = (tuple(x) for x in zip(*pairs, strict=True))
+        call.streams[index] = StreamBinding(lan_ports, public_ports, labels)
+        self.ports.claim(hole.public.port)
+        self._owner[(call.lan_ip, hole.lan.port)] = ((call.call_id, call.lan_ip), index)
+        self._adopted = True
 
     def get_or_create(self, call_id: str, lan_ip: str, public_ip: str, now: float) -> Call:
         key = (call_id, lan_ip)

@@ -24,7 +24,7 @@ from .kernel.netinfo import primary_ipv4
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .metrics import Metrics
-from .model import Decision, Direction, Endpoint, Flow, Pinhole
+from .model import Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .ports import PortAllocator
 
@@ -59,11 +59,24 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install(self) -> None:
+        """Install (replace) nfsip's table; pinholes a previous run left (kill -9, crash) are carried over
+        into the new table and the engine's state, so their calls can still be torn down by signalling."""
         self.native_queue = self.nft.has_native_queue()
+        left_behind = self._kernel_pinholes()
         text = ruleset.render(ruleset.options_from(self.config, self.native_queue))
         self.nft.install(text)
         if not self.native_queue:
             divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num)
+        if left_behind:
+            self.nft.apply(left_behind, ())
+            self.engine.adopt(left_behind, self.clock())
+            self._update_gauges()
+            log.info(
+                "took over %d pinholes of %d calls and %d registrations left by a previous run",
+                len(left_behind),
+                len(self.engine.calls),
+                len(self.engine.registrations),
+            )
         log.info(
             "table ip %s installed; WAN %s public address %s; queue %d via %s",
             self.config.table_name,
@@ -72,6 +85,30 @@ class Daemon:
             self.config.queue_num,
             "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
         )
+
+    def _kernel_pinholes(self) -> list[Pinhole]:
+        """The pinholes in an existing nfsip table, each with its remaining lifetime."""
+        if not self.nft.table_exists():
+            return []
+        holes = []
+        try:
+            for elem in self.nft.elements(ruleset.DNAT_MAP):
+                label, state, call_id = parse_comment(elem.comment)
+                if elem.expires is not None and call_id:
+                    timeout = max(1, int(elem.expires + 0.999))
+                    holes.append(Pinhole(elem.key, elem.value, call_id, label, timeout, established=state == "e"))
+            for name in (ruleset.SIP_DNAT_MAP, ruleset.SIP_DNAT_ANY_MAP):
+                for elem in self.nft.elements(name):
+                    _label, _state, call_id = parse_comment(elem.comment)
+                    if elem.expires is not None and call_id:
+                        timeout = max(1, int(elem.expires + 0.999))
+                        holes.append(
+                            Pinhole(elem.key, elem.value, call_id, "sip", timeout, kind="sip", remote_ip=elem.remote_ip)
+                        )
+        except NftError as exc:  # an incompatible older table: start afresh
+            log.warning("could not read the existing table (%s); its pinholes are not taken over", exc)
+            return []
+        return holes
 
     def uninstall(self) -> None:
         holes = [h for call in self.engine.calls.calls.values() for h in call.pinholes()]

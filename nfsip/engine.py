@@ -314,6 +314,15 @@ class Engine:
         ports = ",".join(str(p.public.port) for p in removed)
         change.events.append(f"call {call.call_id} ended: {why}; {duration:.1f}s; ports {ports or '-'}")
 
+    def adopt(self, holes: list[Pinhole], now: float) -> None:
+        """Rebuild calls and registrations from the pinholes the kernel still holds after a restart (each
+        with its remaining timeout), so that a BYE after a crash still tears its call down."""
+        for hole in holes:
+            if hole.kind == "sip":
+                self.registrations.adopt(hole, now)
+            else:
+                self.calls.adopt(hole, now)
+
     def expire(self, now: float) -> list[Pinhole]:
         """Drop state whose deadline passed; returns the pinholes to remove (and whose flows to purge)."""
         removed: list[Pinhole] = []

@@ -56,6 +56,35 @@ class Pinhole:
     timeout: int = 0  # seconds; 0 for removals
     kind: str = "media"
     remote_ip: str = ""
+    established: bool = False  # the call had its 2xx (kept in the kernel element for crash recovery)
+
+
+_COMMENT_MAX = 120  # nft limits element comments to 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN)
+_CALL_ID_MAX = 96
+
+
+def comment_call_id(call_id: str) -> str:
+    """The Call-ID as stored in a kernel element comment: itself when short enough, else a digest."""
+    if len(call_id.encode("utf-8", "replace")) <= _CALL_ID_MAX:
+        return call_id
+    import hashlib
+
+    return "~" + hashlib.blake2b(call_id.encode("utf-8", "replace"), digest_size=12).hexdigest()
+
+
+def element_comment(pinhole: Pinhole) -> str:
+    """`<label> <state> <call-id>`: what `nfsip status` shows and what a restarted daemon rebuilds its
+    state from (state: a = attempt, e = established call, r = registration)."""
+    state = "r" if pinhole.kind == "sip" else "e" if pinhole.established else "a"
+    text = f"{pinhole.label} {state} {comment_call_id(pinhole.call_id)}"
+    return text.encode("utf-8", "replace")[:_COMMENT_MAX].decode("utf-8", "ignore")
+
+
+def parse_comment(comment: str) -> tuple[str, str, str]:
+    """(label, state, call-id) from an element comment; empty strings for what is missing."""
+    parts = comment.split(" ", 2)
+    parts += [""] * (3 - len(parts))
+    return parts[0], parts[1], parts[2]
 
 
 @dataclass(frozen=True, slots=True)

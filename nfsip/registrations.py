@@ -91,6 +91,13 @@ class RegistrationTable:
         event = "" if old is not None else f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s"
         return [reg.pinhole(now, self.grace)], remove, event
 
+    def adopt(self, hole: Pinhole, now: float) -> None:
+        """Take over a registration pinhole found in the kernel at start (crash recovery)."""
+        expires_at = now + hole.timeout - self.grace
+        self.by_lan[hole.lan] = Registration(
+            hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at
+        )
+
     def expire(self, now: float) -> list[Pinhole]:
         gone = [r for r in self.by_lan.values() if r.expires_at + self.grace <= now]
         for reg in gone:

@@ -10,6 +10,7 @@ from typing import Any
 
 from .kernel.nft import Nft, NftError
 from .kernel.ruleset import SIP_DNAT_ANY_MAP, SIP_DNAT_MAP
+from .model import parse_comment
 
 
 def collect(table: str) -> dict[str, Any]:
@@ -24,10 +25,11 @@ def collect(table: str) -> dict[str, Any]:
         return {**empty, "installed": True, "error": str(exc)}
     calls: dict[tuple[str, str], dict[str, Any]] = {}
     for elem in elements:
-        # The comment is "<label> <call-id>" (nfsip.kernel.nft.element_comment).
-        label, _, call_id = elem.comment.partition(" ")
+        label, state, call_id = parse_comment(elem.comment)
         key = (call_id, elem.value.ip)
-        call = calls.setdefault(key, {"call_id": call_id, "lan_host": elem.value.ip, "pinholes": []})
+        call = calls.setdefault(
+            key, {"call_id": call_id, "lan_host": elem.value.ip, "established": state == "e", "pinholes": []}
+        )
         call["pinholes"].append(
             {
                 "label": label,
@@ -41,7 +43,7 @@ def collect(table: str) -> dict[str, Any]:
         call["pinholes"].sort(key=lambda p: p["public_port"])
     registrations = [
         {
-            "aor": elem.comment.partition(" ")[2].removeprefix("reg:"),
+            "aor": parse_comment(elem.comment)[2].removeprefix("reg:"),
             "public": f"{elem.key.ip}:{elem.key.port}",
             "private": f"{elem.value.ip}:{elem.value.port}",
             "from": elem.remote_ip or "any",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from nfsip.engine import Engine, Timeouts
-from nfsip.model import Direction, Endpoint, Flow
+from nfsip.model import Direction, Endpoint, Flow, comment_call_id
 from nfsip.ports import PortAllocator
 from nfsip.sip.message import SipMessage, parse_message
 
@@ -378,3 +379,17 @@ def test_registration_expires_without_refresh():
     eng.handle(inbound("10.0.0.2"), register_ok("a", 1, f"Contact: <sip:alice@{PUBLIC}:1024>;expires=60\r\n"), 0)
     assert eng.expire(89.0) == []
     assert [h.kind for h in eng.expire(90.5)] == ["sip"]
+
+
+def test_state_rebuilt_from_kernel_pinholes_still_tears_down_on_bye():
+    """A restarted daemon adopts the pinholes the kernel kept (nfsip.daemon.Daemon.install)."""
+    first = engine()
+    first.handle(outbound("10.0.0.2"), invite(callid="x" * 150), 0.0)  # a Call-ID too long for a comment
+    ok = first.handle(inbound("10.0.0.2"), response(200, callid="x" * 150), 1.0)
+    kernel = [replace(h, call_id=comment_call_id(h.call_id), timeout=h.timeout - 60) for h in ok.install]
+    assert all(h.established for h in kernel)
+    second = engine()
+    second.adopt(kernel, 100.0)
+    assert second.calls.ports.in_use(6000)
+    gone = second.handle(inbound("10.0.0.2"), bye("x" * 150), 101.0)
+    assert {(h.public, h.lan) for h in gone.remove} == {(h.public, h.lan) for h in ok.install}

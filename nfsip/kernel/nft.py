@@ -16,13 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Endpoint, Pinhole
+from ..model import Endpoint, Pinhole, element_comment
 from .ruleset import DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_DNAT_MAP, SIP_SNAT_MAP, SNAT_MAP
 
 log = logging.getLogger(__name__)
-
-# nft limits element comments to 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN).
-_COMMENT_MAX = 120
 
 
 class NftError(RuntimeError):
@@ -49,13 +46,6 @@ def _nftables() -> Any:
             "Debian package libnftables1)"
         ) from exc
     return nftables.Nftables()
-
-
-def element_comment(pinhole: Pinhole) -> str:
-    """`<label> <call-id>`: what `nfsip status` shows, and what a restarted daemon can group by."""
-    text = f"{pinhole.label} {pinhole.call_id}"
-    encoded = text.encode("utf-8", "replace")[:_COMMENT_MAX]
-    return encoded.decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,9 +220,7 @@ _HOST = r"(\[[0-9A-Fa-f:.]+\]|[^:;?\s\[\]<>@\",/]+)"
 # uri-parameters [headers]. userinfo is greedy up to the *last* '@' ('@' is not
 # allowed unescaped in parameters or headers, but RFC 4475 intmeth shows that
 # almost anything else, '?' and ';' included, is legal in the user part).
-_SIP_URI_RE = re.compile(
-    r"(?:(.*)@)?" + _HOST + r"(?::(\d{1,5}))?((?:;[^;?]*)*)(?:\?(.*))?\Z", re.ASCII | re.DOTALL
-)
+_SIP_URI_RE = re.compile(r"(?:(.*)@)?" + _HOST + r"(?::(\d{1,5}))?((?:;[^;?]*)*)(?:\?(.*))?\Z", re.ASCII | re.DOTALL)
 _URI_PARAMS_FINDALL = re.compile(r";([^;?=]*)(=?)([^;?]*)").findall
 _LWS_RE = re.compile(_LWS)
 _LWS_COMMA_RE = re.compile(r"[ \t\r\n,]*")
@@ -230,24 +228,10 @@ _EMPTY_TAIL_RE = re.compile(r"[ \t\r\n;,]*\Z")
 # *(SEMI generic-param) with LWS (RFC 3261 §25.1 SEMI, EQUAL, gen-value). The
 # name is optional so that stray separators (";;") are skipped -- see
 # _params_from_block. Matched as one block, then split by _PARAM_PARTS.
-_PARAM_UNIT = (
-    _LWS + r";" + _LWS + r"(?:" + _TOKEN + r"(?:" + _LWS + r"=" + _LWS + r"(?:" + _QUOTED + r'|[^\s;,"]+))?)?'
-)
+_PARAM_UNIT = _LWS + r";" + _LWS + r"(?:" + _TOKEN + r"(?:" + _LWS + r"=" + _LWS + r"(?:" + _QUOTED + r'|[^\s;,"]+))?)?'
 _PARAMS_BLOCK_RE = re.compile(r"(?:" + _PARAM_UNIT + r")*", re.ASCII)
 _PARAM_PARTS_FINDALL = re.compile(
-    r"("
-    + _LWS
-    + r";"
-    + _LWS
-    + r")("
-    + _TOKEN
-    + r")?(?:("
-    + _LWS
-    + r"="
-    + _LWS
-    + r")("
-    + _QUOTED
-    + r'|[^\s;,"]+))?',
+    r"(" + _LWS + r";" + _LWS + r")(" + _TOKEN + r")?(?:(" + _LWS + r"=" + _LWS + r")(" + _QUOTED + r'|[^\s;,"]+))?',
     re.ASCII,
 ).findall
 _VIA_RE = re.compile(
@@ -328,9 +312,7 @@ def _params_from_block(block: str, p: int) -> tuple[Param, ...]:
             if eq:
                 p += len(eq)
                 ve = p + len(value)
-                out.append(
-                    _new_param(name.lower(), value if value.isascii() else _text(value), _new_span(p, ve))
-                )
+                out.append(_new_param(name.lower(), value if value.isascii() else _text(value), _new_span(p, ve)))
                 p = ve
             else:
                 out.append(_new_param(name.lower(), None, None))

@@ -124,9 +124,7 @@ _M_RE = re.compile(r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)((?: +\S+)*)$", re.ASCII)
 _RTCP_RE = re.compile(r"a=rtcp: *(\d+)(?: +(\S+) +(\S+) +([^/\s]+)\S*)?$", re.ASCII)
 _CAND_RE = re.compile(r"a=candidate: *(\S+) +(\d+) +(\S+) +(\d+) +(\S+) +(\d+) +typ +(\S+)(.*)$", re.ASCII)
 # Lines acted upon. "a=rtcp" also matches "a=rtcp-fb:" / "a=rtcp-rsize" (ignored below).
-_INTEREST_RE = re.compile(
-    r"\n((?:[mco]=|a=(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive))[^\n]*)", re.ASCII
-)
+_INTEREST_RE = re.compile(r"\n((?:[mco]=|a=(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive))[^\n]*)", re.ASCII)
 # A line that has content but is not "<letter>=..." (leading whitespace included).
 _GARBAGE_RE = re.compile(r"\n(?![A-Za-z]=)[ \t\r]*[^ \t\r\n]", re.ASCII)
 _RADDR_RE = re.compile(r" raddr +(\S+)", re.ASCII)

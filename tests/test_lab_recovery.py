@@ -1,0 +1,75 @@
+"""nfsip's own faults do not cost calls: kill -9 mid-call, restart, and the BYE still cleans up; with no
+daemon at all, SIP still flows (queue bypass)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nfsip.lab import topology as T
+from nfsip.lab.capture import Capture, count_rtp, sip_messages
+from nfsip.lab.lab import Lab
+from nfsip.lab.nfsipd import NfsipDaemon
+from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
+
+from .lab_support import require_lab
+
+pytestmark = pytest.mark.lab
+MIN_RTP = int(PCAP_RTP_PACKETS * 0.95)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    require_lab()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab(phones=1) as lab:
+        lab.masquerade()
+        yield lab
+
+
+def test_kill_9_mid_call_media_keeps_flowing_and_bye_after_restart_cleans_up(lab: Lab):
+    first = NfsipDaemon(lab).start()
+    uas = SippUas(lab).start()
+    with Capture(lab, "phone1", "eth0") as at_phone, Capture(lab, T.SERVER, "eth0") as at_server:
+        uac = SippUac(lab, "phone1", pause_ms=9000).start()
+        time.sleep(2.5)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(5)
+        # The daemon is gone; the kernel still holds the call's pinholes, and status reads them from there.
+        between = first.status()
+        assert len(between["calls"]) == 1 and between["pinholes"] == 2, between
+        second = NfsipDaemon(lab).start()
+        try:
+            assert "took over 2 pinholes of 1 calls" in second.log(), second.log()
+            assert uac.wait(60).ok
+            assert uas.wait(20).ok
+            assert second.status()["pinholes"] == 0
+            assert second.metric("nfsip_calls_active") == 0
+        finally:
+            assert second.stop() == 0, second.log()
+    assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+    assert count_rtp(at_server.packets(), dst=T.SERVER_IP) >= MIN_RTP
+    conntrack = lab.run(T.ROUTER, ["conntrack", "-L", "-p", "udp"], check=False).stdout
+    assert "sport=6000 " not in conntrack and "dport=6001 " not in conntrack, conntrack
+
+
+def test_without_the_daemon_sip_flows_unchanged(lab: Lab):
+    """The table stays (as after a crash) but nobody is bound to the queue: `bypass` lets SIP through."""
+    daemon = NfsipDaemon(lab).start()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(5)
+    assert "table ip nfsip" in lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
+    with SippUas(lab) as uas, Capture(lab, T.SERVER, "eth0") as at_server:
+        result = run_uac(lab, "phone1")
+        assert result.ok, result.log
+        assert uas.wait(20).ok
+    invite = next(p for p in sip_messages(at_server.packets()) if p.payload.startswith(b"INVITE"))
+    assert b"c=IN IP4 10.0.0.2" in invite.payload  # passed unchanged: nobody rewrote it
