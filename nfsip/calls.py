@@ -7,6 +7,7 @@ block of public ports mapped 1:1 onto its LAN ports (RTP, and RTCP unless rtcp-m
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .model import Endpoint, Pinhole, comment_call_id
@@ -88,6 +89,16 @@ class CallTable:
         # new owner means the old call was stale (its BYE lost): take the endpoint over.
         self._owner: dict[tuple[str, int], tuple[tuple[str, str], int]] = {}
         self._adopted = False
+        # Live counts for the policy limits (nfsip.policy), kept up to date instead of recounted per message.
+        self.calls_of: Counter[str] = Counter()
+        self.pinholes_of: Counter[str] = Counter()
+        self.pinholes_total = 0
+
+    def _count_pinholes(self, lan_ip: str, delta: int) -> None:
+        self.pinholes_of[lan_ip] += delta
+        self.pinholes_total += delta
+        if self.pinholes_of[lan_ip] <= 0:
+            del self.pinholes_of[lan_ip]
 
     def get(self, call_id: str, lan_ip: str) -> Call | None:
         call = self.calls.get((call_id, lan_ip))
@@ -108,6 +119,7 @@ class CallTable:
         call.expires_at = max(call.expires_at, now + hole.timeout)
         call.kernel_deadline = max(call.kernel_deadline, now + hole.timeout)
         old = call.streams.get(index)
+        self._count_pinholes(call.lan_ip, 1)
         pairs = sorted(
             [
                 *zip(old.lan_ports, old.public_ports, old.labels, strict=True),
@@ -128,6 +140,7 @@ class CallTable:
         if call is None:
             call = Call(call_id, lan_ip, public_ip, created=now)
             self.calls[key] = call
+            self.calls_of[lan_ip] += 1
         return call
 
     def bind_stream(
@@ -157,6 +170,7 @@ class CallTable:
                     removed.extend(self.drop_stream(other, owner[1], now))
         binding = StreamBinding(lan_ports, public_ports, labels)
         call.streams[index] = binding
+        self._count_pinholes(call.lan_ip, len(lan_ports))
         for lan in lan_ports:
             self._owner[(call.lan_ip, lan)] = ((call.call_id, call.lan_ip), index)
         return binding, removed, True
@@ -165,6 +179,7 @@ class CallTable:
         binding = call.streams.pop(index, None)
         if binding is None:
             return []
+        self._count_pinholes(call.lan_ip, -len(binding.lan_ports))
         _release(self.ports, binding.public_ports, now)
         for lan in binding.lan_ports:
             if self._owner.get((call.lan_ip, lan)) == ((call.call_id, call.lan_ip), index):
@@ -176,7 +191,10 @@ class CallTable:
         removed: list[Pinhole] = []
         for index in list(call.streams):
             removed.extend(self.drop_stream(call, index, now))
-        self.calls.pop((call.call_id, call.lan_ip), None)
+        if self.calls.pop((call.call_id, call.lan_ip), None) is not None:
+            self.calls_of[call.lan_ip] -= 1
+            if self.calls_of[call.lan_ip] <= 0:
+                del self.calls_of[call.lan_ip]
         return removed
 
     def expire(self, now: float) -> list[tuple[Call, list[Pinhole]]]:

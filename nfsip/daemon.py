@@ -20,13 +20,14 @@ from .engine import Engine, Timeouts
 from .kernel import divert, ruleset
 from .kernel.conntrack import Conntrack
 from .kernel.firstpacket import FirstPackets
-from .kernel.netinfo import primary_ipv4
+from .kernel.netinfo import AddressWatcher, InterfaceError, primary_ipv4
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .metrics import Metrics
 from .model import Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .ports import PortAllocator
+from .sdnotify import Notifier
 
 log = logging.getLogger("nfsip")
 
@@ -124,28 +125,72 @@ class Daemon:
     def run(self) -> None:
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
+        notifier = Notifier()
         # Bind and configure the queue before the divert rules exist: the configuration's ACK is read
         # from the queue's socket, where no packet may arrive yet (nfsip.kernel.queue).
         queue = Queue(self.config.queue_num, self.on_packet)
+        watcher = None if self.config.public_address else AddressWatcher(self.config.wan_interface)
+        selector = selectors.DefaultSelector()
         try:
             self.install()
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-            selector = selectors.DefaultSelector()
-            selector.register(queue.fd, selectors.EVENT_READ)
+            selector.register(queue.fd, selectors.EVENT_READ, "queue")
+            if watcher is not None:
+                selector.register(watcher.fileno(), selectors.EVENT_READ, "address")
             log.info("ready")
-            try:
-                while not self._stop:
-                    if selector.select(timeout=1.0):
+            notifier.ready(f"public address {self.public_ip}")
+            # The loop wakes at least this often for timers and the watchdog.
+            wake = min(1.0, notifier.watchdog_interval) if notifier.watchdog_interval else 1.0
+            while not self._stop:
+                for key, _ in selector.select(timeout=wake):
+                    if key.data == "queue":
                         queue.drain()
-                    self.tick()
-            finally:
-                selector.close()
+                    elif watcher is not None and watcher.changed():
+                        self.readdress()
+                self.tick()
+                if notifier.watchdog_interval:
+                    notifier.watchdog()
+        finally:
+            notifier.stopping()
+            selector.close()
+            try:
                 self.uninstall()
                 queue.drain()  # what was queued before the rules went away still gets its verdict
                 log.info("table ip %s removed; stopped", self.config.table_name)
-        finally:
-            queue.close()
+            finally:
+                queue.close()
+                if watcher is not None:
+                    watcher.close()
+                notifier.close()
+
+    def readdress(self) -> None:
+        """The WAN address changed: rewrite with the new one from the next message on, and drop every
+        pinhole of the old one (the far ends can no longer reach it)."""
+        try:
+            new_ip = primary_ipv4(self.config.wan_interface)
+        except InterfaceError as exc:
+            new_ip = None
+            log.warning("WAN address gone (%s); keeping %s until a new one appears", exc, self.public_ip)
+        if new_ip == self.public_ip:
+            return
+        stale = self.engine.drop_all(self.clock())
+        if new_ip is not None:
+            log.info(
+                "WAN address changed from %s to %s; %d pinholes of the old one removed",
+                self.public_ip,
+                new_ip,
+                len(stale),
+            )
+            self.public_ip = new_ip
+            self.engine.public_ip = new_ip
+        if stale:
+            try:
+                self.nft.apply((), stale)
+            except NftError:
+                self.nft.apply_each((), stale)
+            self._after_verdict(tuple(stale), ())
+        self._update_gauges()
 
     def tick(self) -> None:
         """Housekeeping between packets: end calls and registrations whose deadline passed, with their map

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from .calls import Call, CallTable, stream_pinholes
 from .model import Decision, Direction, Endpoint, Flow, Pinhole
+from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
 from .sip.edit import Edit, apply_edits
@@ -102,16 +103,25 @@ class Engine:
         ports: PortAllocator,
         timeouts: Timeouts | None = None,
         registration_from_registrar_only: bool = True,
+        policy: Policy | None = None,
     ) -> None:
         self.public_ip = public_ip
         self.calls = CallTable(ports)
         self.timeouts = timeouts or Timeouts()
+        self.policy = policy or Policy()
         self.registrations = RegistrationTable(self.timeouts.registration_grace, registration_from_registrar_only)
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
 
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, flow: Flow, payload: bytes, now: float) -> Decision:
+        if not self.policy.server_allowed(flow.remote.ip):
+            return Decision(
+                None,
+                "refused",
+                detail=f"{flow.remote.ip} is not an allowed SIP server",
+                refusals=("server-not-allowed",),
+            )
         try:
             msg = parse_message(payload)
         except SipParseError as exc:
@@ -135,12 +145,13 @@ class Engine:
                         aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
                         pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
                         self.registrations.request(via.branch, pending)
+        change = _Change()
         for contact in msg.contacts:
             hp = contact.uri.hostport
             if hp is not None and hp.host == lan_ip:
                 edits.append(Edit(hp.span, _hostport_bytes(public_sip)))
-
-        change = _Change()
+            elif hp is not None and _is_private(hp.host):
+                change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
             edits.extend(self._outbound_sdp(flow, msg, msg.sdp, now, change))
         self._transitions(msg, lan_ip, flow.direction, now, change)
@@ -161,9 +172,12 @@ class Engine:
             if conn.address != lan_ip:
                 if _is_private(conn.address):
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
-                    change.detail = f"sdp names {conn.address}, sender is {lan_ip}"
+                    change.refuse("foreign-address", f"SDP names {conn.address}, sender is {lan_ip}")
                 continue
             lan_ports, labels = _stream_ports(index, media)
+            if not all(self.policy.media_port_allowed(p) for p in lan_ports):
+                change.refuse("media-port", f"SDP asks for port {media.port} of {lan_ip}")
+                continue
             wanted.append((index, media, lan_ports, labels))
         call = self.calls.get(msg.call_id, lan_ip)
         if call is not None:
@@ -171,6 +185,17 @@ class Engine:
                 change.remove.extend(self.calls.drop_stream(call, index, now))
         if not wanted:
             return edits
+        new_pinholes = sum(
+            len(lan_ports)
+            for index, _media, lan_ports, _labels in wanted
+            if call is None or index not in call.streams or call.streams[index].lan_ports != lan_ports
+        )
+        over = self._over_limit(lan_ip, new_pinholes, call is None, now)
+        if over:
+            # Beyond a limit the whole message passes unchanged: no half-rewritten SDP, no pinhole.
+            change.refuse(over, f"{lan_ip}: {over} limit reached")
+            change.pass_unchanged = True
+            return []
         if call is None:
             call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
             # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
@@ -207,6 +232,21 @@ class Engine:
         if sdp.origin is not None and sdp.origin.address == lan_ip:
             edits.append(Edit(sdp.origin.address_span, self.public_ip.encode()))
         return edits
+
+    def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
+        limits = self.policy.limits
+        calls = self.calls
+        if new_call and calls.calls_of[lan_ip] >= limits.calls_per_host:
+            return "calls-per-host"
+        if new_call and len(calls) >= limits.calls_total:
+            return "calls-total"
+        if calls.pinholes_of[lan_ip] + new_pinholes > limits.pinholes_per_host:
+            return "pinholes-per-host"
+        if calls.pinholes_total + new_pinholes > limits.pinholes_total:
+            return "pinholes-total"
+        if not self.policy.take_pinholes(lan_ip, new_pinholes, now):
+            return "pinhole-rate"
+        return ""
 
     # -- WAN -> LAN ----------------------------------------------------------------------------------
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
@@ -252,6 +292,19 @@ class Engine:
                     else:
                         granted = DEFAULT_EXPIRES
                     break
+        if granted and pending is not None and pending.lan not in self.registrations.by_lan:
+            limits = self.policy.limits
+            of_host = sum(1 for lan in self.registrations.by_lan if lan.ip == pending.lan.ip)
+            over = (
+                "registrations-per-host"
+                if of_host >= limits.registrations_per_host
+                else "registrations-total"
+                if len(self.registrations) >= limits.registrations_total
+                else ""
+            )
+            if over:
+                change.refuse(over, f"{pending.lan.ip}: {over} limit reached")
+                granted = None
         install, remove, event = self.registrations.final_response(branch, msg.status, granted, now)
         change.install.extend(install)
         change.opened.extend(install if event else [])
@@ -323,6 +376,14 @@ class Engine:
             else:
                 self.calls.adopt(hole, now)
 
+    def drop_all(self, now: float) -> list[Pinhole]:
+        """Forget every call and registration (the public address they were made for is gone)."""
+        removed: list[Pinhole] = []
+        for call in list(self.calls.calls.values()):
+            removed.extend(self.calls.end(call, now))
+        removed.extend(self.registrations.drop_all(now))
+        return removed
+
     def expire(self, now: float) -> list[Pinhole]:
         """Drop state whose deadline passed; returns the pinholes to remove (and whose flows to purge)."""
         removed: list[Pinhole] = []
@@ -352,6 +413,16 @@ class Engine:
 
     def _finish(self, msg: SipMessage, edits: list[Edit], change: _Change, now: float) -> Decision:
         payload = None
+        if change.pass_unchanged:
+            return Decision(
+                None,
+                "refused",
+                kind=_message_kind(msg),
+                detail=change.detail,
+                remove=tuple(change.remove),
+                events=tuple(change.events),
+                refusals=tuple(change.refusals),
+            )
         if edits:
             new = apply_edits(msg, edits)
             if new != msg.raw or msg.trailing:
@@ -369,6 +440,7 @@ class Engine:
             opened=tuple(change.opened),
             remove=tuple(change.remove),
             events=tuple(change.events),
+            refusals=tuple(change.refusals),
         )
 
     def _call_pinholes(self, call: Call, now: float) -> list[Pinhole]:
@@ -392,7 +464,13 @@ class _Change:
     opened: list[Pinhole] = field(default_factory=list)
     remove: list[Pinhole] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
     detail: str = ""
+    pass_unchanged: bool = False
+
+    def refuse(self, reason: str, detail: str) -> None:
+        self.refusals.append(reason)
+        self.detail = detail
 
 
 def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]]:

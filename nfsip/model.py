@@ -104,3 +104,4 @@ class Decision:
     opened: tuple[Pinhole, ...] = ()  # the part of `install` that did not exist before
     remove: tuple[Pinhole, ...] = ()
     events: tuple[str, ...] = field(default=())  # human-readable call events for the log
+    refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.policy), a metrics label each

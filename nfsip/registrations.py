@@ -98,6 +98,11 @@ class RegistrationTable:
             hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at
         )
 
+    def drop_all(self, now: float) -> list[Pinhole]:
+        holes = [r.pinhole(now, self.grace) for r in self.by_lan.values()]
+        self.by_lan.clear()
+        return holes
+
     def expire(self, now: float) -> list[Pinhole]:
         gone = [r for r in self.by_lan.values() if r.expires_at + self.grace <= now]
         for reg in gone:

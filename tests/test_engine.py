@@ -186,12 +186,12 @@ def bye(callid="c1", host=PUBLIC) -> bytes:
 
 def test_keeps_the_phone_port_when_free_and_allocates_otherwise():
     eng = engine()
-    d1 = eng.handle(outbound("10.0.0.2"), invite("10.0.0.2", callid="a"), 0.0)
-    d2 = eng.handle(outbound("10.0.0.3", public_port=1024), invite("10.0.0.3", callid="b"), 0.0)
-    assert {(h.public.port, h.lan.port) for h in d1.install} == {(6000, 6000), (6001, 6001)}
+    d1 = eng.handle(outbound("10.0.0.2"), invite("10.0.0.2", port=41000, callid="a"), 0.0)
+    d2 = eng.handle(outbound("10.0.0.3", public_port=1024), invite("10.0.0.3", port=41000, callid="b"), 0.0)
+    assert {(h.public.port, h.lan.port) for h in d1.install} == {(41000, 41000), (41001, 41001)}
     ports2 = sorted(h.public.port for h in d2.install)
     assert ports2[0] % 2 == 0 and ports2[1] == ports2[0] + 1 and 40000 <= ports2[0] <= 49999
-    assert b"m=audio %d RTP/AVP" % ports2[0] in d2.payload
+    assert ports2[0] != 41000 and b"m=audio %d RTP/AVP" % ports2[0] in d2.payload
     assert b"Via: SIP/2.0/UDP 203.0.113.7:1024;" in d2.payload
     assert b"Contact: <sip:alice@203.0.113.7:1024>" in d2.payload
 

@@ -73,3 +73,49 @@ def test_without_the_daemon_sip_flows_unchanged(lab: Lab):
         assert uas.wait(20).ok
     invite = next(p for p in sip_messages(at_server.packets()) if p.payload.startswith(b"INVITE"))
     assert b"c=IN IP4 10.0.0.2" in invite.payload  # passed unchanged: nobody rewrote it
+
+
+def test_watchdog_pings_and_ready_reach_systemd(lab: Lab):
+    daemon = NfsipDaemon(lab, watchdog_usec=400_000).start()
+    try:
+        time.sleep(1.5)
+        notes = daemon.read_notifications()
+        assert notes[0].startswith("READY=1") and f"STATUS=public address {T.ROUTER_WAN_IP}" in notes[0]
+        assert notes.count("WATCHDOG=1") >= 4, notes  # every 0.2 s: half the interval
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.read_notifications()[-1] == "STOPPING=1"
+
+
+def test_wan_address_change_moves_rewrites_and_drops_old_pinholes(lab: Lab):
+    new_ip = "198.51.100.9"
+    daemon = NfsipDaemon(lab).start()
+    try:
+        uas = SippUas(lab).start()
+        uac = SippUac(lab, "phone1", pause_ms=20000).start()
+        time.sleep(2)
+        assert daemon.status()["pinholes"] == 2
+        # As a DHCP client does on a new lease: the old address goes, then the new one comes.
+        lab.run(T.ROUTER, ["ip", "addr", "del", f"{T.ROUTER_WAN_IP}/24", "dev", "wan0"])
+        lab.run(T.ROUTER, ["ip", "addr", "add", f"{new_ip}/24", "dev", "wan0"])
+        deadline = time.monotonic() + 5
+        while daemon.status()["pinholes"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.status()["pinholes"] == 0, daemon.log()
+        assert f"WAN address changed from {T.ROUTER_WAN_IP} to {new_ip}" in daemon.log()
+        uac.stop(grace=0.5)
+        uas.stop(grace=0.5)
+        lab.flush_conntrack()
+        # The next call is rewritten with the new address and has media both ways.
+        with (
+            SippUas(lab) as uas2,
+            Capture(lab, T.SERVER, "eth0") as at_server,
+            Capture(lab, "phone1", "eth0") as at_phone,
+        ):
+            assert run_uac(lab, "phone1").ok
+            assert uas2.wait(20).ok
+        invite = next(p for p in sip_messages(at_server.packets()) if p.payload.startswith(b"INVITE"))
+        assert f"c=IN IP4 {new_ip}".encode() in invite.payload
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+    finally:
+        assert daemon.stop() == 0, daemon.log()

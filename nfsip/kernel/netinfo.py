@@ -23,3 +23,34 @@ def primary_ipv4(interface: str) -> str:
     raise InterfaceError(
         f"interface {interface!r} has no IPv4 address; set public_address in the config or bring it up"
     )
+
+
+class AddressWatcher:
+    """Tells when the IPv4 addresses of the WAN interface change (DHCP renewals, PPPoE reconnects), from
+    rtnetlink address events; the daemon then re-reads the primary address."""
+
+    def __init__(self, interface: str) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR
+
+        self.interface = interface
+        self._ipr = IPRoute()
+        self._ipr.bind(groups=RTMGRP_IPV4_IFADDR)
+        links = self._ipr.link_lookup(ifname=interface)
+        self._index = links[0] if links else None
+
+    def fileno(self) -> int:
+        return self._ipr.fileno()
+
+    def changed(self) -> bool:
+        """Drain the pending events; True if one concerned the WAN interface."""
+        hit = False
+        for msg in self._ipr.get():
+            if msg.get("event") in ("RTM_NEWADDR", "RTM_DELADDR") and (
+                msg.get("index") == self._index or msg.get_attr("IFA_LABEL") == self.interface
+            ):
+                hit = True
+        return hit
+
+    def close(self) -> None:
+        self._ipr.close()

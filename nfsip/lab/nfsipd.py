@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,33 +22,56 @@ METRICS_PORT = 9477
 class NfsipDaemon:
     """`python -m nfsip run --wan-interface wan0` in the router namespace, with its log in a file."""
 
-    def __init__(self, lab: Lab, *, config: dict[str, Any] | None = None, log_level: str = "info") -> None:
+    def __init__(
+        self, lab: Lab, *, config: dict[str, Any] | None = None, log_level: str = "info", watchdog_usec: int = 0
+    ) -> None:
         self.lab = lab
+        self.watchdog_usec = watchdog_usec
         self.workdir = Path(tempfile.mkdtemp(prefix="nfsip-daemon-"))
         self.config_path = self.workdir / "nfsip.toml"
         settings = {"log_level": log_level, "metrics_listen": f"127.0.0.1:{METRICS_PORT}", **(config or {})}
         self.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
         self.log_path = self.workdir / "nfsip.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The daemon reports readiness (and watchdog pings) the way it does to systemd: sd_notify datagrams.
+        self.notify_path = self.workdir / "notify.sock"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(self.notify_path))
+        self.notifications: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Self:
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child process
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.proc = self.lab.popen(
             T.ROUTER,
             [sys.executable, "-m", "nfsip", "run", "--wan-interface", "wan0", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LabError(f"nfsip exited with {self.proc.returncode}:\n{self.log()}")
-            if re.search(r"\bready\b", self.log()):
+            if any(n.startswith("READY=1") for n in self.read_notifications(0.05)):
                 return self
-            time.sleep(0.05)
         raise LabError(f"nfsip not ready after {timeout}s:\n{self.log()}")
+
+    def read_notifications(self, wait: float = 0.0) -> list[str]:
+        """sd_notify messages received so far (all of them, in order)."""
+        self._notify.settimeout(wait if wait > 0 else None)
+        self._notify.setblocking(wait > 0)
+        try:
+            while True:
+                self.notifications.append(self._notify.recv(4096).decode())
+                self._notify.setblocking(False)
+        except (BlockingIOError, TimeoutError):
+            pass
+        return self.notifications
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

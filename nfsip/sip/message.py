@@ -48,6 +48,9 @@ from nfsip.sip.spans import Span, fast_ctor, new_span
 
 __all__ = [
     "COMPACT_FORMS",
+    "MAX_PARAMS",
+    "MAX_SEPARATORS",
+    "MAX_VALUES",
     "Header",
     "HostPort",
     "NameAddr",
@@ -272,6 +275,16 @@ _BOUNDARY_RE = re.compile(r';[ \t\r\n]*boundary[ \t\r\n]*=[ \t\r\n]*(?:"([^"]+)"
 
 _MAX_CSEQ: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
 
+# Resource limits. Parsing is linear, but a 64 KB datagram made of ";;;;" or
+# thousands of Contact values would cost tens of ms of Python per packet (a
+# cheap CPU DoS on a router). Real messages stay far below these (RFC 4475
+# longreq, the torture test for long messages, has 34 Via values).
+MAX_PARAMS: Final = 64  # ';' separators per URI / header value (empty params included)
+MAX_VALUES: Final = 128  # Via values, Contact values in one message
+# ';' per Via/Contact header field, checked with str.count before any regex
+# runs: the regex engine itself spends ~0.7 us per repetition of a parameter.
+MAX_SEPARATORS: Final = 512
+
 _new_span = new_span
 _new_hostport = fast_ctor(HostPort)
 _new_param = fast_ctor(Param)
@@ -305,6 +318,8 @@ def _params_from_block(block: str, p: int) -> tuple[Param, ...]:
     if not block:
         return ()
     out: list[Param] = []
+    if block.count(";") > MAX_PARAMS:  # counted cheaply, quoted ';' included
+        raise _err("too-many-params")
     for sep, name, eq, value in _PARAM_PARTS_FINDALL(block):
         p += len(sep)
         if name:
@@ -361,6 +376,8 @@ def _parse_uri(t: str, s: int, e: int) -> SipUri:
         if pblock:
             plist: list[Param] = []
             q = um.start(4)
+            if pblock.count(";") > MAX_PARAMS:
+                raise _err("too-many-params")
             for name, eq, value in _URI_PARAMS_FINDALL(pblock):
                 q += 1 + len(name)
                 if name:
@@ -414,6 +431,8 @@ def _parse_vias(t: str, s: int, e: int, out: list[Via]) -> None:
         pstart, q = m.span(6)
         params = _params_from_block(pblock, pstart) if pblock else ()
         out.append(_new_via("SIP/2.0/" + transport, transport, hp, params, _new_span(p, q)))
+        if len(out) > MAX_VALUES:
+            raise _err("too-many-values", "Via")
         q = m.end()
         if q >= e:
             return
@@ -498,6 +517,8 @@ def _parse_name_addr_list(t: str, s: int, e: int, reason: str) -> list[NameAddr]
     while p < e:
         na, p = _parse_name_addr(t, p, e, True, reason)
         out.append(na)
+        if len(out) > MAX_VALUES:
+            raise _err("too-many-values", reason)
         if p < e and _LWS_COMMA_RE.match(t, p, e).end() >= e:  # type: ignore[union-attr]
             break  # trailing empty list elements
     return out
@@ -545,6 +566,20 @@ _EAGER: Final[dict[str, int]] = {
     "expires": _H_EXPIRES,
 }
 _RSTRIP_LWS = " \t\r\n"
+
+# raw header name -> (canonical name, eager kind). Bounded: names are
+# attacker-controlled, so the cache stops growing at _NAME_CACHE_MAX entries.
+_NAME_CACHE: dict[str, tuple[str, int | None]] = {}
+_NAME_CACHE_MAX: Final = 2048
+
+
+def _classify_name(name: str) -> tuple[str, int | None]:
+    low = name.lower()
+    canon = COMPACT_FORMS.get(low, low)
+    known = (canon, _EAGER.get(canon))
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = known
+    return known
 
 
 class SipMessage:
@@ -799,6 +834,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     else:
         msg.is_request = True
         msg.method = req.group(1)
+        if sl.count(";") > MAX_PARAMS:
+            raise _err("too-many-params")
         msg.request_uri = _parse_uri(t, pos + req.start(2), pos + req.end(2))
         msg.status = None
         msg.reason = None
@@ -807,14 +844,15 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     index: list[_HIdx] = []
     eager: list[tuple[int, str, int, int]] = []
     p = sl_end
-    eager_get = _EAGER.get
+    names = _NAME_CACHE
     for name, sep, value in _HDRS_FINDALL(t, sl_end, hend):
         vs = p + len(name) + len(sep)
         ve = vs + len(value)
-        low = name.lower()
-        canon = COMPACT_FORMS.get(low, low)
+        known = names.get(name)
+        if known is None:
+            known = _classify_name(name)
+        canon, kind = known
         index.append((canon, name, vs, ve, p, ve + 1))
-        kind = eager_get(canon)
         if kind is not None:
             eager.append((kind, value, vs, ve))
         p = ve + 1
@@ -837,6 +875,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     for kind, value, vs, ve in eager:
         v = value.rstrip(_RSTRIP_LWS)
         ve = vs + len(v)
+        if kind <= _H_CONTACT and v.count(";") > MAX_SEPARATORS:
+            raise _err("too-many-params")  # before any regex: see MAX_SEPARATORS
         if kind == _H_VIA:
             _parse_vias(t, vs, ve, vias)
         elif kind == _H_CONTACT:
@@ -844,6 +884,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
                 star = True
             else:
                 contacts.extend(_parse_name_addr_list(t, vs, ve, "bad-contact"))
+                if len(contacts) > MAX_VALUES:
+                    raise _err("too-many-values", "Contact")
         elif kind == _H_CALLID:
             if call_id is not None:
                 raise _err("multiple-call-id")  # RFC 4475 §3.3.8 multi01
@@ -869,7 +911,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
             if clen is not None and val != clen:
                 raise _err("bad-content-length", "disagreeing values")  # RFC 4475 mcl01
             clen = val
-            clen_spans.append(Span(ve - len(v2), ve))
+            clen_spans.append(_new_span(ve - len(v2), ve))
         elif kind == _H_CTYPE:
             if ctype is None:
                 ctype_raw = v
@@ -921,7 +963,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     raw = data if body_end == n else data[:body_end]
     msg.raw = raw
     msg.trailing = data[body_end:] if body_end < n else b""
-    msg.body_span = Span(body_start, body_end)
+    msg.body_span = _new_span(body_start, body_end)
     msg.call_id = call_id
     msg.cseq, msg.cseq_method = cseq_t
     msg.vias = tuple(vias)

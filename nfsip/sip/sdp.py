@@ -115,6 +115,9 @@ class Sdp:
         return m.connection if m.connection is not None else self.connection
 
 
+MAX_MEDIA = 64  # m= sections per description (real offers carry a handful)
+MAX_CANDIDATES = 64  # a=candidate lines per m= section
+
 _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
 # Whitespace: RFC 8866 says single SP; real stacks occasionally double it.
@@ -134,6 +137,7 @@ _RPORT_RE = re.compile(r" rport +(\d+)", re.ASCII)
 _new_span = new_span
 _new_addr = fast_ctor(SdpAddress)
 _new_media = fast_ctor(SdpMedia)
+_new_rtcp = fast_ctor(SdpRtcp)
 _new_sdp = fast_ctor(Sdp)
 
 
@@ -182,6 +186,8 @@ def parse_sdp(raw: bytes, start: int, end: int) -> Sdp:
             elif val.startswith("rtcp:"):
                 cur[3] = _rtcp(line, off)
             elif val.startswith("candidate:"):
+                if len(cur[6]) >= MAX_CANDIDATES:
+                    raise _bad("too-many-candidates", line)
                 cur[6].append(_candidate(line, off))
             # other a=rtcp* (rtcp-fb, rtcp-rsize, ...) are ignored
         elif kind == "c":
@@ -197,6 +203,8 @@ def parse_sdp(raw: bytes, start: int, end: int) -> Sdp:
             mm = _M_RE.match(line)
             if mm is None:
                 raise _bad("bad-sdp-media", line)
+            if len(sections) >= MAX_MEDIA:
+                raise _bad("too-many-media", line)  # resource limit, see message.MAX_PARAMS
             cur = [mm, off, [], None, False, None, []]
             sections.append(cur)
         else:  # "o"
@@ -241,7 +249,7 @@ def _rtcp(line: str, off: int) -> SdpRtcp:
     raddr = None
     if rm[2] is not None:
         raddr = _new_addr(rm[2], rm[3], rm[4], _new_span(off + rm.start(4), off + rm.end(4)))
-    return SdpRtcp(int(rm[1]), _new_span(off + rm.start(1), off + rm.end(1)), raddr)
+    return _new_rtcp(int(rm[1]), _new_span(off + rm.start(1), off + rm.end(1)), raddr)
 
 
 def _candidate(line: str, off: int) -> SdpCandidate:

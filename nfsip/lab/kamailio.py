@@ -1,0 +1,415 @@
+"""Kamailio as the lab's SIP server: a plain registrar and stateful forking proxy, nothing NAT-aware.
+
+Why Kamailio: nfsip's job is to make phones behind a NAT work with an *ordinary* SIP server, one that
+takes Via, Contact and SDP at face value. The sipp UAS alone cannot register phones or route a call to
+them; Kamailio with the configuration below is what a small provider runs minus its NAT helpers:
+
+* REGISTER → ``save("location")`` (in memory, no auth): the Contact the router sent is stored as is.
+* A request for a registered AOR → ``lookup("location")`` → ``t_relay()``: one branch per contact,
+  forked in parallel; when one branch answers 2xx, tm CANCELs the others (they answer 487).
+* A request for a user that is not registered but whose Request-URI names another host is relayed
+  there (so a phone can use Kamailio as outbound proxy towards a sipp UAS on a WAN host).
+* Dialog-forming requests are record-routed and in-dialog requests loose-routed: Kamailio stays in the
+  signalling path, as real proxies do (two phones behind two NATs could not reach each other's
+  registered-only SIP port directly). The sipp scenarios therefore honour Record-Route (``rrs``).
+* No ``fix_nated_contact``/``fix_nated_register``, no rtpproxy/rtpengine: what the router does not fix
+  stays broken. ``nat_helper=True`` adds the classic nathelper trio (``fix_nated_register`` + received
+  path, ``fix_nated_contact``) for a baseline that separates "private Contact" from "expired
+  conntrack entry" as the cause of a failed inbound call.
+
+Measured here: Kamailio 5.6.3 listens about 150-250 ms after exec with ``-m 64 -M 8`` and 2 children.
+
+Kamailio pitfalls that shaped this module:
+
+* Without ``-Y`` Kamailio puts its runtime files under /run/kamailio and the ``ctl`` socket at
+  /run/kamailio/kamailio_ctl: two labs would share (and steal) it. Everything lives in a temp dir.
+* ``registrar`` has ``min_expires=60`` by default: a REGISTER asking for 10 s is stored (and answered)
+  with 60 s. Tests of short registrations need ``min_expires`` lowered (default here: 1).
+* With ``auto_aliases=yes`` (the default) and DNS enabled Kamailio resolves its own addresses at start;
+  the lab has no DNS server (resolv.conf points outside), so ``dns=no``/``rev_dns=no`` keep start fast.
+* tm's ``fr_timer`` (30 s) is how long a branch may stay without any response before Kamailio answers
+  408 itself, and ``fr_inv_timer`` (120 s) how long an INVITE may ring. Tests shorten them.
+* ``-DD`` keeps the main process in the foreground (children are still forked): SIGTERM to the Popen
+  ends all of them. ``-E`` sends the log to stderr, which goes to a file here (never an unread pipe).
+* A Record-Route header makes every in-dialog request go through Kamailio: sipp scenarios must store
+  the route set (``rrs="true"``) and use ``[next_url]``/``[routes]``, or the ACK/BYE bypass the proxy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from nfsip.lab import topology as T
+from nfsip.lab.lab import Lab, LabError
+
+MODULE_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+
+# @@NAME@@ placeholders (Kamailio's own syntax uses $ and braces, so neither str.format nor
+# string.Template can render it).
+CONFIG_TEMPLATE = r"""#!KAMAILIO
+# nfsip lab: plain registrar + stateful forking proxy. NO NAT traversal help, NO media relay
+# (unless rendered with nat_helper, for baselines only).
+@@NAT_DEFINE@@
+
+debug=@@DEBUG@@
+log_stderror=yes
+log_facility=LOG_LOCAL0
+memdbg=5
+memlog=5
+children=@@CHILDREN@@
+disable_tcp=yes
+enable_sctp=no
+auto_aliases=no
+dns=no
+rev_dns=no
+use_dns_cache=no
+listen=udp:@@IP@@:@@PORT@@
+alias="@@IP@@:@@PORT@@"
+
+mpath="@@MPATH@@"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "ctl.so"
+#!ifdef WITH_NAT
+loadmodule "nathelper.so"
+#!endif
+
+modparam("ctl", "binrpc", "unix:@@CTL@@")
+modparam("tm", "fr_timer", @@FR_TIMER@@)
+modparam("tm", "fr_inv_timer", @@FR_INV_TIMER@@)
+modparam("rr", "enable_full_lr", 0)
+modparam("rr", "append_fromtag", 1)
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", @@MIN_EXPIRES@@)
+modparam("registrar", "max_expires", 3600)
+modparam("registrar", "max_contacts", 10)
+#!ifdef WITH_NAT
+modparam("nathelper", "received_avp", "$avp(RECEIVED)")
+modparam("registrar", "received_avp", "$avp(RECEIVED)")
+#!endif
+
+request_route {
+	xlog("L_INFO", "RQ $rm $ru from $si:$sp ci=$ci\n");
+	if (!mf_process_maxfwd_header("10")) {
+		sl_send_reply("483", "Too Many Hops");
+		exit;
+	}
+	if (is_method("CANCEL")) {
+		if (t_check_trans()) {
+			t_relay();
+		}
+		exit;
+	}
+	# Retransmissions of a request tm already handles: let tm absorb them.
+	if (!is_method("ACK")) {
+		if (t_precheck_trans()) {
+			t_check_trans();
+			exit;
+		}
+		t_check_trans();
+	}
+#!ifdef WITH_NAT
+	if (nat_uac_test("19")) {
+		if (is_method("REGISTER")) {
+			fix_nated_register();
+		} else {
+			fix_nated_contact();
+		}
+		force_rport();
+	}
+#!endif
+	if (has_totag()) {
+		if (loose_route()) {
+			route(RELAY);
+		}
+		if (is_method("ACK")) {
+			if (t_check_trans()) {
+				route(RELAY);
+			}
+			exit;
+		}
+		sl_send_reply("404", "Not here");
+		exit;
+	}
+	remove_hf("Route");
+	if (is_method("INVITE|SUBSCRIBE")) {
+		record_route();
+	}
+	if (is_method("REGISTER")) {
+		if (!save("location")) {
+			sl_reply_error();
+		}
+		exit;
+	}
+	if ($rU == $null) {
+		sl_send_reply("484", "Address Incomplete");
+		exit;
+	}
+	if (!uri == myself) {
+		# Outbound-proxy use: relay to the host the Request-URI names.
+		route(RELAY);
+	}
+	if (!lookup("location")) {
+		xlog("L_INFO", "no contact for $ru\n");
+		send_reply("404", "Not Found");
+		exit;
+	}
+	route(RELAY);
+}
+
+route[RELAY] {
+	if (!t_relay()) {
+		sl_reply_error();
+	}
+	exit;
+}
+
+onreply_route {
+	xlog("L_INFO", "RS $rs $rr cseq=$cs from $si:$sp ci=$ci\n");
+}
+"""
+
+
+def render_config(
+    *,
+    ip: str,
+    port: int,
+    ctl_socket: str,
+    children: int = 2,
+    debug: int = 2,
+    fr_timer_ms: int = 30000,
+    fr_inv_timer_ms: int = 120000,
+    min_expires: int = 1,
+    nat_helper: bool = False,
+) -> str:
+    """The Kamailio configuration text for one lab instance (see the module doc for what it does)."""
+    values = {
+        "IP": ip,
+        "PORT": str(port),
+        "CTL": ctl_socket,
+        "CHILDREN": str(children),
+        "DEBUG": str(debug),
+        "FR_TIMER": str(fr_timer_ms),
+        "FR_INV_TIMER": str(fr_inv_timer_ms),
+        "MIN_EXPIRES": str(min_expires),
+        "MPATH": MODULE_DIR,
+        # "#!define WITH_NAT" turns the nathelper blocks (#!ifdef WITH_NAT) on.
+        "NAT_DEFINE": "#!define WITH_NAT" if nat_helper else "# nat_helper off: WITH_NAT undefined",
+    }
+    text = CONFIG_TEMPLATE
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", value)
+    leftover = re.findall(r"@@\w+@@", text)
+    if leftover:
+        raise ValueError(f"unrendered placeholders: {leftover}")
+    return text
+
+
+def have_kamailio() -> bool:
+    """True if the kamailio binary is installed (it lives in /usr/sbin, which may not be on PATH)."""
+    return shutil.which("kamailio") is not None or Path("/usr/sbin/kamailio").exists()
+
+
+def _binary(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+class Kamailio:
+    """A Kamailio registrar/proxy in a lab namespace (default: the server, 198.51.100.2:5060).
+
+    Context manager; ``start()`` returns when the UDP socket listens. ``log()`` is the full log (one
+    ``RQ``/``RS`` line per request/reply it routed, plus Kamailio's own messages); ``contacts(aor)``
+    asks the running instance (binrpc ``ul.lookup``) which contacts an AOR has.
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str = T.SERVER,
+        *,
+        ip: str | None = None,
+        port: int = T.SIP_PORT,
+        children: int = 2,
+        shm_mb: int = 64,
+        pkg_mb: int = 8,
+        debug: int = 2,
+        fr_timer_ms: int = 30000,
+        fr_inv_timer_ms: int = 120000,
+        min_expires: int = 1,
+        nat_helper: bool = False,
+        workdir: str | Path | None = None,
+    ) -> None:
+        self.lab, self.node = lab, node
+        self.ip = ip or lab.ip_of(node)
+        self.port = port
+        self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"nfsip-kamailio-{node}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "kamailio.cfg"
+        self.log_path = self.workdir / "kamailio.log"
+        self.pid_path = self.workdir / "kamailio.pid"
+        self.ctl_socket = str(self.workdir / "kamailio_ctl")
+        self.config_path.write_text(
+            render_config(
+                ip=self.ip,
+                port=port,
+                ctl_socket=self.ctl_socket,
+                children=children,
+                debug=debug,
+                fr_timer_ms=fr_timer_ms,
+                fr_inv_timer_ms=fr_inv_timer_ms,
+                min_expires=min_expires,
+                nat_helper=nat_helper,
+            )
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+        """Seconds from exec to listening, measured by ``start()``."""
+
+    @property
+    def uri(self) -> str:
+        """``ip:port`` of the proxy (what sipp takes as remote host)."""
+        return f"{self.ip}:{self.port}"
+
+    def check_config(self) -> subprocess.CompletedProcess[str]:
+        """``kamailio -c``: syntax and module check of the rendered configuration (no sockets needed)."""
+        return subprocess.run(
+            [_binary("kamailio"), "-c", "-f", str(self.config_path), "-L", MODULE_DIR],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start Kamailio and return once its UDP socket listens; LabError (with the log) otherwise."""
+        argv = [
+            _binary("kamailio"),
+            "-DD",
+            "-E",
+            "-f",
+            str(self.config_path),
+            "-m",
+            str(self.shm_mb),
+            "-M",
+            str(self.pkg_mb),
+            "-Y",
+            str(self.workdir),
+            "-P",
+            str(self.pid_path),
+            "-w",
+            str(self.workdir),
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = self.lab.popen(self.node, argv, stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        needle = f"{self.ip}:{self.port} "
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f"kamailio exited with {self.proc.returncode} at start:\n{self.log()[-4000:]}")
+            listening = self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout
+            if needle in listening and Path(self.ctl_socket).exists():
+                self.startup_s = time.monotonic() - t0
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise LabError(f"kamailio not listening on {self.uri} after {timeout}s:\n{self.log()[-4000:]}")
+
+    def alive(self) -> bool:
+        """True while the main process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything Kamailio logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def routed(self, pattern: str = "") -> list[str]:
+        """The ``RQ``/``RS`` lines of the log (what Kamailio routed), optionally filtered by a regex."""
+        lines = [ln for ln in self.log().splitlines() if re.search(r"\b(RQ|RS) ", ln)]
+        return [ln for ln in lines if re.search(pattern, ln)] if pattern else lines
+
+    def rpc(self, *args: str, check: bool = True) -> str:
+        """Run a binrpc command (``kamcmd``) against this instance, e.g. ``rpc("ul.dump")``.
+
+        The socket is a file in the work directory, so kamcmd can run from the root namespace.
+        """
+        res = subprocess.run(
+            [_binary("kamcmd"), "-s", f"unix:{self.ctl_socket}", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if check and res.returncode != 0:
+            raise LabError(f"kamcmd {' '.join(args)} failed: {res.stdout}{res.stderr}")
+        return res.stdout
+
+    def contacts(self, aor: str) -> list[str]:
+        """The contact URIs registered for ``aor`` (``user`` or ``user@domain``); [] when none."""
+        if "@" not in aor:
+            aor = f"{aor}@{self.ip}"
+        out = self.rpc("ul.lookup", "location", f"sip:{aor}", check=False)
+        return re.findall(r"Address:\s*(\S+)", out)
+
+    def wait_registered(self, aor: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """Wait until ``aor`` has at least ``count`` contacts; returns them (LabError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.contacts(aor)
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise LabError(f"{aor}: {len(found)} contacts after {timeout}s, wanted {count}: {found}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM (Kamailio's main process then ends its children), SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        """Delete the work directory (config, log) if this object created it."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._own_workdir = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else "stopped"
+        return f"Kamailio({self.node} {self.uri}, {state})"
