@@ -44,6 +44,21 @@ class Config:
     registration_from: str = "registrar"
     # Seconds a registration pinhole outlives the expiry the registrar granted (refresh in flight).
     registration_grace: int = 30
+    # Optional allowlist of SIP servers (addresses or prefixes); empty: any server. Messages to or from
+    # other servers then pass unchanged and open nothing.
+    sip_servers: tuple[str, ...] = ()
+    # Limits (nfsip.policy): beyond them a message passes unchanged and nfsip_policy_refusals_total counts.
+    max_pinholes_per_host: int = 64
+    max_calls_per_host: int = 16
+    max_registrations_per_host: int = 8
+    max_pinholes: int = 20000
+    max_calls: int = 5000
+    max_registrations: int = 5000
+    pinhole_rate_per_host: int = 20
+    pinhole_burst_per_host: int = 80
+    # With no daemon bound to the queue: true lets SIP through unchanged (fail-open), false drops it
+    # (fail-closed: no SIP crosses the router unless nfsip handles it).
+    queue_bypass: bool = True
     # Prometheus endpoint; "" disables it. Loopback by default: metrics reveal call activity.
     metrics_listen: str = "127.0.0.1:9477"
     log_level: str = "info"
@@ -95,6 +110,22 @@ def _validate_value(key: str, value: Any) -> Any:
         return _expect_int(key, value, 5, 7 * 24 * 3600)
     if key == "registration_grace":
         return _expect_int(key, value, 0, 3600)
+    if key == "sip_servers":
+        if not isinstance(value, list):
+            raise ConfigError(key, 'must be a list of addresses or prefixes, e.g. ["203.0.113.0/24"]')
+        nets = []
+        for i, item in enumerate(value):
+            try:
+                nets.append(str(ipaddress.IPv4Network(_expect_str(f"{key}[{i}]", item), strict=False)))
+            except ValueError:
+                raise ConfigError(f"{key}[{i}]", f"not an IPv4 address or prefix: {item!r}") from None
+        return tuple(nets)
+    if key.startswith("max_") or key in ("pinhole_rate_per_host", "pinhole_burst_per_host"):
+        return _expect_int(key, value, 1, 1_000_000)
+    if key == "queue_bypass":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
     if key == "sip_ports":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list of port numbers")
@@ -129,6 +160,8 @@ def check_consistency(config: Config) -> None:
         raise ConfigError("pinhole_setup_timeout", "must not exceed pinhole_call_timeout")
     if config.pinhole_call_timeout > config.call_max_duration:
         raise ConfigError("pinhole_call_timeout", "must not exceed call_max_duration")
+    if config.max_pinholes_per_host > config.max_pinholes:
+        raise ConfigError("max_pinholes_per_host", "must not exceed max_pinholes")
 
 
 def load(path: str | Path | None, *, wan_interface: str | None = None) -> Config:

@@ -26,6 +26,7 @@ from .kernel.queue import Queue
 from .metrics import Metrics
 from .model import Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
+from .policy import policy_from
 from .ports import PortAllocator
 from .sdnotify import Notifier
 
@@ -52,7 +53,10 @@ class Daemon:
                 registration_grace=config.registration_grace,
             ),
             registration_from_registrar_only=config.registration_from == "registrar",
+            policy=policy_from(config),
         )
+        # Policy refusals are logged once per (reason, LAN host) per minute: a flood must not flood the log.
+        self._refusal_logged: dict[tuple[str, str], float] = {}
         self.conntrack = Conntrack(clock)
         self.first_packets = FirstPackets()
         self.native_queue = False
@@ -67,7 +71,7 @@ class Daemon:
         text = ruleset.render(ruleset.options_from(self.config, self.native_queue))
         self.nft.install(text)
         if not self.native_queue:
-            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num)
+            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num, bypass=self.config.queue_bypass)
         if left_behind:
             self.nft.apply(left_behind, ())
             self.engine.adopt(left_behind, self.clock())
@@ -242,6 +246,9 @@ class Daemon:
             self.metrics.parse_errors.labels(decision.detail).inc()
         for event in decision.events:
             log.info("%s", event)
+        for reason in decision.refusals:
+            self.metrics.refusals.labels(reason).inc()
+            self._log_refusal(reason, flow.lan.ip, decision.detail)
         if decision.detail and decision.outcome != "parse-error":
             log.debug("%s %s: %s", flow.direction.value, decision.kind, decision.detail)
         if not self._apply(decision):
@@ -307,6 +314,16 @@ class Daemon:
                 self.metrics.conntrack_purged.inc(self.conntrack.purge_media(fresh, keep_public=True))
         except Exception:
             log.exception("conntrack purge failed")
+
+    def _log_refusal(self, reason: str, host: str, detail: str) -> None:
+        now = self.clock()
+        key = (reason, host)
+        if now - self._refusal_logged.get(key, -1e9) < 60:
+            return
+        if len(self._refusal_logged) > 4096:
+            self._refusal_logged.clear()
+        self._refusal_logged[key] = now
+        log.warning("policy: %s (%s); nothing opened", detail or reason, reason)
 
     def _update_gauges(self) -> None:
         calls = self.engine.calls.calls.values()

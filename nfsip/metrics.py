@@ -39,6 +39,12 @@ class Metrics:
         self.registrations_active = Gauge(
             "nfsip_registrations_active", "Phone registrations kept reachable now", registry=r
         )
+        self.refusals = Counter(
+            "nfsip_policy_refusals",
+            "Messages whose pinholes the security policy refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.nft_errors = Counter("nfsip_nft_errors", "Failed nft transactions", registry=r)
         self.conntrack_purged = Counter(
             "nfsip_conntrack_purged", "Conntrack entries of media flows deleted", registry=r

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +82,20 @@ class Policy:
         full = [h for h, b in self._buckets.items() if b.tokens + (now - b.stamp) * rate >= burst]
         for host in full:
             del self._buckets[host]
+
+
+def policy_from(config: Config) -> Policy:
+    return Policy(
+        sip_servers=tuple(ipaddress.IPv4Network(n) for n in config.sip_servers),
+        sip_ports=config.sip_ports,
+        limits=Limits(
+            pinholes_per_host=config.max_pinholes_per_host,
+            calls_per_host=config.max_calls_per_host,
+            registrations_per_host=config.max_registrations_per_host,
+            pinholes_total=config.max_pinholes,
+            calls_total=config.max_calls,
+            registrations_total=config.max_registrations,
+            pinhole_rate_per_host=float(config.pinhole_rate_per_host),
+            pinhole_burst_per_host=config.pinhole_burst_per_host,
+        ),
+    )

@@ -25,15 +25,15 @@ def nfqueue_info(queue_num: int, queues_total: int = 1, bypass: bool = True) -> 
     return struct.pack("=HHHxx", queue_num, queues_total, flags)
 
 
-def add_compat_queue_rule(table: str, queue_num: int, queues_total: int = 1) -> None:
-    """Append `queue num N bypass` (xt NFQUEUE through nft_compat) to nfsip's queue chain."""
+def add_compat_queue_rule(table: str, queue_num: int, queues_total: int = 1, bypass: bool = True) -> None:
+    """Append `queue num N [bypass]` (xt NFQUEUE through nft_compat) to nfsip's queue chain."""
     from pyroute2.nftables.expressions import genex
     from pyroute2.nftables.main import NFTables
 
     target = OrderedDict()
     target["name"] = "NFQUEUE"
     target["rev"] = 3
-    target["info"] = nfqueue_info(queue_num, queues_total)
+    target["info"] = nfqueue_info(queue_num, queues_total, bypass)
     nft = NFTables(nfgen_family=2)  # NFPROTO_IPV4
     try:
         nft.rule("add", table=table, chain=QUEUE_CHAIN, expressions=[[genex("target", target)]])

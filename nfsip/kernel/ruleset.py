@@ -35,6 +35,7 @@ class RulesetOptions:
     queue_num: int
     sip_ports: tuple[int, ...]
     native_queue: bool  # False: sip_queue gets its NFQUEUE rule through nft_compat
+    bypass: bool = True
 
 
 def options_from(config: Config, native_queue: bool) -> RulesetOptions:
@@ -44,6 +45,7 @@ def options_from(config: Config, native_queue: bool) -> RulesetOptions:
         queue_num=config.queue_num,
         sip_ports=config.sip_ports,
         native_queue=native_queue,
+        bypass=config.queue_bypass,
     )
 
 

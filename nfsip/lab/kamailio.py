@@ -362,12 +362,25 @@ class Kamailio:
             raise LabError(f"kamcmd {' '.join(args)} failed: {res.stdout}{res.stderr}")
         return res.stdout
 
+    def bindings(self, aor: str) -> list[dict[str, str]]:
+        """The registered contacts of ``aor`` as dicts of ``ul.lookup`` fields (Address, Expires,
+        Received, Call-ID, ...); [] when the AOR has none.
+
+        usrloc runs without ``use_domain``: the AOR is the user part only (``alice``), whatever
+        domain the REGISTER named.
+        """
+        user = aor.removeprefix("sip:").split("@", 1)[0]
+        out = self.rpc("ul.lookup", "location", user, check=False)
+        found: list[dict[str, str]] = []
+        for block in out.split("Contact: {")[1:]:
+            fields = dict(re.findall(r"^\s*([\w-]+): (.*?)\s*$", block, re.MULTILINE))
+            if "Address" in fields:
+                found.append(fields)
+        return found
+
     def contacts(self, aor: str) -> list[str]:
-        """The contact URIs registered for ``aor`` (``user`` or ``user@domain``); [] when none."""
-        if "@" not in aor:
-            aor = f"{aor}@{self.ip}"
-        out = self.rpc("ul.lookup", "location", f"sip:{aor}", check=False)
-        return re.findall(r"Address:\s*(\S+)", out)
+        """The contact URIs registered for ``aor`` (``alice`` or ``sip:alice@...``); [] when none."""
+        return [b["Address"] for b in self.bindings(aor)]
 
     def wait_registered(self, aor: str, count: int = 1, timeout: float = 10.0) -> list[str]:
         """Wait until ``aor`` has at least ``count`` contacts; returns them (LabError on timeout)."""

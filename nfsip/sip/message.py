@@ -30,6 +30,32 @@ non-CRLF bytes *must* be a SIP start-line: the parser never searches for a
 start-line further inside the data (NAT slipstreaming, Samy Kamkar 2020, hid a
 REGISTER inside an HTTP POST body).
 
+Deliberate tolerances (a NAT helper that refuses a message does not make the
+sender fix it, it only forwards private addresses unrewritten):
+
+* LF-only line endings (RFC 3261 §7.5 says CRLF; the RFC 5118 archive files
+  use LF) and a missing empty line at the end of a datagram (RFC 4475 baddn,
+  RFC 5118 ipv6-*-colons archive copies);
+* empty list elements / parameters (``;;,;,,``, RFC 4475 badinv01);
+* LWS inside ``<...>`` (RFC 4475 badaspec), unquoted display names with
+  non-token characters in From/To (RFC 4475 baddn, suricata ``\"arik\"``);
+* ``?headers`` in a Request-URI or an addr-spec Contact (RFC 4475 escruri,
+  regbadct): unambiguous, exposed as :attr:`SipUri.headers`;
+* IPv6 references are only checked for their character set, so the RFC 3261
+  ABNF bug form ``[2001:db8:::192.0.2.1]`` passes (RFC 5118 §4.10 "tolerate").
+
+Strictness kept: start-line grammar, SIP/2.0 only, CSeq < 2**31 and equal to
+the request method, single Call-ID/CSeq/From/To, consistent numeric
+Content-Length, body not shorter than Content-Length, balanced quoted
+display-names, Via sent-protocol/sent-by, sip/sips URIs with a valid host and
+port. Work per packet is bounded (:data:`MAX_PARAMS`, :data:`MAX_VALUES`,
+:data:`MAX_SEPARATORS`, :data:`nfsip.sip.sdp.MAX_MEDIA`).
+
+Laziness (per-packet cost): :attr:`SipMessage.headers`, ``header()``,
+``from_`` and ``to`` are materialised on access. From/To are checked for
+presence, uniqueness and quote balance during parsing; a structurally bad
+From/To URI only raises :class:`SipParseError` when ``from_``/``to`` is read.
+
 Text is decoded as latin-1 internally so that string offsets equal byte
 offsets; values handed out (display names, reason phrase, header values) are
 re-decoded as UTF-8 with ``surrogateescape`` when they are not ASCII. Any input
