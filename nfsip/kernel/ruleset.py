@@ -124,10 +124,12 @@ table ip {opts.table} {{
 \t# The first datagram of a new LAN -> WAN SIP flow, before source NAT. At srcnat+10 its conntrack entry
 \t# is not confirmed yet, so ctnetlink cannot say which LAN host sent it; the daemon notes the sender here
 \t# and recognises the same bytes when they come back through sip_to_wan (nfsip.kernel.firstpacket).
+\t# "! confirmed", not "ct state new": a UDP flow stays "new" until its first reply, and every datagram
+\t# of it would be queued twice.
 \tchain sip_new_to_wan {{
 \t\ttype filter hook postrouting priority mangle; policy accept;
-\t\toifname "{wan}" ct state new udp dport @sip_ports jump {QUEUE_CHAIN}
-\t\toifname "{wan}" ct state new udp sport @sip_ports jump {QUEUE_CHAIN}
+\t\toifname "{wan}" ct status ! confirmed udp dport @sip_ports jump {QUEUE_CHAIN}
+\t\toifname "{wan}" ct status ! confirmed udp sport @sip_ports jump {QUEUE_CHAIN}
 \t}}
 
 \t# LAN -> WAN SIP, after source NAT: the queue sees the public address and port the server will see.

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -400,3 +401,355 @@ def run_uac(
     if res.ok:
         uac.cleanup()
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Phones that register, callers and callees for the flows lab (Kamailio as registrar/proxy).
+#
+# Added for tests/test_lab_flows.py. Everything above is unchanged; these build on _Sipp.
+# Scenario pitfalls are documented in each XML file; the sipp ones that matter here:
+#
+# * A phone is ONE sipp process in client mode: the main scenario REGISTERs and pauses, and every
+#   request with an unknown Call-ID (the inbound INVITE) goes to the out-of-call scenario given
+#   with -oocsf. Without -oocsf sipp discards such requests. When the main scenario ends, sipp
+#   exits and aborts an inbound call still running with a BYE.
+# * sipp refuses to load a scenario that uses a -key keyword ([expires], [ring_ms]) not given on
+#   the command line: the classes below always pass the keys their scenarios use.
+# * [media_port+N] in an m= line also moves the source port of that stream's playback to
+#   media_port+N (sipp sets play_args.from while building the message): a re-INVITE can move the
+#   phone's RTP to a new port in both directions. sipp binds -mp and -mp+2 only.
+# * Two sipp processes in one namespace need distinct -p and -mp (and get control ports 8888,
+#   8889): the server runs Kamailio on 5060, so a caller there uses sip_port=5070.
+# ---------------------------------------------------------------------------------------------
+
+REGISTER_SCENARIO = SCENARIO_DIR / "register.xml"
+"""REGISTER, stay registered for the -d pause, un-REGISTER (a phone's main scenario)."""
+REGISTER_REFRESH_SCENARIO = SCENARIO_DIR / "register_refresh.xml"
+"""REGISTER, pause, refresh, pause, un-REGISTER."""
+
+CALLEE_SCENARIOS: dict[str, Path] = {
+    "answer": SCENARIO_DIR / "callee_answer.xml",
+    "ring": SCENARIO_DIR / "callee_ring.xml",
+    "busy": SCENARIO_DIR / "callee_busy.xml",
+    "nomedia": SCENARIO_DIR / "callee_nomedia.xml",
+    "hold": SCENARIO_DIR / "callee_hold.xml",
+    "video": SCENARIO_DIR / "callee_video.xml",
+}
+"""UAS behaviours: answer (RTP), ring until CANCEL (183 early media), busy (183 then 486), nomedia
+(answer, no RTP), and the mirrors of caller "hold" and "video"."""
+
+CALLER_SCENARIOS: dict[str, Path] = {
+    "call": SCENARIO_DIR / "caller.xml",
+    "cancel": SCENARIO_DIR / "caller_cancel.xml",
+    "rejected": SCENARIO_DIR / "caller_rejected.xml",
+    "noanswer": SCENARIO_DIR / "caller_noanswer.xml",
+    "nomedia": SCENARIO_DIR / "caller_nomedia.xml",
+    "hold": SCENARIO_DIR / "caller_hold.xml",
+    "video": SCENARIO_DIR / "caller_video.xml",
+}
+"""UAC behaviours; all honour Record-Route, so they work through Kamailio and against a plain UAS."""
+
+HOLD_SCENARIO_S = 14.0
+"""Duration of caller_hold.xml from the first ACK to the BYE (the sum of its pauses)."""
+VIDEO_SCENARIO_S = 7.0
+"""Duration of caller_video.xml from the first ACK to the BYE."""
+
+_MSG_HEAD_RE = re.compile(r"^UDP message (sent|received)", re.MULTILINE)
+
+
+def _trace_messages(path: Path) -> list[tuple[str, str]]:
+    """(direction, start line) of every message in a sipp -trace_msg file, in order."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out: list[tuple[str, str]] = []
+    heads = list(_MSG_HEAD_RE.finditer(text))
+    for i, head in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        body = text[head.end() : end].split("\n", 1)[1] if "\n" in text[head.end() : end] else ""
+        first = next((ln.strip() for ln in body.splitlines() if ln.strip()), "")
+        out.append((head.group(1), first))
+    return out
+
+
+class SippScenario(_Sipp):
+    """One sipp process running any scenario file: client mode when ``remote`` is given, else
+    server mode (UAS). The base of SippPhone, SippCaller and SippCallee.
+
+    ``keys`` become ``-key name value`` (the scenario's generic ``[name]`` keywords); ``calls`` and
+    ``rate`` map to ``-m`` and ``-r`` (calls per second); ``pause_ms`` is ``-d``.
+    """
+
+    role = "sipp"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str,
+        scenario: str | Path,
+        *,
+        remote: str | None = None,
+        remote_port: int = T.SIP_PORT,
+        service: str = "service",
+        ip: str | None = None,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        calls: int = 1,
+        rate: float | None = None,
+        pause_ms: int = 0,
+        keys: dict[str, str | int] | None = None,
+        ooc_scenario: str | Path | None = None,
+        pcap: str = DEFAULT_PCAP,
+        timeout_s: int | None = 60,
+        workdir: str | Path | None = None,
+        trace_msg: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(lab, node, workdir)
+        self.ip = ip or lab.ip_of(node)
+        self.remote, self.remote_port = remote, remote_port
+        self.service = service
+        self.sip_port, self.media_port = sip_port, media_port
+        self.calls, self.rate, self.pause_ms = calls, rate, pause_ms
+        self.keys = dict(keys or {})
+        self.scenario = _scenario_file(Path(scenario), pcap, self.workdir)
+        self.ooc_scenario = _scenario_file(Path(ooc_scenario), pcap, self.workdir) if ooc_scenario else None
+        self.timeout_s = timeout_s
+        self.trace_msg = trace_msg
+        self.extra_args = extra_args
+
+    def argv(self) -> list[str]:
+        """The sipp command line."""
+        argv = ["sipp"]
+        if self.remote is not None:
+            argv.append(f"{self.remote}:{self.remote_port}")
+        argv += ["-sf", str(self.scenario)]
+        if self.ooc_scenario is not None:
+            argv += ["-oocsf", str(self.ooc_scenario)]
+        argv += [
+            "-s",
+            self.service,
+            "-i",
+            self.ip,
+            "-mi",
+            self.ip,
+            "-p",
+            str(self.sip_port),
+            "-mp",
+            str(self.media_port),
+            "-m",
+            str(self.calls),
+            "-d",
+            str(self.pause_ms),
+        ]
+        if self.rate is not None:
+            argv += ["-r", str(self.rate)]
+        for name, value in self.keys.items():
+            argv += ["-key", name, str(value)]
+        if self.timeout_s is not None:
+            # sipp's global safety net: quit (as a failure) instead of hanging a test run.
+            argv += ["-timeout", f"{self.timeout_s}s", "-timeout_error"]
+        return [*argv, *self._common_args(self.trace_msg), *self.extra_args]
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start sipp; return once its SIP socket is bound (LabError if it died before).
+
+        A client-mode sipp that already finished (e.g. a call rejected at once) is not an error
+        here: ``wait()`` reports its result.
+        """
+        self._spawn(self.argv())
+        deadline = time.monotonic() + timeout
+        needle = f"{self.ip}:{self.sip_port} "
+        while time.monotonic() < deadline:
+            if self.returncode is not None:
+                if self.remote is None:
+                    raise LabError(f"{self.role} on {self.node} exited at start:\n{self._collect().describe()}")
+                return self
+            if needle in self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout:
+                return self
+            time.sleep(0.02)
+        res = self.stop()
+        raise LabError(f"{self.role} on {self.node} not bound to {needle.strip()} after {timeout}s:\n{res.describe()}")
+
+    def messages(self) -> list[tuple[str, str]]:
+        """("sent"|"received", start line) of every SIP message, from the -trace_msg file
+        (empty unless ``trace_msg``)."""
+        return _trace_messages(self.message_file)
+
+    def received(self, pattern: str = "") -> list[str]:
+        """Start lines of the messages sipp received, optionally only those matching a regex."""
+        return [line for d, line in self.messages() if d == "received" and re.search(pattern, line)]
+
+    def kill(self) -> SippResult:
+        """SIGKILL: the endpoint vanishes without un-REGISTER, CANCEL or BYE (a phone unplugged)."""
+        if self.proc is None:
+            raise LabError(f"{self.role} on {self.node} was never started")
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        return self._collect()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+
+class SippPhone(SippScenario):
+    """A phone behind the NAT: REGISTERs ``user`` with the registrar (Kamailio on the server by
+    default), stays registered for ``registered_ms``, then un-REGISTERs and exits. Meanwhile it
+    answers inbound calls the way ``answer`` says (a key of CALLEE_SCENARIOS: "answer", "ring",
+    "busy", ...), each call after ``ring_ms`` of ringing.
+
+    ``refresh=True`` uses register_refresh.xml: REGISTER, ``registered_ms``, re-REGISTER,
+    ``registered_ms``, un-REGISTER. ``kill()`` makes the phone vanish while still registered.
+    Message tracing is on by default: ``received("^INVITE")`` tells whether a call reached it.
+    """
+
+    role = "phone"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str = "phone1",
+        *,
+        user: str = "alice",
+        registrar: str = T.SERVER_IP,
+        registrar_port: int = T.SIP_PORT,
+        expires: int = 300,
+        answer: str = "answer",
+        ring_ms: int = 0,
+        registered_ms: int = 30000,
+        refresh: bool = False,
+        ip: str | None = None,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        pcap: str = DEFAULT_PCAP,
+        workdir: str | Path | None = None,
+        trace_msg: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        if answer not in CALLEE_SCENARIOS:
+            raise ValueError(f"answer must be one of {', '.join(CALLEE_SCENARIOS)}")
+        main = REGISTER_REFRESH_SCENARIO if refresh else REGISTER_SCENARIO
+        total_s = registered_ms * (2 if refresh else 1) / 1000
+        super().__init__(
+            lab,
+            node,
+            main,
+            remote=registrar,
+            remote_port=registrar_port,
+            service=user,
+            ip=ip,
+            sip_port=sip_port,
+            media_port=media_port,
+            pause_ms=registered_ms,
+            keys={"expires": expires, "ring_ms": ring_ms},
+            ooc_scenario=CALLEE_SCENARIOS[answer],
+            pcap=pcap,
+            timeout_s=int(total_s) + 40,
+            workdir=workdir,
+            trace_msg=trace_msg,
+            extra_args=extra_args,
+        )
+        self.user, self.expires, self.answer = user, expires, answer
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start the phone (its REGISTER leaves at once); see ``Kamailio.wait_registered``."""
+        return super().start(timeout)
+
+
+class SippCaller(SippScenario):
+    """A UAC placing ``calls`` calls to ``sip:<target>@<proxy>`` with the CALLER_SCENARIOS
+    behaviour ``kind`` ("call" with RTP both ways, "cancel", "rejected", "noanswer", "nomedia",
+    "hold", "video"). ``proxy`` is Kamailio for calls to an AOR, or a UAS host for direct calls.
+    """
+
+    role = "caller"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str,
+        target: str = "alice",
+        *,
+        kind: str = "call",
+        proxy: str = T.SERVER_IP,
+        proxy_port: int = T.SIP_PORT,
+        ip: str | None = None,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        pause_ms: int = UAC_PAUSE_MS,
+        calls: int = 1,
+        rate: float | None = None,
+        pcap: str = DEFAULT_PCAP,
+        timeout_s: int | None = 60,
+        workdir: str | Path | None = None,
+        trace_msg: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        if kind not in CALLER_SCENARIOS:
+            raise ValueError(f"kind must be one of {', '.join(CALLER_SCENARIOS)}")
+        super().__init__(
+            lab,
+            node,
+            CALLER_SCENARIOS[kind],
+            remote=proxy,
+            remote_port=proxy_port,
+            service=target,
+            ip=ip,
+            sip_port=sip_port,
+            media_port=media_port,
+            calls=calls,
+            rate=rate,
+            pause_ms=pause_ms,
+            pcap=pcap,
+            timeout_s=timeout_s,
+            workdir=workdir,
+            trace_msg=trace_msg,
+            extra_args=extra_args,
+        )
+        self.kind = kind
+
+
+class SippCallee(SippScenario):
+    """A UAS (server mode) answering ``calls`` calls with the CALLEE_SCENARIOS behaviour ``kind``;
+    by default on the server at 198.51.100.2:5060 (so not together with Kamailio there)."""
+
+    role = "callee"
+
+    def __init__(
+        self,
+        lab: Lab,
+        node: str = T.SERVER,
+        *,
+        kind: str = "answer",
+        ring_ms: int = 0,
+        ip: str | None = None,
+        sip_port: int = T.SIP_PORT,
+        media_port: int = T.MEDIA_PORT,
+        calls: int = 1,
+        pcap: str = DEFAULT_PCAP,
+        timeout_s: int | None = 90,
+        workdir: str | Path | None = None,
+        trace_msg: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        if kind not in CALLEE_SCENARIOS:
+            raise ValueError(f"kind must be one of {', '.join(CALLEE_SCENARIOS)}")
+        super().__init__(
+            lab,
+            node,
+            CALLEE_SCENARIOS[kind],
+            service="callee",
+            ip=ip,
+            sip_port=sip_port,
+            media_port=media_port,
+            calls=calls,
+            keys={"ring_ms": ring_ms},
+            pcap=pcap,
+            timeout_s=timeout_s,
+            workdir=workdir,
+            trace_msg=trace_msg,
+            extra_args=extra_args,
+        )
+        self.kind = kind

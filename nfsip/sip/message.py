@@ -51,10 +51,10 @@ display-names, Via sent-protocol/sent-by, sip/sips URIs with a valid host and
 port. Work per packet is bounded (:data:`MAX_PARAMS`, :data:`MAX_VALUES`,
 :data:`MAX_SEPARATORS`, :data:`nfsip.sip.sdp.MAX_MEDIA`).
 
-Laziness (per-packet cost): :attr:`SipMessage.headers`, ``header()``,
-``from_`` and ``to`` are materialised on access. From/To are checked for
-presence, uniqueness and quote balance during parsing; a structurally bad
-From/To URI only raises :class:`SipParseError` when ``from_``/``to`` is read.
+Laziness (per-packet cost): :attr:`SipMessage.headers` and ``header()`` are
+materialised on access; everything else (Via, Contact, From, To, CSeq,
+Call-ID, Content-*, SDP) is parsed and validated by :func:`parse_message`, so
+reading attributes never raises.
 
 Text is decoded as latin-1 internally so that string offsets equal byte
 offsets; values handed out (display names, reason phrase, header values) are
@@ -238,7 +238,7 @@ class Header:
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _LWS = r"[ \t\r\n]*"
-_QUOTED = r'"(?:[^"\\]|\\[\s\S])*"'
+_QUOTED = r'"[^"\\]*(?:\\[\s\S][^"\\]*)*"'  # unrolled: no per-char alternation
 
 _REQ_LINE_RE = re.compile(r"(" + _TOKEN + r") (\S+) ([Ss][Ii][Pp]/\d+\.\d+)\r?\Z", re.ASCII)
 _STATUS_LINE_RE = re.compile(r"[Ss][Ii][Pp]/(\d+\.\d+) (\d{3})(?: ([^\r\n]*?))?\r?\Z", re.ASCII)
@@ -324,6 +324,10 @@ def _text(s: str) -> str:
     if s.isascii():
         return s
     return s.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return m.group(1)
 
 
 def _err(reason: str, detail: str = "") -> SipParseError:
@@ -487,7 +491,10 @@ def _parse_name_addr(t: str, s: int, e: int, multi: bool, reason: str) -> tuple[
         qm = _QUOTED_RE.match(t, i, e)
         if qm is None:
             raise _err("unterminated-quote", t[i:e])  # RFC 4475 §3.1.2.6 quotbal
-        display = _text(_QUOTED_PAIR_RE.sub(r"\1", qm.group()[1:-1]))
+        display = qm.group()[1:-1]
+        if "\\" in display:
+            display = _QUOTED_PAIR_RE.sub(_unescape, display)
+        display = _text(display)
         lt = _LWS_RE.match(t, qm.end(), e).end()  # type: ignore[union-attr]
         if lt >= e or t[lt] != "<":
             raise _err(reason, t[i:e])
@@ -592,6 +599,7 @@ _EAGER: Final[dict[str, int]] = {
     "expires": _H_EXPIRES,
 }
 _RSTRIP_LWS = " \t\r\n"
+_STRUCTURED: Final = frozenset({_H_VIA, _H_CONTACT, _H_FROM, _H_TO})
 
 # raw header name -> (canonical name, eager kind). Bounded: names are
 # attacker-controlled, so the cache stops growing at _NAME_CACHE_MAX entries.
@@ -613,19 +621,16 @@ class SipMessage:
 
     ``raw`` is a prefix of the bytes given to :func:`parse_message` (leading
     CRLFs included, trailing datagram bytes excluded: see ``trailing``); every
-    span indexes ``raw``. ``headers``, ``from_`` and ``to`` are built on first
-    access (per-packet cost); From/To were already checked for presence,
-    uniqueness and balanced quotes during :func:`parse_message`.
+    span indexes ``raw``. ``headers`` is built on first access (per-packet
+    cost); reading any attribute never raises.
     """
 
     __slots__ = (
         "_from",
-        "_from_span",
         "_headers",
         "_index",
         "_text",
         "_to",
-        "_to_span",
         "body_span",
         "call_id",
         "contact_star",
@@ -671,10 +676,8 @@ class SipMessage:
     _text: str
     _index: list[_HIdx]
     _headers: tuple[Header, ...] | None
-    _from: NameAddr | None
-    _to: NameAddr | None
-    _from_span: tuple[int, int]
-    _to_span: tuple[int, int]
+    _from: NameAddr
+    _to: NameAddr
 
     # -- headers
 
@@ -710,16 +713,12 @@ class SipMessage:
 
     @property
     def from_(self) -> NameAddr:
-        """The From value (parsed on first access; may raise SipParseError)."""
-        if self._from is None:
-            self._from = _parse_name_addr(self._text, *self._from_span, False, "bad-from")[0]
+        """The From value (parsed and validated by :func:`parse_message`)."""
         return self._from
 
     @property
     def to(self) -> NameAddr:
-        """The To value (parsed on first access; may raise SipParseError)."""
-        if self._to is None:
-            self._to = _parse_name_addr(self._text, *self._to_span, False, "bad-to")[0]
+        """The To value (parsed and validated by :func:`parse_message`)."""
         return self._to
 
     @property
@@ -849,7 +848,6 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     msg = SipMessage.__new__(SipMessage)
     msg._text = t
     msg._headers = None
-    msg._from = msg._to = None
     msg.start_line_span = _new_span(pos, sl_end)
     if req is None:
         msg.is_request = False
@@ -891,8 +889,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     star = False
     call_id: str | None = None
     cseq_t: tuple[int, str] | None = None
-    from_span: tuple[int, int] | None = None
-    to_span: tuple[int, int] | None = None
+    from_: NameAddr | None = None
+    to: NameAddr | None = None
     ctype: str | None = None
     ctype_raw: str | None = None
     clen: int | None = None
@@ -901,7 +899,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     for kind, value, vs, ve in eager:
         v = value.rstrip(_RSTRIP_LWS)
         ve = vs + len(v)
-        if kind <= _H_CONTACT and v.count(";") > MAX_SEPARATORS:
+        if kind in _STRUCTURED and v.count(";") > MAX_SEPARATORS:
             raise _err("too-many-params")  # before any regex: see MAX_SEPARATORS
         if kind == _H_VIA:
             _parse_vias(t, vs, ve, vias)
@@ -943,20 +941,18 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
                 ctype_raw = v
                 ctype = v.split(";", 1)[0].strip(_RSTRIP_LWS).lower()
         elif kind in (_H_FROM, _H_TO):
-            if (from_span if kind == _H_FROM else to_span) is not None:
-                raise _err("multiple-" + ("from" if kind == _H_FROM else "to"))  # multi01
-            if not v.strip(_RSTRIP_LWS):
-                raise _err("bad-" + ("from" if kind == _H_FROM else "to"), "empty value")
-            # A quoted-string can only open the value (display-name). Quotes
-            # elsewhere are characters of a tolerated unquoted display-name
-            # (synthetic suricata captures write 'From: \"arik\" <sip:..>').
-            v2 = v.lstrip(_RSTRIP_LWS)
-            if v2[0] == '"' and _QUOTED_RE.match(v2) is None:
-                raise _err("unterminated-quote", v2)  # RFC 4475 §3.1.2.6 quotbal
+            # Quoted display-names are checked by _parse_name_addr (RFC 4475
+            # quotbal -> "unterminated-quote"); quotes *not* opening the value
+            # belong to a tolerated unquoted display-name (synthetic suricata
+            # captures write 'From: \"arik\" <sip:..>').
             if kind == _H_FROM:
-                from_span = (vs, ve)
+                if from_ is not None:
+                    raise _err("multiple-from")  # RFC 4475 §3.3.8 multi01
+                from_ = _parse_name_addr(t, vs, ve, False, "bad-from")[0]
             else:
-                to_span = (vs, ve)
+                if to is not None:
+                    raise _err("multiple-to")  # RFC 4475 §3.3.8 multi01
+                to = _parse_name_addr(t, vs, ve, False, "bad-to")[0]
         elif kind == _H_EXPIRES:
             v2 = v.lstrip(_RSTRIP_LWS)
             if _DIGITS_RE.match(v2) is not None:
@@ -968,9 +964,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
         raise _err("missing-cseq")
     if not vias:
         raise _err("missing-via")
-    if from_span is None:
+    if from_ is None:
         raise _err("missing-from")
-    if to_span is None:
+    if to is None:
         raise _err("missing-to")
     if msg.is_request and cseq_t[1] != msg.method:
         raise _err("cseq-method-mismatch")  # RFC 3261 §8.1.1.5, RFC 4475 mismatch01/02
@@ -1000,8 +996,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     msg.content_length_spans = tuple(clen_spans)
     msg.expires = expires
     msg._index = index
-    msg._from_span = from_span
-    msg._to_span = to_span
+    msg._from = from_
+    msg._to = to
     msg.sdp = None
     if body_end > body_start and ctype is not None:
         if ctype == "application/sdp":

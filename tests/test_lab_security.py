@@ -1,0 +1,250 @@
+"""nfsip cannot be turned into a door: NAT slipstreaming replays open nothing, and floods of junk do not
+take the daemon down or grow it.
+
+NAT slipstreaming (Samy Kamkar, 2020): a web page makes a LAN browser send an HTTP POST to the attacker's
+server on port 5060; the body, split across packet boundaries, holds a REGISTER whose Contact names the
+victim's address and a port of the attacker's choice; the kernel SIP ALG parsed it and opened that port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nfsip.lab import topology as T
+from nfsip.lab.capture import Capture, count_rtp
+from nfsip.lab.lab import Lab
+from nfsip.lab.nfsipd import NfsipDaemon
+from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUas, run_uac
+
+from .lab_support import require_lab
+
+pytestmark = pytest.mark.lab
+ATTACKER = T.WAN_HOST2_IP
+SCAN_PORT = 40404  # the source port of the attacker's scan, counted at the phones
+
+REGISTER = (
+    "REGISTER sip:attacker.example SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK{branch}\r\n"
+    "From: <sip:victim@attacker.example>;tag=1\r\nTo: <sip:victim@attacker.example>\r\n"
+    "Call-ID: slip-{branch}\r\nCSeq: 1 REGISTER\r\nContact: <sip:victim@{contact}>\r\nExpires: 3600\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+INVITE = (
+    "INVITE sip:x@attacker.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK{branch}\r\n"
+    "From: <sip:victim@attacker.example>;tag=1\r\nTo: <sip:x@attacker.example>\r\nCall-ID: slip-{branch}\r\n"
+    "CSeq: 1 INVITE\r\nContact: <sip:victim@10.0.0.2:5060>\r\nContent-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n\r\n{sdp}"
+)
+
+
+def invite(branch: str, address: str, port: int) -> str:
+    sdp = f"v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+    return INVITE.format(branch=branch, length=len(sdp), sdp=sdp)
+
+
+# The attacker's "SIP server": answers every REGISTER/INVITE with a 200 OK that grants whatever Contact
+# was asked for, as a colluding registrar would (so the 2xx-triggered paths are exercised too).
+RESPONDER = r"""
+import re, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 5060))
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind((sys.argv[1], 5060)); t.listen(8); t.setblocking(False)
+import select
+while True:
+    r, _, _ = select.select([s, t], [], [], 30)
+    if not r:
+        break
+    if t in r:
+        c, _ = t.accept(); c.settimeout(2)
+        try:
+            c.recv(65536); c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+        c.close()
+        continue
+    data, peer = s.recvfrom(65536)
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    keep = [l for l in lines[1:] if l.split(b":")[0].lower() in (b"via", b"from", b"to", b"call-id", b"cseq", b"contact")]
+    s.sendto(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b";expires=3600\r\nContent-Length: 0\r\n\r\n", peer)
+"""
+
+SENDER_UDP = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('10.0.0.2', 5060))
+for chunk in sys.stdin.read().split('\\x00\\x00'):
+    if chunk:
+        s.sendto(chunk.encode(), (sys.argv[1], 5060)); time.sleep(0.1)
+"""
+
+SENDER_TCP = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5060), timeout=3)
+body = sys.stdin.read().encode()
+# The browser's POST: the SIP text rides inside, at a packet boundary the page chose (TCP_NODELAY + two sends).
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.sendall(b"POST /x HTTP/1.1\\r\\nHost: attacker\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body))
+c.sendall(body)
+try:
+    c.recv(1000)
+except OSError:
+    pass
+"""
+
+SCANNER = """
+import errno, select, socket, sys, time
+target = sys.argv[1]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('', %d))
+for port in range(1, 65536):
+    u.sendto(b'\\x80\\x00scan', (target, port))
+pending = []
+for port in range(1, 65536):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.setblocking(False)
+    try:
+        t.bind(('', %d))
+    except OSError:
+        t.close(); continue
+    t.connect_ex((target, port))
+    pending.append(t)
+    if len(pending) >= 256:
+        time.sleep(0.01)
+        for s in pending: s.close()
+        pending = []
+for s in pending: s.close()
+print('scanned')
+""" % (SCAN_PORT, SCAN_PORT)
+
+PROBE = """
+table inet probe {
+    chain input {
+        type filter hook prerouting priority raw; policy accept;
+        ip saddr 198.51.100.3 th sport 40404 counter
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    require_lab()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab(phones=2) as lab:
+        lab.masquerade()
+        lab.add_wan_host()
+        yield lab
+
+
+def probe_count(lab: Lab, node: str) -> int:
+    out = json.loads(lab.run(node, ["nft", "-j", "list", "table", "inet", "probe"]).stdout)
+    return sum(i["rule"]["expr"][-1]["counter"]["packets"] for i in out["nftables"] if "rule" in i)
+
+
+def test_slipstreaming_replays_open_nothing(lab: Lab):
+    daemon = NfsipDaemon(lab, config={"sip_servers": [f"{T.SERVER_IP}/32"]}).start()
+    try:
+        responder = lab.popen("wanhost2", [sys.executable, "-c", RESPONDER, ATTACKER])
+        time.sleep(0.3)
+        udp = [
+            # an HTTP POST whose body carries a REGISTER: not a SIP start line, parsed as nothing
+            "POST /x HTTP/1.1\r\nHost: a\r\n\r\n" + REGISTER.format(branch="u1", contact="10.0.0.2:22"),
+            # well-formed, but to a server outside the allowlist
+            REGISTER.format(branch="u2", contact="10.0.0.2:1234"),
+            invite("u3", "10.0.0.2", 3389),
+        ]
+        lab.run("phone1", [sys.executable, "-c", SENDER_UDP, ATTACKER], input="\0\0".join(udp))
+        tcp = REGISTER.format(branch="t1", contact="10.0.0.2:22")
+        lab.run("phone1", [sys.executable, "-c", SENDER_TCP, ATTACKER], input=tcp, check=False)
+        # To the allowed server too: a Contact naming another LAN host, SDPs naming another LAN host and a
+        # privileged port, a Contact with a privileged port; the allowed server does not answer them here.
+        allowed = [
+            REGISTER.format(branch="a1", contact="10.0.0.3:22"),
+            invite("a2", "10.0.0.3", 3389),
+            invite("a3", "10.0.0.2", 22),
+            invite("a4", "10.0.0.2", 5060),
+        ]
+        lab.run("phone1", [sys.executable, "-c", SENDER_UDP, T.SERVER_IP], input="\0\0".join(allowed))
+        time.sleep(0.5)
+        state = daemon.status()
+        assert state["pinholes"] == 0 and state["registrations"] == [], state
+        assert daemon.metric("nfsip_policy_refusals_total", reason="server-not-allowed") >= 2
+        assert daemon.metric("nfsip_policy_refusals_total", reason="foreign-contact") >= 1
+        assert daemon.metric("nfsip_policy_refusals_total", reason="foreign-address") >= 1
+        assert daemon.metric("nfsip_policy_refusals_total", reason="media-port") >= 2
+        assert re.search(r"policy: .*nothing opened", daemon.log())
+        # The attacker scans every UDP and TCP port of the router: nothing reaches the LAN.
+        for phone in ("phone1", "phone2"):
+            lab.nft(phone, PROBE)
+        scan = lab.run("wanhost2", [sys.executable, "-c", SCANNER, T.ROUTER_WAN_IP], timeout=120)
+        assert "scanned" in scan.stdout
+        time.sleep(0.5)
+        assert probe_count(lab, "phone1") == 0 and probe_count(lab, "phone2") == 0
+        responder.terminate()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def rss_kib(lab: Lab, pid: int) -> int:
+    status = lab.run(T.ROUTER, ["cat", f"/proc/{pid}/status"]).stdout
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+FLOOD = """
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+dest = (sys.argv[3], int(sys.argv[4]))
+for i in range(10000):
+    junk = os.urandom(40 + i % 400)
+    if i % 3 == 0:
+        junk = b"INVITE sip:x SIP/2.0\\r\\nVia: broken\\r\\nContent-Length: -5\\r\\n\\r\\n" + junk
+    elif i % 3 == 1:
+        junk = b"SIP/2.0 200 OK\\r\\nCall-ID: " + junk.hex().encode() + b"\\r\\n\\r\\n"
+    s.sendto(junk, dest)
+print('sent')
+"""
+
+
+def test_flood_of_malformed_datagrams(lab: Lab):
+    daemon = NfsipDaemon(lab).start()
+    try:
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        rss_before = rss_kib(lab, pid)
+        with Capture(lab, T.SERVER, "eth0", capture_filter="udp dst port 5060") as at_server:
+            # From the LAN to the server, then from the server back along that flow's conntrack entry.
+            lab.run("phone1", [sys.executable, "-c", FLOOD, T.PHONE_IPS[0], "5070", T.SERVER_IP, "5060"], timeout=120)
+            lab.run(T.SERVER, [sys.executable, "-c", FLOOD, T.SERVER_IP, "5060", T.ROUTER_WAN_IP, "5070"], timeout=120)
+            # ... and straight at the router's own SIP port (not queued: not for a LAN host).
+            lab.run("wanhost2", [sys.executable, "-c", FLOOD, ATTACKER, "5060", T.ROUTER_WAN_IP, "5060"], timeout=120)
+            time.sleep(1)
+        delivered = sum(1 for p in at_server.packets() if p.dport == 5060 and p.src == T.ROUTER_WAN_IP)
+        assert delivered == 10000  # nothing lost: every datagram was passed on
+        assert daemon.alive()
+        # What the daemon saw it rejected and counted; what a full queue could not take, the kernel passed
+        # on by itself (fail-open), so the count may be lower than 20000 but never zero.
+        handled = daemon.metric("nfsip_verdicts_total", outcome="parse-error")
+        assert handled >= 2000, daemon.metrics()
+        rss_after = rss_kib(lab, pid)
+        assert rss_after - rss_before < 8 * 1024, (rss_before, rss_after)
+        # A normal call right after has media both ways.
+        with SippUas(lab) as uas, Capture(lab, "phone1", "eth0") as at_phone:
+            assert run_uac(lab, "phone1").ok
+            assert uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= int(PCAP_RTP_PACKETS * 0.95)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
