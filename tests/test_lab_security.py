@@ -73,7 +73,8 @@ while True:
     data, peer = s.recvfrom(65536)
     head, _, _ = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    keep = [l for l in lines[1:] if l.split(b":")[0].lower() in (b"via", b"from", b"to", b"call-id", b"cseq", b"contact")]
+    names = (b"via", b"from", b"to", b"call-id", b"cseq", b"contact")
+    keep = [l for l in lines[1:] if l.split(b":")[0].lower() in names]
     s.sendto(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b";expires=3600\r\nContent-Length: 0\r\n\r\n", peer)
 """
 
@@ -101,10 +102,10 @@ except OSError:
 """
 
 SCANNER = """
-import errno, select, socket, sys, time
-target = sys.argv[1]
+import socket, sys, time
+target, scan_port = sys.argv[1], int(sys.argv[2])
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind(('', %d))
+u.bind(('', scan_port))
 for port in range(1, 65536):
     u.sendto(b'\\x80\\x00scan', (target, port))
 pending = []
@@ -113,7 +114,7 @@ for port in range(1, 65536):
     t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     t.setblocking(False)
     try:
-        t.bind(('', %d))
+        t.bind(('', scan_port))
     except OSError:
         t.close(); continue
     t.connect_ex((target, port))
@@ -124,7 +125,7 @@ for port in range(1, 65536):
         pending = []
 for s in pending: s.close()
 print('scanned')
-""" % (SCAN_PORT, SCAN_PORT)
+"""
 
 PROBE = """
 table inet probe {
@@ -189,7 +190,7 @@ def test_slipstreaming_replays_open_nothing(lab: Lab):
         # The attacker scans every UDP and TCP port of the router: nothing reaches the LAN.
         for phone in ("phone1", "phone2"):
             lab.nft(phone, PROBE)
-        scan = lab.run("wanhost2", [sys.executable, "-c", SCANNER, T.ROUTER_WAN_IP], timeout=120)
+        scan = lab.run("wanhost2", [sys.executable, "-c", SCANNER, T.ROUTER_WAN_IP, str(SCAN_PORT)], timeout=120)
         assert "scanned" in scan.stdout
         time.sleep(0.5)
         assert probe_count(lab, "phone1") == 0 and probe_count(lab, "phone2") == 0
