@@ -56,6 +56,10 @@ class Config:
     max_registrations: int = 5000
     pinhole_rate_per_host: int = 20
     pinhole_burst_per_host: int = 80
+    # Media counters are sampled this often (seconds) for per-call metrics and one-way-audio detection; an
+    # established call whose media is silent in one direction for one_way_seconds is flagged and logged.
+    media_sample_interval: int = 5
+    one_way_seconds: int = 10
     # With no daemon bound to the queue: true lets SIP through unchanged (fail-open), false drops it
     # (fail-closed: no SIP crosses the router unless nfsip handles it).
     queue_bypass: bool = True
@@ -108,6 +112,8 @@ def _validate_value(key: str, value: Any) -> Any:
         return _expect_int(key, value, 1024, 65535)
     if key in ("pinhole_setup_timeout", "pinhole_call_timeout", "call_max_duration"):
         return _expect_int(key, value, 5, 7 * 24 * 3600)
+    if key in ("media_sample_interval", "one_way_seconds"):
+        return _expect_int(key, value, 1, 3600)
     if key == "registration_grace":
         return _expect_int(key, value, 0, 3600)
     if key == "sip_servers":

@@ -12,7 +12,7 @@ import logging
 import selectors
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config
@@ -23,8 +23,9 @@ from .kernel.firstpacket import FirstPackets
 from .kernel.netinfo import AddressWatcher, InterfaceError, primary_ipv4
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
+from .mediastats import CallMedia, MediaStats
 from .metrics import Metrics
-from .model import Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
+from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .policy import policy_from
 from .ports import PortAllocator
@@ -40,7 +41,10 @@ class Daemon:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        self.metrics = Metrics()
+        self.media = MediaStats(config.one_way_seconds)
+        self._media_snapshot: list[CallMedia] = []
+        self._last_sample = 0.0
+        self.metrics = Metrics(lambda: self._media_snapshot)
         self.nft = Nft(config.table_name)
         self.public_ip = config.public_address or primary_ipv4(config.wan_interface)
         self.engine = Engine(
@@ -197,10 +201,15 @@ class Daemon:
         self._update_gauges()
 
     def tick(self) -> None:
-        """Housekeeping between packets: end calls and registrations whose deadline passed, with their map
-        entries (gone from the kernel already unless the engine's deadline came first, as for Timer B)
-        and their media flows' conntrack entries."""
-        expired = self.engine.expire(self.clock())
+        """Housekeeping between packets: sample the media counters; end calls and registrations whose
+        deadline passed, with their map entries (gone from the kernel already unless the engine's deadline
+        came first, as for Timer B) and their media flows' conntrack entries."""
+        now = self.clock()
+        if now - self._last_sample >= self.config.media_sample_interval:
+            self._last_sample = now
+            self.sample_media(now)
+        expired, ended = self.engine.expire_ended(now)
+        self._log_ended(ended)
         if not expired:
             return
         self.metrics.pinholes_expired.inc(len(expired))
@@ -246,6 +255,7 @@ class Daemon:
             self.metrics.parse_errors.labels(decision.detail).inc()
         for event in decision.events:
             log.info("%s", event)
+        self._log_ended(decision.ended)
         for reason in decision.refusals:
             self.metrics.refusals.labels(reason).inc()
             self._log_refusal(reason, flow.lan.ip, decision.detail)
@@ -314,6 +324,40 @@ class Daemon:
                 self.metrics.conntrack_purged.inc(self.conntrack.purge_media(fresh, keep_public=True))
         except Exception:
             log.exception("conntrack purge failed")
+
+    def sample_media(self, now: float) -> None:
+        calls = list(self.engine.calls.calls.values())
+        if calls:
+            try:
+                counters = self.nft.media_counters()
+            except NftError as exc:
+                log.warning("reading media counters failed: %s", exc)
+                return
+        else:
+            counters = {}
+        for stats in self.media.update(calls, counters, now):
+            silent = "far end -> phone" if stats.one_way == "to-lan" else "phone -> far end"
+            log.warning(
+                "call %s: one-way audio, no media %s for %ds (to phone %d pkts, from phone %d pkts)",
+                stats.call_id,
+                silent,
+                self.config.one_way_seconds,
+                stats.to_lan_packets,
+                stats.from_lan_packets,
+            )
+        self._media_snapshot = list(self.media.calls.values())
+
+    def _log_ended(self, ended: Sequence[CallEnded]) -> None:
+        """One line per ended call: Call-ID, why, duration, ports, media packets each way (last sample)."""
+        for end in ended:
+            stats = self.media.get(end.call_id, end.lan_ip)
+            ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
+            media = (
+                f"media to phone {stats.to_lan_packets} pkts, from phone {stats.from_lan_packets} pkts"
+                if stats is not None
+                else "media not sampled"
+            )
+            log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
 
     def _log_refusal(self, reason: str, host: str, detail: str) -> None:
         now = self.clock()

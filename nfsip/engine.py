@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .calls import Call, CallTable, stream_pinholes
-from .model import Decision, Direction, Endpoint, Flow, Pinhole
+from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
@@ -364,8 +364,7 @@ class Engine:
         if change.install_call is call:
             change.install_call = None
             change.opened.clear()
-        ports = ",".join(str(p.public.port) for p in removed)
-        change.events.append(f"call {call.call_id} ended: {why}; {duration:.1f}s; ports {ports or '-'}")
+        change.ended.append(CallEnded(call.call_id, call.lan_ip, why, duration, tuple(removed)))
 
     def adopt(self, holes: list[Pinhole], now: float) -> None:
         """Rebuild calls and registrations from the pinholes the kernel still holds after a restart (each
@@ -386,16 +385,23 @@ class Engine:
 
     def expire(self, now: float) -> list[Pinhole]:
         """Drop state whose deadline passed; returns the pinholes to remove (and whose flows to purge)."""
+        return self.expire_ended(now)[0]
+
+    def expire_ended(self, now: float) -> tuple[list[Pinhole], list[CallEnded]]:
+        """expire(), also saying which calls ended and why (for the call log)."""
         removed: list[Pinhole] = []
-        for _call, holes in self.calls.expire(now):
+        ended: list[CallEnded] = []
+        for call, holes in self.calls.expire(now):
             removed.extend(holes)
+            why = "timed out" if call.confirmed else "no answer (Timer B)" if not call.responded else "setup timed out"
+            ended.append(CallEnded(call.call_id, call.lan_ip, why, now - call.created, tuple(holes)))
         removed.extend(self.registrations.expire(now))
         while self._vias:
             key, (_text, deadline) = next(iter(self._vias.items()))
             if deadline > now:
                 break
             del self._vias[key]
-        return removed
+        return removed, ended
 
     # -- helpers -------------------------------------------------------------------------------------
     def _remember_via(self, branch: str, lan_ip: str, sent_by: bytes, now: float) -> None:
@@ -441,6 +447,7 @@ class Engine:
             remove=tuple(change.remove),
             events=tuple(change.events),
             refusals=tuple(change.refusals),
+            ended=tuple(change.ended),
         )
 
     def _call_pinholes(self, call: Call, now: float) -> list[Pinhole]:
@@ -465,6 +472,7 @@ class _Change:
     remove: list[Pinhole] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    ended: list[CallEnded] = field(default_factory=list)
     detail: str = ""
     pass_unchanged: bool = False
 

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .mediastats import CallMedia
 
 _LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.5)
 
 
+class MediaCollector:
+    """Per-call media counters, from the daemon's latest kernel counter sample (read on each scrape from a
+    snapshot the packet loop replaces whole: no nft access from the HTTP thread)."""
+
+    def __init__(self, snapshot: Callable[[], list[CallMedia]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        calls = self._snapshot()
+        packets = CounterMetricFamily(
+            "nfsip_call_media_packets",
+            "Media packets of a live call, per direction (sampled from nft counters)",
+            labels=["call_id", "direction"],
+        )
+        octets = CounterMetricFamily(
+            "nfsip_call_media_bytes",
+            "Media bytes of a live call, per direction (sampled from nft counters)",
+            labels=["call_id", "direction"],
+        )
+        for call in calls:
+            packets.add_metric([call.call_id, "to_lan"], call.to_lan_packets)
+            packets.add_metric([call.call_id, "from_lan"], call.from_lan_packets)
+            octets.add_metric([call.call_id, "to_lan"], call.to_lan_bytes)
+            octets.add_metric([call.call_id, "from_lan"], call.from_lan_bytes)
+        one_way = GaugeMetricFamily(
+            "nfsip_one_way_calls", "Established calls with media in one direction only (for one_way_seconds)"
+        )
+        one_way.add_metric([], sum(1 for c in calls if c.one_way))
+        yield packets
+        yield octets
+        yield one_way
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, media_snapshot: Callable[[], list[CallMedia]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if media_snapshot is not None:
+            r.register(MediaCollector(media_snapshot))
         self.sip_messages = Counter(
             "nfsip_sip_messages",
             "SIP messages seen, by direction and method or status class",

@@ -88,6 +88,17 @@ def parse_comment(comment: str) -> tuple[str, str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEnded:
+    """A call's end, for the one log line per call (the daemon adds the media packet counts)."""
+
+    call_id: str
+    lan_ip: str
+    why: str
+    duration: float
+    pinholes: tuple[Pinhole, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer for one datagram.
 
@@ -105,3 +116,4 @@ class Decision:
     remove: tuple[Pinhole, ...] = ()
     events: tuple[str, ...] = field(default=())  # human-readable call events for the log
     refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.policy), a metrics label each
+    ended: tuple[CallEnded, ...] = field(default=())

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import Endpoint, Pinhole, element_comment
-from .ruleset import DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_DNAT_MAP, SIP_SNAT_MAP, SNAT_MAP
+from .ruleset import (
+    COUNT_FROM_LAN,
+    COUNT_TO_LAN,
+    DNAT_MAP,
+    SIP_DNAT_ANY_MAP,
+    SIP_DNAT_MAP,
+    SIP_SNAT_MAP,
+    SNAT_MAP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +107,31 @@ class Nft:
         return False
 
     # -- pinholes -------------------------------------------------------------------------------------
-    def _element(self, map_name: str, key: list, value: Endpoint, extra: dict[str, Any]) -> dict:
+    def _element(self, map_name: str, key: list, value: Endpoint | None, extra: dict[str, Any]) -> dict:
+        elem = {"elem": {"val": {"concat": key}, **extra}}
         return {
             "family": "ip",
             "table": self.table,
             "name": map_name,
-            "elem": [[{"elem": {"val": {"concat": key}, **extra}}, {"concat": [value.ip, value.port]}]],
+            "elem": [elem if value is None else [elem, {"concat": [value.ip, value.port]}]],
         }
 
     @staticmethod
-    def _entries(hole: Pinhole) -> list[tuple[str, list, Endpoint]]:
-        """The (map, key, value) elements that make one pinhole: inbound DNAT and outbound SNAT."""
+    def _entries(hole: Pinhole) -> list[tuple[str, list, Endpoint | None]]:
+        """The elements that make one pinhole: inbound DNAT and outbound SNAT map entries (and, for media,
+        its two packet counters)."""
         if hole.kind == "sip":
             if hole.remote_ip:
                 dnat = (SIP_DNAT_MAP, [hole.remote_ip, hole.public.ip, hole.public.port], hole.lan)
             else:
                 dnat = (SIP_DNAT_ANY_MAP, [hole.public.ip, hole.public.port], hole.lan)
             return [dnat, (SIP_SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public)]
+        lan_key = [hole.lan.ip, hole.lan.port]
         return [
             (DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan),
-            (SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public),
+            (SNAT_MAP, lan_key, hole.public),
+            (COUNT_TO_LAN, lan_key, None),
+            (COUNT_FROM_LAN, lan_key, None),
         ]
 
     def _commands(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> list[dict]:
@@ -197,6 +210,25 @@ class Nft:
                     )
                 )
         return result
+
+    def media_counters(self) -> dict[Endpoint, tuple[int, int, int, int]]:
+        """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it)."""
+        result: dict[Endpoint, list[int]] = {}
+        for slot, name in ((0, COUNT_TO_LAN), (2, COUNT_FROM_LAN)):
+            rc, out, err = self._nft.cmd(f"list set ip {self.table} {name}")
+            if rc != 0:
+                raise NftError(err.strip() or f"cannot list set {name}")
+            for item in json.loads(out).get("nftables", []):
+                for entry in (item.get("set") or {}).get("elem", []):
+                    elem = entry.get("elem", {})
+                    key = elem.get("val", {}).get("concat", [])
+                    counter = elem.get("counter") or {}
+                    if len(key) != 2:
+                        continue
+                    values = result.setdefault(Endpoint(str(key[0]), int(key[1])), [0, 0, 0, 0])
+                    values[slot] = int(counter.get("packets", 0))
+                    values[slot + 1] = int(counter.get("bytes", 0))
+        return {ep: (v[0], v[1], v[2], v[3]) for ep, v in result.items()}
 
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing

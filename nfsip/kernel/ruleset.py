@@ -25,6 +25,8 @@ SNAT_MAP = "media_snat"
 SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
+COUNT_TO_LAN = "media_to_lan"  # LAN ip . port, one counter per media pinhole: packets towards the phone
+COUNT_FROM_LAN = "media_from_lan"  # ... and from it
 QUEUE_CHAIN = "sip_queue"
 
 
@@ -101,6 +103,26 @@ table ip {opts.table} {{
 \tmap {SIP_SNAT_MAP} {{
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
 \t\tflags timeout
+\t}}
+
+\t# Media packet counters per pinhole (the far end -> phone and phone -> far end directions), read by
+\t# the daemon for per-call metrics and one-way-audio detection. Lookups only: no verdict here.
+\tset {COUNT_TO_LAN} {{
+\t\ttype ipv4_addr . inet_service
+\t\tflags timeout
+\t\tcounter
+\t}}
+
+\tset {COUNT_FROM_LAN} {{
+\t\ttype ipv4_addr . inet_service
+\t\tflags timeout
+\t\tcounter
+\t}}
+
+\tchain media_count {{
+\t\ttype filter hook forward priority filter - 10; policy accept;
+\t\tmeta l4proto udp ip daddr . udp dport @{COUNT_TO_LAN}
+\t\tmeta l4proto udp ip saddr . udp sport @{COUNT_FROM_LAN}
 \t}}
 
 \tchain pinholes_prerouting {{

@@ -184,6 +184,11 @@ route[RELAY] {
 
 onreply_route {
 	xlog("L_INFO", "RS $rs $rr cseq=$cs from $si:$sp ci=$ci\n");
+#!ifdef WITH_NAT
+	if (nat_uac_test("1")) {
+		fix_nated_contact();
+	}
+#!endif
 }
 """
 

@@ -438,3 +438,68 @@ class Lab:
 
     def __repr__(self) -> str:
         return f"Lab(prefix={self.prefix!r}, phones={len(self.phones)}, up={self.is_up})"
+
+
+class TwoSiteLab(Lab):
+    """Two NAT sites on one WAN: the usual lab (phones behind ``router``) plus site B, phones
+    ``phoneb<n>`` (10.1.0.x) behind ``routerb`` (LAN 10.1.0.1, WAN 198.51.100.4), for calls where
+    both ends are behind NAT (addresses in ``topology``).
+
+    Why a subclass: the one-site ``Lab`` stays exactly as the other tests know it. ``masquerade()``
+    and ``remove_masquerade()`` act on both routers; ``router_of(node)`` names a phone's router.
+    """
+
+    def __init__(self, phones: int = 1, phones_b: int = 1, *, prefix: str | None = None) -> None:
+        super().__init__(phones, prefix=prefix)
+        if not 1 <= phones_b <= len(T.SITEB_PHONE_IPS):
+            raise ValueError(f"phones_b must be 1..{len(T.SITEB_PHONE_IPS)}")
+        self.phones_b: list[str] = [T.siteb_phone_name(n) for n in range(1, phones_b + 1)]
+        self.addresses.update({T.siteb_phone_name(n): T.siteb_phone_ip(n) for n in range(1, phones_b + 1)})
+        self.addresses[T.ROUTERB] = T.ROUTERB_LAN_IP
+
+    @property
+    def nodes(self) -> list[str]:
+        """All node names of both sites, switches included."""
+        return [*super().nodes, T.LANB_SWITCH, T.ROUTERB, *self.phones_b]
+
+    def router_of(self, node: str) -> str:
+        """The NAT router in front of a phone (``router`` or ``routerb``)."""
+        return T.ROUTERB if node in self.phones_b else T.ROUTER
+
+    def up(self) -> Self:
+        """Build site A (``Lab.up``), then site B; on failure everything is removed."""
+        if self.is_up:
+            return self
+        super().up()
+        try:
+            self._add_switch(T.LANB_SWITCH)
+            # _add_ns sets ip_forward only for T.ROUTER: routerb gets it here.
+            self._add_ns(T.ROUTERB)
+            self.sysctl(T.ROUTERB, "net.ipv4.ip_forward", 1)
+            self._wire(T.LANB_SWITCH, T.ROUTERB, T.ROUTER_LAN_IF)
+            self._wire(T.WAN_SWITCH, T.ROUTERB, T.ROUTER_WAN_IF)
+            rns = self.netns(T.ROUTERB)
+            _ip("-n", rns, "addr", "add", f"{T.ROUTERB_LAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_LAN_IF)
+            _ip("-n", rns, "addr", "add", f"{T.ROUTERB_WAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_WAN_IF)
+            for phone in self.phones_b:
+                self._add_host(phone, self.addresses[phone], T.LANB_SWITCH, T.ROUTERB_LAN_IP)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def masquerade(self) -> None:
+        """The admin's plain NAT (table ip lab_admin) in both routers."""
+        super().masquerade()
+        self.nft(T.ROUTERB, _MASQUERADE_SCRIPT)
+
+    def remove_masquerade(self) -> None:
+        """Delete the lab_admin table in both routers."""
+        super().remove_masquerade()
+        self.nft(T.ROUTERB, f"add table ip {MASQUERADE_TABLE}\ndelete table ip {MASQUERADE_TABLE}\n")
+
+    def __repr__(self) -> str:
+        return (
+            f"TwoSiteLab(prefix={self.prefix!r}, phones={len(self.phones)}, phones_b={len(self.phones_b)}, "
+            f"up={self.is_up})"
+        )

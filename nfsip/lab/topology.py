@@ -61,3 +61,40 @@ def phone_ip(n: int) -> str:
     if not 1 <= n <= MAX_PHONES:
         raise ValueError(f"phone number must be 1..{MAX_PHONES}, got {n}")
     return PHONE_IPS[n - 1]
+
+
+# --- Second site ("both ends behind NAT"), built by ``nfsip.lab.lab.TwoSiteLab`` ----------------
+#
+#    phoneb1 10.1.0.2 ─┐                                         ┌─ router  198.51.100.1 (site A)
+#    phoneb2 10.1.0.3 ─┤ lanbswitch ── lan0 routerb wan0 ── wanswitch ┤
+#                      ┘             10.1.0.1    198.51.100.4     └─ server  198.51.100.2
+#
+# Site B is a copy of site A with its own LAN (10.1.0.0/24) behind its own NAT router on the same
+# WAN switch. Inside routerb the interfaces have the same names as in router (lan0, wan0): the
+# nfsip daemon and the admin's masquerade run there unchanged (``--wan-interface wan0``).
+# Phones of site B are phoneb<n>; the server still has no route to either LAN.
+
+ROUTERB = "routerb"
+LANB_SWITCH = "lanbswitch"
+LANB_NET = "10.1.0.0/24"
+ROUTERB_LAN_IP = "10.1.0.1"
+ROUTERB_WAN_IP = "198.51.100.4"
+
+SITEB_PHONE_IPS: tuple[str, ...] = tuple(f"10.1.0.{n}" for n in range(2, 2 + 50))
+"""phoneb1 is 10.1.0.2, phoneb2 10.1.0.3, ... (phoneb<n> is 10.1.0.<n + 1>)."""
+
+
+def siteb_phone_name(n: int) -> str:
+    """Node name of site B's phone number ``n`` (1-based)."""
+    return f"phoneb{n}"
+
+
+def siteb_phone_ip(n: int) -> str:
+    """Address of site B's phone number ``n`` (1-based): 10.1.0.(n + 1)."""
+    if not 1 <= n <= len(SITEB_PHONE_IPS):
+        raise ValueError(f"site B phone number must be 1..{len(SITEB_PHONE_IPS)}, got {n}")
+    return SITEB_PHONE_IPS[n - 1]
+
+
+PUBLIC_IP_OF_ROUTER: dict[str, str] = {ROUTER: ROUTER_WAN_IP, ROUTERB: ROUTERB_WAN_IP}
+"""The public (WAN) address of each NAT router."""
