@@ -108,7 +108,10 @@ def cmd_ruleset(args: argparse.Namespace) -> int:
         native = Nft(config.table_name).has_native_queue()
     else:
         native = args.queue == "native"
-    sys.stdout.write(ruleset.render(ruleset.options_from(config, native)))
+    opts = ruleset.options_from(config, native)
+    sys.stdout.write(ruleset.render(opts))
+    if native:
+        sys.stdout.write("# and, added by the daemon at start:\n# " + ruleset.queue_rule(opts))
     return EXIT_OK
 
 

@@ -33,6 +33,7 @@ from .sdnotify import Notifier
 
 log = logging.getLogger("nfsip")
 
+CHECK_TABLE_SECONDS = 5.0
 NF_INET_PRE_ROUTING = 0
 NF_INET_POST_ROUTING = 4
 
@@ -44,6 +45,7 @@ class Daemon:
         self.media = MediaStats(config.one_way_seconds)
         self._media_snapshot: list[CallMedia] = []
         self._last_sample = 0.0
+        self._last_check = 0.0
         self.metrics = Metrics(lambda: self._media_snapshot)
         self.nft = Nft(config.table_name)
         self.public_ip = config.public_address or primary_ipv4(config.wan_interface)
@@ -72,10 +74,8 @@ class Daemon:
         into the new table and the engine's state, so their calls can still be torn down by signalling."""
         self.native_queue = self.nft.has_native_queue()
         left_behind = self._kernel_pinholes()
-        text = ruleset.render(ruleset.options_from(self.config, self.native_queue))
-        self.nft.install(text)
-        if not self.native_queue:
-            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num, bypass=self.config.queue_bypass)
+        self.nft.install(ruleset.render(self._ruleset_options()))
+        self._add_queue_rule()
         if left_behind:
             self.nft.apply(left_behind, ())
             self.engine.adopt(left_behind, self.clock())
@@ -94,6 +94,31 @@ class Daemon:
             self.config.queue_num,
             "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
         )
+
+    def _ruleset_options(self) -> ruleset.RulesetOptions:
+        return ruleset.options_from(self.config, self.native_queue)
+
+    def _add_queue_rule(self) -> None:
+        if self.native_queue:
+            self.nft.run_text(ruleset.queue_rule(self._ruleset_options()))
+        else:
+            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num, bypass=self.config.queue_bypass)
+
+    def ensure_installed(self) -> None:
+        """Put nfsip's table, queue rule and pinholes back if someone else's ruleset load removed them: an
+        admin's `nft -f /etc/nftables.conf` starts with `flush ruleset`, and where it includes
+        nft/nfsip.nft it recreates the table empty and without the queue rule (which nft -f cannot hold)."""
+        if self.nft.table_exists() and self.nft.has_queue_rule():
+            return
+        log.warning(
+            "table ip %s or its queue rule was removed by another ruleset load; restoring", self.config.table_name
+        )
+        if not self.nft.table_exists():
+            self.nft.install(ruleset.render(self._ruleset_options()))
+        self._add_queue_rule()
+        holes = self.engine.live_pinholes(self.clock())
+        if holes:
+            self.nft.apply(holes, ())
 
     def _kernel_pinholes(self) -> list[Pinhole]:
         """The pinholes in an existing nfsip table, each with its remaining lifetime."""
@@ -205,6 +230,12 @@ class Daemon:
         deadline passed, with their map entries (gone from the kernel already unless the engine's deadline
         came first, as for Timer B) and their media flows' conntrack entries."""
         now = self.clock()
+        if now - self._last_check >= CHECK_TABLE_SECONDS:
+            self._last_check = now
+            try:
+                self.ensure_installed()
+            except (NftError, OSError) as exc:
+                log.error("cannot restore table ip %s: %s", self.config.table_name, exc)
         if now - self._last_sample >= self.config.media_sample_interval:
             self._last_sample = now
             self.sample_media(now)

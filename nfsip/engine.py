@@ -30,7 +30,7 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .calls import Call, CallTable, stream_pinholes
+from .calls import Call, CallTable
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
@@ -210,7 +210,7 @@ class Engine:
                 change.remove.extend(replaced)
                 bindings.append((media, binding))
                 if is_new:
-                    change.opened.extend(stream_pinholes(call, binding, self.timeouts.setup))
+                    change.new_lan_ports.update(binding.lan_ports)
         except PortsExhausted:
             if not call.streams:
                 self.calls.end(call, now)
@@ -363,7 +363,7 @@ class Engine:
         change.remove.extend(removed)
         if change.install_call is call:
             change.install_call = None
-            change.opened.clear()
+            change.new_lan_ports.clear()
         change.ended.append(CallEnded(call.call_id, call.lan_ip, why, duration, tuple(removed)))
 
     def adopt(self, holes: list[Pinhole], now: float) -> None:
@@ -374,6 +374,15 @@ class Engine:
                 self.registrations.adopt(hole, now)
             else:
                 self.calls.adopt(hole, now)
+
+    def live_pinholes(self, now: float) -> list[Pinhole]:
+        """Every pinhole nfsip holds, with its remaining lifetime (to restore a table reloaded empty)."""
+        holes: list[Pinhole] = []
+        for call in self.calls.calls.values():
+            holes.extend(call.pinholes(max(1, int(call.kernel_deadline - now + 0.999))))
+        grace = self.registrations.grace
+        holes.extend(r.pinhole(now, grace) for r in self.registrations.by_lan.values())
+        return holes
 
     def drop_all(self, now: float) -> list[Pinhole]:
         """Forget every call and registration (the public address they were made for is gone)."""
@@ -434,16 +443,20 @@ class Engine:
             if new != msg.raw or msg.trailing:
                 payload = new
         install = list(change.install)
+        opened = change.opened
         call = change.install_call
         if call is not None and call.streams:
-            install.extend(self._call_pinholes(call, now))
+            holes = self._call_pinholes(call, now)
+            install.extend(holes)
+            if change.new_lan_ports:
+                opened = opened + [h for h in holes if h.lan.port in change.new_lan_ports]
         return Decision(
             payload,
             "rewritten" if payload is not None else "unchanged",
             kind=_message_kind(msg),
             detail=change.detail,
             install=tuple(install),
-            opened=tuple(change.opened),
+            opened=tuple(opened),
             remove=tuple(change.remove),
             events=tuple(change.events),
             refusals=tuple(change.refusals),
@@ -473,6 +486,7 @@ class _Change:
     events: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     ended: list[CallEnded] = field(default_factory=list)
+    new_lan_ports: set[int] = field(default_factory=set)  # LAN ports of streams bound by this message
     detail: str = ""
     pass_unchanged: bool = False
 

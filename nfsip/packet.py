@@ -71,14 +71,18 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
 
 
 def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement sum, folded and complemented."""
+    """RFC 1071 one's-complement sum of 16-bit words, complemented.
+
+    Computed as the whole buffer read as one big integer modulo 0xFFFF: 2**16 = 1 (mod 0xFFFF), so that is
+    the end-around-carry sum of the words, in one C-level operation instead of a Python loop (about 1 µs
+    for a 1 KB SIP message). The one's-complement sum is 0 only when every word is 0; a nonzero buffer
+    whose sum is a multiple of 0xFFFF sums to 0xFFFF ("negative zero").
+    """
     if len(data) % 2:
         data += b"\0"
-    # One struct.unpack over the whole buffer and a C-level sum() is far faster in CPython than a per-word
-    # loop; the carries are folded afterwards.
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    total = int.from_bytes(data, "big") % 0xFFFF
+    if total == 0 and any(data):
+        total = 0xFFFF
     return ~total & 0xFFFF
 
 

@@ -95,3 +95,24 @@ def test_decode_never_raises_anything_else(data: bytes):
         decode_ipv4_udp(data)
     except PacketError:
         pass
+
+
+def rfc1071(data: bytes) -> int:
+    """The textbook loop, as a reference for the fast implementation."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@given(st.binary(max_size=3000))
+def test_checksum_matches_the_rfc1071_loop(data: bytes):
+    assert internet_checksum(data) == rfc1071(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"\0\0\0\0", b"\xff\xff", b"\xff\xff\xff\xff", b"\x00\x01\xff\xfe", b"\x80"])
+def test_checksum_edge_cases(data: bytes):
+    assert internet_checksum(data) == rfc1071(data)

@@ -21,6 +21,7 @@ from .ruleset import (
     COUNT_FROM_LAN,
     COUNT_TO_LAN,
     DNAT_MAP,
+    QUEUE_CHAIN,
     SIP_DNAT_ANY_MAP,
     SIP_DNAT_MAP,
     SIP_SNAT_MAP,
@@ -210,6 +211,18 @@ class Nft:
                     )
                 )
         return result
+
+    def has_queue_rule(self) -> bool:
+        """Whether `sip_queue` still holds the queue rule (native `queue`, or the xt NFQUEUE target). An
+        admin's `nft -f /etc/nftables.conf` that includes nft/nfsip.nft recreates the table without it."""
+        rc, out, _err = self._nft.cmd(f"list chain ip {self.table} {QUEUE_CHAIN}")
+        if rc != 0:
+            return False
+        for item in json.loads(out).get("nftables", []):
+            for expr in (item.get("rule") or {}).get("expr", []):
+                if "queue" in expr or (expr.get("xt") or {}).get("name") == "NFQUEUE":
+                    return True
+        return False
 
     def media_counters(self) -> dict[Endpoint, tuple[int, int, int, int]]:
         """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it)."""
