@@ -1,0 +1,144 @@
+"""Running nfsip like a router daemon: Prometheus metrics move with a call, the shipped table is included
+from an admin's nftables.conf beside a policy-drop firewall, and survives the admin reloading it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nfsip.lab import topology as T
+from nfsip.lab.capture import Capture, count_rtp
+from nfsip.lab.lab import Lab
+from nfsip.lab.nfsipd import NfsipDaemon
+from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
+
+from .lab_support import require_lab
+
+pytestmark = pytest.mark.lab
+MIN_RTP = int(PCAP_RTP_PACKETS * 0.95)
+ROOT = Path(__file__).resolve().parents[1]
+
+# A typical /etc/nftables.conf of a small router: flush, a drop-policy filter, its own NAT, and nfsip's
+# table included. `ct status dnat accept` is the one line nfsip needs in a drop-policy forward chain
+# (docs/nftables.md); most firewalls (OpenWrt fw4 among them) have it already for their port forwards.
+ADMIN_CONF = f"""
+flush ruleset
+table inet filter {{
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname "lo" accept
+        iifname "lan0" accept
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        ct status dnat accept
+        iifname "lan0" oifname "wan0" accept
+    }}
+}}
+table ip nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" masquerade
+    }}
+}}
+include "{ROOT / "nft" / "nfsip.nft"}"
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    require_lab()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab(phones=1) as lab:
+        yield lab
+
+
+def test_metrics_follow_a_call_and_pass_promtool(lab: Lab):
+    lab.masquerade()
+    daemon = NfsipDaemon(lab, config={"media_sample_interval": 1}).start()
+    try:
+        uas = SippUas(lab).start()
+        uac = SippUac(lab, "phone1").start()
+        time.sleep(5)
+        during = daemon.metrics()
+        assert daemon.metric("nfsip_pinholes_active") == 2
+        assert daemon.metric("nfsip_calls_active") == 1
+        to_phone = [
+            ln for ln in during.splitlines() if ln.startswith("nfsip_call_media_packets_total{") and "to_lan" in ln
+        ]
+        from_phone = [
+            ln for ln in during.splitlines() if ln.startswith("nfsip_call_media_packets_total{") and "from_lan" in ln
+        ]
+        assert to_phone and float(to_phone[0].rsplit(" ", 1)[1]) > 0, during
+        assert from_phone and float(from_phone[0].rsplit(" ", 1)[1]) > 0, during
+        assert uac.wait(60).ok and uas.wait(20).ok
+        after = daemon.metrics()
+        assert daemon.metric("nfsip_pinholes_active") == 0
+        assert daemon.metric("nfsip_pinholes_opened_total") == 2
+        assert daemon.metric("nfsip_pinholes_closed_total") == 2
+        assert daemon.metric("nfsip_sip_messages_total", direction="out", kind="INVITE") == 1
+        assert daemon.metric("nfsip_sip_messages_total", direction="in", kind="2xx") >= 2
+        assert daemon.metric("nfsip_verdict_seconds_count") >= 7
+        assert "nfsip_call_media_packets_total{" not in after  # the ended call's series are gone
+        if shutil.which("promtool") is None:
+            pytest.fail("promtool missing (Debian package prometheus; scripts/setup installs it)")
+        for scrape in (during, after):
+            check = subprocess.run(["promtool", "check", "metrics"], input=scrape, text=True, capture_output=True)
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert "ended: 200 to BYE" in daemon.log() or "ended: BYE" in daemon.log()
+    ended = [ln for ln in daemon.log().splitlines() if " ended: " in ln]
+    assert len(ended) == 1 and "media to phone" in ended[0], ended
+
+
+def test_shipped_table_included_beside_a_drop_policy_firewall(lab: Lab, tmp_path: Path):
+    conf = tmp_path / "nftables.conf"
+    conf.write_text(ADMIN_CONF)
+    # Accepted by `nft -c` in the router namespace before anything is loaded there ...
+    check = lab.run(T.ROUTER, ["nft", "-c", "-f", str(conf)], check=False)
+    assert check.returncode == 0, check.stderr
+    lab.run(T.ROUTER, ["nft", "-f", str(conf)])
+    daemon = NfsipDaemon(lab).start()
+    try:
+        # ... and a call works through it, with media both ways.
+        with (
+            SippUas(lab) as uas,
+            Capture(lab, "phone1", "eth0") as at_phone,
+            Capture(lab, T.SERVER, "eth0") as at_server,
+        ):
+            assert run_uac(lab, "phone1").ok
+            assert uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+        assert count_rtp(at_server.packets(), dst=T.SERVER_IP) >= MIN_RTP
+        # The admin reloads the firewall mid-call (flush ruleset + include): the table comes back empty and
+        # without the queue rule; the daemon restores both, with the live call's pinholes.
+        uas = SippUas(lab).start()
+        with Capture(lab, "phone1", "eth0") as at_phone:
+            uac = SippUac(lab, "phone1", pause_ms=12000).start()
+            time.sleep(2)
+            assert daemon.status()["pinholes"] == 2
+            lab.run(T.ROUTER, ["nft", "-f", str(conf)])
+            assert daemon.status()["pinholes"] == 0
+            deadline = time.monotonic() + 8
+            while daemon.status()["pinholes"] != 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert daemon.status()["pinholes"] == 2, daemon.log()
+            assert "removed by another ruleset load; restoring" in daemon.log()
+            assert uac.wait(60).ok and uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+        assert daemon.status()["pinholes"] == 0  # the BYE was seen: the queue rule is back
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    tables = lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
+    assert "table ip nfsip" not in tables and "table inet filter" in tables
