@@ -35,15 +35,23 @@ class Call:
     kernel_deadline: float = 0.0  # when the kernel elements expire unless refreshed
     session_expires: int = 0  # RFC 4028 interval negotiated for the dialog, 0 without session timers
     streams: dict[int, StreamBinding] = field(default_factory=dict)
+    # media_from = "sdp": inbound media only from the far end's SDP address, per m= line index, as learned
+    # from the far end's SDP; until it is known a stream is outbound-only (SNAT, no DNAT).
+    strict: bool = False
+    far_media: dict[int, str] = field(default_factory=dict)
 
     def pinholes(self, timeout: int = 0) -> list[Pinhole]:
         holes = []
-        for binding in self.streams.values():
-            holes.extend(stream_pinholes(self, binding, timeout))
+        for index, binding in self.streams.items():
+            holes.extend(stream_pinholes(self, index, binding, timeout))
         return holes
 
 
-def stream_pinholes(call: Call, binding: StreamBinding, timeout: int) -> list[Pinhole]:
+def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int) -> list[Pinhole]:
+    kind, remote = "media", ""
+    if call.strict:
+        remote = call.far_media.get(index, "")
+        kind = "media" if remote else "media-out"
     return [
         Pinhole(
             Endpoint(call.public_ip, pub),
@@ -51,6 +59,8 @@ def stream_pinholes(call: Call, binding: StreamBinding, timeout: int) -> list[Pi
             call.call_id,
             label,
             timeout,
+            kind=kind,
+            remote_ip=remote,
             established=call.confirmed,
         )
         for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
@@ -116,6 +126,10 @@ class CallTable:
         call = self.get_or_create(hole.call_id, hole.lan.ip, hole.public.ip, now)
         call.confirmed = call.confirmed or hole.established
         call.responded = True
+        if hole.kind == "media-out" or hole.remote_ip:
+            call.strict = True
+        if hole.remote_ip:
+            call.far_media[index] = hole.remote_ip
         call.expires_at = max(call.expires_at, now + hole.timeout)
         call.kernel_deadline = max(call.kernel_deadline, now + hole.timeout)
         old = call.streams.get(index)
@@ -184,7 +198,7 @@ class CallTable:
         for lan in binding.lan_ports:
             if self._owner.get((call.lan_ip, lan)) == ((call.call_id, call.lan_ip), index):
                 del self._owner[(call.lan_ip, lan)]
-        return stream_pinholes(call, binding, 0)
+        return stream_pinholes(call, index, binding, 0)
 
     def end(self, call: Call, now: float) -> list[Pinhole]:
         """Forget the call; returns every pinhole it held (to remove from the kernel)."""

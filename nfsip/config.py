@@ -60,6 +60,9 @@ class Config:
     # established call whose media is silent in one direction for one_way_seconds is flagged and logged.
     media_sample_interval: int = 5
     one_way_seconds: int = 10
+    # Who may send media to a pinhole: "any" (latching: the far end may be behind NAT, or an SBC may send
+    # from another address than its SDP names) or "sdp" (only the address in the far end's SDP).
+    media_from: str = "any"
     # With no daemon bound to the queue: true lets SIP through unchanged (fail-open), false drops it
     # (fail-closed: no SIP crosses the router unless nfsip handles it).
     queue_bypass: bool = True
@@ -86,7 +89,15 @@ def _expect_str(key: str, value: Any) -> str:
 
 
 def _validate_value(key: str, value: Any) -> Any:
-    if key in ("wan_interface", "table_name", "metrics_listen", "public_address", "log_level", "registration_from"):
+    if key in (
+        "wan_interface",
+        "table_name",
+        "metrics_listen",
+        "public_address",
+        "log_level",
+        "registration_from",
+        "media_from",
+    ):
         text = _expect_str(key, value)
         if key == "wan_interface" and text and (len(text) > 15 or "/" in text or " " in text):
             raise ConfigError(key, f"not a valid interface name: {text!r}")
@@ -103,6 +114,8 @@ def _validate_value(key: str, value: Any) -> Any:
                 raise ConfigError(key, f"must be HOST:PORT or empty, got {text!r}")
         if key == "registration_from" and text not in ("registrar", "any"):
             raise ConfigError(key, f'must be "registrar" or "any", got {text!r}')
+        if key == "media_from" and text not in ("any", "sdp"):
+            raise ConfigError(key, f'must be "any" or "sdp", got {text!r}')
         if key == "log_level" and text not in _LOG_LEVELS:
             raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}, got {text!r}")
         return text

@@ -25,7 +25,7 @@ from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .mediastats import CallMedia, MediaStats
 from .metrics import Metrics
-from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole, parse_comment
+from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .policy import policy_from
 from .ports import PortAllocator
@@ -60,6 +60,7 @@ class Daemon:
             ),
             registration_from_registrar_only=config.registration_from == "registrar",
             policy=policy_from(config),
+            media_from_sdp=config.media_from == "sdp",
         )
         # Policy refusals are logged once per (reason, LAN host) per minute: a flood must not flood the log.
         self._refusal_logged: dict[tuple[str, str], float] = {}
@@ -124,25 +125,11 @@ class Daemon:
         """The pinholes in an existing nfsip table, each with its remaining lifetime."""
         if not self.nft.table_exists():
             return []
-        holes = []
         try:
-            for elem in self.nft.elements(ruleset.DNAT_MAP):
-                label, state, call_id = parse_comment(elem.comment)
-                if elem.expires is not None and call_id:
-                    timeout = max(1, int(elem.expires + 0.999))
-                    holes.append(Pinhole(elem.key, elem.value, call_id, label, timeout, established=state == "e"))
-            for name in (ruleset.SIP_DNAT_MAP, ruleset.SIP_DNAT_ANY_MAP):
-                for elem in self.nft.elements(name):
-                    _label, _state, call_id = parse_comment(elem.comment)
-                    if elem.expires is not None and call_id:
-                        timeout = max(1, int(elem.expires + 0.999))
-                        holes.append(
-                            Pinhole(elem.key, elem.value, call_id, "sip", timeout, kind="sip", remote_ip=elem.remote_ip)
-                        )
+            return self.nft.media_pinholes() + self.nft.registration_pinholes()
         except NftError as exc:  # an incompatible older table: start afresh
             log.warning("could not read the existing table (%s); its pinholes are not taken over", exc)
             return []
-        return holes
 
     def uninstall(self) -> None:
         holes = [h for call in self.engine.calls.calls.values() for h in call.pinholes()]

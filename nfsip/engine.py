@@ -30,7 +30,7 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .calls import Call, CallTable
+from .calls import Call, CallTable, stream_pinholes
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
@@ -104,7 +104,11 @@ class Engine:
         timeouts: Timeouts | None = None,
         registration_from_registrar_only: bool = True,
         policy: Policy | None = None,
+        media_from_sdp: bool = False,
     ) -> None:
+        # media_from_sdp: inbound media only from the far end's SDP address (strict); else from anywhere
+        # (latching), the default: far ends behind NAT and SBCs often send from another address.
+        self.media_from_sdp = media_from_sdp
         self.public_ip = public_ip
         self.calls = CallTable(ports)
         self.timeouts = timeouts or Timeouts()
@@ -198,6 +202,7 @@ class Engine:
             return []
         if call is None:
             call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+            call.strict = self.media_from_sdp
             # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
             # established already; one first seen in an INVITE waits for any response for Timer B.
             call.confirmed = msg.is_request and _in_dialog(msg)
@@ -271,8 +276,27 @@ class Engine:
             hp: HostPort | None = msg.request_uri.hostport
             if hp is not None and hp.host == self.public_ip:
                 edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
+        if msg.sdp is not None:
+            self._far_end_sdp(msg, msg.sdp, lan_sip.ip, change)
         self._transitions(msg, lan_sip.ip, flow.direction, now, change)
         return self._finish(msg, edits, change, now)
+
+    def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
+        """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""
+        call = self.calls.get(msg.call_id, lan_ip)
+        if call is None or not call.strict:
+            return
+        for index, media in enumerate(sdp.media):
+            conn = sdp.media_connection(media)
+            binding = call.streams.get(index)
+            if binding is None or media.port == 0 or conn is None or conn.addrtype.upper() != "IP4":
+                continue
+            if conn.address in ("0.0.0.0", call.far_media.get(index)):
+                continue  # a hold (RFC 3264 §8.4) keeps the address media last came from
+            if call.far_media.get(index):
+                change.remove.extend(stream_pinholes(call, index, binding, 0))
+            call.far_media[index] = conn.address
+            change.install_call = call
 
     def _registered(self, msg: SipMessage, branch: str | None, now: float, change: _Change) -> None:
         """A registrar's final answer to a REGISTER: keep, refresh or drop the phone's SIP pinhole."""

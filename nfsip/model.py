@@ -44,9 +44,11 @@ class Flow:
 class Pinhole:
     """One public UDP port forwarded to one LAN ip:port, both ways (a DNAT and an SNAT map entry).
 
-    kind "media": any remote may send to the public port (RTP latching: the far end may itself be behind
-    NAT). kind "sip": a registration's SIP port, reachable only from `remote_ip` (the registrar that
-    accepted the registration) unless remote_ip is "" (configured: from anywhere).
+    kind "media": the far end may send to the public port: from anywhere when remote_ip is "" (latching:
+    the far end may itself be behind NAT), else only from remote_ip (media_from = "sdp"). kind "media-out":
+    strict mode before the far end's SDP is known: outgoing SNAT only, nothing inbound. kind "sip": a
+    registration's SIP port, reachable only from `remote_ip` (the registrar that accepted the
+    registration) unless remote_ip is "" (configured: from anywhere).
     """
 
     public: Endpoint

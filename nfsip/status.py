@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from .kernel.nft import Nft, NftError
-from .kernel.ruleset import SIP_DNAT_ANY_MAP, SIP_DNAT_MAP
-from .model import parse_comment
 
 
 def collect(table: str) -> dict[str, Any]:
@@ -19,44 +17,43 @@ def collect(table: str) -> dict[str, Any]:
     if not nft.table_exists():
         return {**empty, "installed": False}
     try:
-        elements = nft.elements()
-        sip_elements = nft.elements(SIP_DNAT_MAP) + nft.elements(SIP_DNAT_ANY_MAP)
+        media = nft.media_pinholes()
+        registrations = nft.registration_pinholes()
     except NftError as exc:
         return {**empty, "installed": True, "error": str(exc)}
     calls: dict[tuple[str, str], dict[str, Any]] = {}
-    for elem in elements:
-        label, state, call_id = parse_comment(elem.comment)
-        key = (call_id, elem.value.ip)
+    for hole in media:
         call = calls.setdefault(
-            key, {"call_id": call_id, "lan_host": elem.value.ip, "established": state == "e", "pinholes": []}
+            (hole.call_id, hole.lan.ip),
+            {"call_id": hole.call_id, "lan_host": hole.lan.ip, "established": hole.established, "pinholes": []},
         )
         call["pinholes"].append(
             {
-                "label": label,
-                "public_ip": elem.key.ip,
-                "public_port": elem.key.port,
-                "private": f"{elem.value.ip}:{elem.value.port}",
-                "seconds_left": elem.expires,
+                "label": hole.label,
+                "public_ip": hole.public.ip,
+                "public_port": hole.public.port,
+                "private": f"{hole.lan.ip}:{hole.lan.port}",
+                "media_from": hole.remote_ip or ("anywhere" if hole.kind == "media" else "nowhere yet"),
+                "seconds_left": hole.timeout,
             }
         )
     for call in calls.values():
         call["pinholes"].sort(key=lambda p: p["public_port"])
-    registrations = [
-        {
-            "aor": parse_comment(elem.comment)[2].removeprefix("reg:"),
-            "public": f"{elem.key.ip}:{elem.key.port}",
-            "private": f"{elem.value.ip}:{elem.value.port}",
-            "from": elem.remote_ip or "any",
-            "seconds_left": elem.expires,
-        }
-        for elem in sip_elements
-    ]
     return {
         "table": table,
         "installed": True,
         "calls": list(calls.values()),
-        "pinholes": len(elements),
-        "registrations": registrations,
+        "pinholes": len(media),
+        "registrations": [
+            {
+                "aor": hole.call_id.removeprefix("reg:"),
+                "public": f"{hole.public.ip}:{hole.public.port}",
+                "private": f"{hole.lan.ip}:{hole.lan.port}",
+                "from": hole.remote_ip or "any",
+                "seconds_left": hole.timeout,
+            }
+            for hole in registrations
+        ],
     }
 
 

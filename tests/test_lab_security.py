@@ -20,7 +20,7 @@ from nfsip.lab import topology as T
 from nfsip.lab.capture import Capture, count_rtp
 from nfsip.lab.lab import Lab
 from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUas, run_uac
+from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
 
 from .lab_support import require_lab
 
@@ -247,5 +247,36 @@ def test_flood_of_malformed_datagrams(lab: Lab):
             assert run_uac(lab, "phone1").ok
             assert uas.wait(20).ok
         assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= int(PCAP_RTP_PACKETS * 0.95)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+INJECT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('', 40404))
+for i in range(20):
+    s.sendto(b'\\x80\\x08' + bytes(170), (sys.argv[1], int(sys.argv[2]))); time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("media_from, reaches_phone", [("sdp", False), ("any", True)])
+def test_media_from_sdp_keeps_third_parties_out(lab: Lab, media_from: str, reaches_phone: bool):
+    """Strict mode: only the far end's SDP address gets in. Latching (the default, for far ends behind NAT)
+    lets anyone who knows the port send to it while the call lives: the documented trade-off."""
+    daemon = NfsipDaemon(lab, config={"media_from": media_from}).start()
+    try:
+        lab.nft("phone1", PROBE)
+        uas = SippUas(lab).start()
+        with Capture(lab, "phone1", "eth0") as at_phone:
+            uac = SippUac(lab, "phone1", pause_ms=9000).start()
+            time.sleep(3)
+            holes = daemon.status()["calls"][0]["pinholes"]
+            rtp = next(h for h in holes if h["label"] == "m0.rtp")
+            assert rtp["media_from"] == (T.SERVER_IP if media_from == "sdp" else "anywhere"), holes
+            lab.run("wanhost2", [sys.executable, "-c", INJECT, T.ROUTER_WAN_IP, str(rtp["public_port"])])
+            assert uac.wait(60).ok and uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
+        assert (probe_count(lab, "phone1") > 0) == reaches_phone
     finally:
         assert daemon.stop() == 0, daemon.log()

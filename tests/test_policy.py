@@ -9,7 +9,7 @@ from nfsip.model import Direction, Endpoint, Flow
 from nfsip.policy import Limits, Policy
 from nfsip.ports import PortAllocator
 
-from .test_engine import PUBLIC, REGISTER, inbound, invite, outbound, register_ok
+from .test_engine import PUBLIC, REGISTER, inbound, invite, outbound, register_ok, response
 
 SERVER_NET = ipaddress.IPv4Network("198.51.100.0/24")
 
@@ -89,3 +89,21 @@ def test_registration_limit_per_host():
             assert ok.install
         else:
             assert ok.install == () and ok.refusals == ("registrations-per-host",)
+
+
+def test_strict_media_from_sdp_opens_inbound_only_for_the_far_end_address():
+    eng = Engine(PUBLIC, PortAllocator(40000, 49999), media_from_sdp=True)
+    offer = eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    assert {h.kind for h in offer.install} == {"media-out"}  # far end unknown: outgoing only
+    sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\n"
+    answer = response(200, extra=f"Content-Type: application/sdp\r\n").replace(
+        b"Content-Length: 0\r\n\r\n", f"Content-Length: {len(sdp)}\r\n\r\n{sdp}".encode()
+    )
+    d = eng.handle(inbound("10.0.0.2"), answer, 1.0)
+    assert d.remove == ()
+    assert {(h.kind, h.remote_ip) for h in d.install} == {("media", "198.51.100.2")}
+    # The far end moves its media (a re-INVITE with a new address): the old address loses access.
+    moved = answer.replace(b"198.51.100.2\r\nt=", b"198.51.100.7\r\nt=").replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
+    d2 = eng.handle(inbound("10.0.0.2"), moved, 2.0)
+    assert {h.remote_ip for h in d2.remove} == {"198.51.100.2"}
+    assert {h.remote_ip for h in d2.install} == {"198.51.100.7"}

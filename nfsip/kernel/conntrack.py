@@ -93,7 +93,7 @@ class Conntrack:
         are kept (used right after installing: only flows that raced ahead of the map entry and were
         masqueraded elsewhere are dropped).
         """
-        holes = [h for h in pinholes if h.kind == "media"]  # a registration's SIP flow stays up
+        holes = [h for h in pinholes if h.kind != "sip"]  # a registration's SIP flow stays up
         if not holes:
             return 0
         lan_ports: dict[str, dict[int, Pinhole]] = {}

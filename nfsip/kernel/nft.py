@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Endpoint, Pinhole, element_comment
+from ..model import Endpoint, Pinhole, element_comment, parse_comment
 from .ruleset import (
     COUNT_FROM_LAN,
     COUNT_TO_LAN,
     DNAT_MAP,
+    DNAT_STRICT_MAP,
     QUEUE_CHAIN,
     SIP_DNAT_ANY_MAP,
     SIP_DNAT_MAP,
@@ -128,12 +129,16 @@ class Nft:
                 dnat = (SIP_DNAT_ANY_MAP, [hole.public.ip, hole.public.port], hole.lan)
             return [dnat, (SIP_SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public)]
         lan_key = [hole.lan.ip, hole.lan.port]
-        return [
-            (DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan),
+        entries: list[tuple[str, list, Endpoint | None]] = [
             (SNAT_MAP, lan_key, hole.public),
             (COUNT_TO_LAN, lan_key, None),
             (COUNT_FROM_LAN, lan_key, None),
         ]
+        if hole.kind == "media" and hole.remote_ip:
+            entries.append((DNAT_STRICT_MAP, [hole.remote_ip, hole.public.ip, hole.public.port], hole.lan))
+        elif hole.kind == "media":
+            entries.append((DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan))
+        return entries
 
     def _commands(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> list[dict]:
         cmds: list[dict] = []
@@ -211,6 +216,37 @@ class Nft:
                     )
                 )
         return result
+
+    def media_pinholes(self) -> list[Pinhole]:
+        """The media pinholes in the kernel, each with its remaining lifetime, rebuilt from the SNAT map
+        (every media pinhole has one) and the DNAT maps (whether, and from where, it accepts inbound)."""
+        latching = {e.key for e in self.elements(DNAT_MAP)}
+        strict = {e.key: e.remote_ip for e in self.elements(DNAT_STRICT_MAP)}
+        holes = []
+        for elem in self.elements(SNAT_MAP):
+            label, state, call_id = parse_comment(elem.comment)
+            if not call_id:
+                continue
+            public, lan = elem.value, elem.key
+            remote = strict.get(public, "")
+            kind = "media" if remote or public in latching else "media-out"
+            timeout = max(1, int((elem.expires or 1) + 0.999))
+            holes.append(
+                Pinhole(public, lan, call_id, label, timeout, kind=kind, remote_ip=remote, established=state == "e")
+            )
+        return holes
+
+    def registration_pinholes(self) -> list[Pinhole]:
+        holes = []
+        for name in (SIP_DNAT_MAP, SIP_DNAT_ANY_MAP):
+            for elem in self.elements(name):
+                _label, _state, call_id = parse_comment(elem.comment)
+                if call_id:
+                    timeout = max(1, int((elem.expires or 1) + 0.999))
+                    holes.append(
+                        Pinhole(elem.key, elem.value, call_id, "sip", timeout, kind="sip", remote_ip=elem.remote_ip)
+                    )
+        return holes
 
     def has_queue_rule(self) -> bool:
         """Whether `sip_queue` still holds the queue rule (native `queue`, or the xt NFQUEUE target). An

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ..config import Config
 
 DNAT_MAP = "media_dnat"
+DNAT_STRICT_MAP = "media_dnat_strict"  # far-end ip . public ip . public port -> LAN ip . port
 SNAT_MAP = "media_snat"
 SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
@@ -93,6 +94,12 @@ table ip {opts.table} {{
 \t\tflags timeout
 \t}}
 
+\t# media_from = "sdp": the same, but only for media from the far end's SDP address
+\tmap {DNAT_STRICT_MAP} {{
+\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
+\t\tflags timeout
+\t}}
+
 \t# LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named)
 \tmap {SNAT_MAP} {{
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
@@ -143,6 +150,7 @@ table ip {opts.table} {{
 \t\t# No iifname on the media rule: a LAN phone sending to another LAN phone's public media port (a
 \t\t# hairpin call through an outside softswitch) is forwarded inside too.
 \t\tmeta l4proto udp dnat ip to ip daddr . udp dport map @{DNAT_MAP}
+\t\tmeta l4proto udp dnat ip to ip saddr . ip daddr . udp dport map @{DNAT_STRICT_MAP}
 \t\tiifname "{wan}" meta l4proto udp dnat ip to ip saddr . ip daddr . udp dport map @{SIP_DNAT_MAP}
 \t\tiifname "{wan}" meta l4proto udp dnat ip to ip daddr . udp dport map @{SIP_DNAT_ANY_MAP}
 \t}}
