@@ -96,7 +96,7 @@ def test_strict_media_from_sdp_opens_inbound_only_for_the_far_end_address():
     offer = eng.handle(outbound("10.0.0.2"), invite(), 0.0)
     assert {h.kind for h in offer.install} == {"media-out"}  # far end unknown: outgoing only
     sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\n"
-    answer = response(200, extra=f"Content-Type: application/sdp\r\n").replace(
+    answer = response(200, extra="Content-Type: application/sdp\r\n").replace(
         b"Content-Length: 0\r\n\r\n", f"Content-Length: {len(sdp)}\r\n\r\n{sdp}".encode()
     )
     d = eng.handle(inbound("10.0.0.2"), answer, 1.0)
