@@ -62,6 +62,7 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
             kind=kind,
             remote_ip=remote,
             established=call.confirmed,
+            since=call.created,
         )
         for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
     ]
@@ -124,6 +125,8 @@ class CallTable:
             return
         index = int(index_text[1:])
         call = self.get_or_create(hole.call_id, hole.lan.ip, hole.public.ip, now)
+        if hole.since:
+            call.created = min(call.created, hole.since)
         call.confirmed = call.confirmed or hole.established
         call.responded = True
         if hole.kind == "media-out" or hole.remote_ip:

@@ -13,6 +13,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .config import Config
@@ -47,7 +48,9 @@ class Daemon:
         self._last_sample = 0.0
         self._last_check = 0.0
         self.metrics = Metrics(lambda: self._media_snapshot)
-        self.nft = Nft(config.table_name)
+        # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
+        # monotonic clock, which does not jump with NTP.
+        self.nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (self.clock() - t))
         self.public_ip = config.public_address or primary_ipv4(config.wan_interface)
         self.engine = Engine(
             self.public_ip,
@@ -78,8 +81,10 @@ class Daemon:
         self.nft.install(ruleset.render(self._ruleset_options()))
         self._add_queue_rule()
         if left_behind:
+            now, wall = self.clock(), time.time()
+            left_behind = [replace(h, since=now - (wall - h.since) if h.since else now) for h in left_behind]
             self.nft.apply(left_behind, ())
-            self.engine.adopt(left_behind, self.clock())
+            self.engine.adopt(left_behind, now)
             self._update_gauges()
             log.info(
                 "took over %d pinholes of %d calls and %d registrations left by a previous run",
@@ -311,16 +316,16 @@ class Daemon:
 
     def _apply(self, decision: Decision) -> bool:
         """Put the decision's pinhole changes into the kernel before the verdict. False: install failed."""
-        if not decision.install and not decision.remove:
+        if not decision.install and not decision.remove and not decision.recreate:
             return True
         started = time.perf_counter()
         try:
-            self.nft.apply(decision.install, decision.remove)
+            self.nft.apply(decision.install, decision.remove, decision.recreate)
             ok = True
         except NftError as exc:
             self.metrics.nft_errors.inc()
             log.warning("nft transaction failed (%s); retrying element by element", exc)
-            errors = self.nft.apply_each(decision.install, decision.remove)
+            errors = self.nft.apply_each([*decision.install, *decision.recreate], decision.remove)
             for error in errors:
                 log.warning("nft: %s", error)
             ok = not any(e.startswith("install") for e in errors)

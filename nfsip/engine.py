@@ -380,6 +380,8 @@ class Engine:
         # Re-adding the elements costs a transaction: only when the kernel timeout is half used up.
         if force or call.kernel_deadline - now < lifetime / 2:
             change.install_call = call
+        if force:
+            change.recreate = True
 
     def _end(self, call: Call, now: float, why: str, change: _Change) -> None:
         duration = now - call.created
@@ -467,11 +469,12 @@ class Engine:
             if new != msg.raw or msg.trailing:
                 payload = new
         install = list(change.install)
+        recreate: list[Pinhole] = []
         opened = change.opened
         call = change.install_call
         if call is not None and call.streams:
             holes = self._call_pinholes(call, now)
-            install.extend(holes)
+            (recreate if change.recreate and not change.new_lan_ports else install).extend(holes)
             if change.new_lan_ports:
                 opened = opened + [h for h in holes if h.lan.port in change.new_lan_ports]
         return Decision(
@@ -480,6 +483,7 @@ class Engine:
             kind=_message_kind(msg),
             detail=change.detail,
             install=tuple(install),
+            recreate=tuple(recreate),
             opened=tuple(opened),
             remove=tuple(change.remove),
             events=tuple(change.events),
@@ -511,6 +515,7 @@ class _Change:
     refusals: list[str] = field(default_factory=list)
     ended: list[CallEnded] = field(default_factory=list)
     new_lan_ports: set[int] = field(default_factory=set)  # LAN ports of streams bound by this message
+    recreate: bool = False  # the call's state changed: its elements' comments must be rewritten
     detail: str = ""
     pass_unchanged: bool = False
 

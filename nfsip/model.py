@@ -59,6 +59,7 @@ class Pinhole:
     kind: str = "media"
     remote_ip: str = ""
     established: bool = False  # the call had its 2xx (kept in the kernel element for crash recovery)
+    since: float = 0.0  # when the call or registration began: engine clock; wall clock (epoch) when read back
 
 
 _COMMENT_MAX = 120  # nft limits element comments to 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN)
@@ -74,19 +75,20 @@ def comment_call_id(call_id: str) -> str:
     return "~" + hashlib.blake2b(call_id.encode("utf-8", "replace"), digest_size=12).hexdigest()
 
 
-def element_comment(pinhole: Pinhole) -> str:
-    """`<label> <state> <call-id>`: what `nfsip status` shows and what a restarted daemon rebuilds its
-    state from (state: a = attempt, e = established call, r = registration)."""
+def element_comment(pinhole: Pinhole, since_epoch: float) -> str:
+    """`<label> <state> <since> <call-id>`: what `nfsip status` shows and what a restarted daemon rebuilds
+    its state from (state: a = attempt, e = established call, r = registration; since: epoch seconds)."""
     state = "r" if pinhole.kind == "sip" else "e" if pinhole.established else "a"
-    text = f"{pinhole.label} {state} {comment_call_id(pinhole.call_id)}"
+    text = f"{pinhole.label} {state} {int(since_epoch)} {comment_call_id(pinhole.call_id)}"
     return text.encode("utf-8", "replace")[:_COMMENT_MAX].decode("utf-8", "ignore")
 
 
-def parse_comment(comment: str) -> tuple[str, str, str]:
-    """(label, state, call-id) from an element comment; empty strings for what is missing."""
-    parts = comment.split(" ", 2)
-    parts += [""] * (3 - len(parts))
-    return parts[0], parts[1], parts[2]
+def parse_comment(comment: str) -> tuple[str, str, float, str]:
+    """(label, state, since epoch, call-id) from an element comment; empty/0 for what is missing."""
+    parts = comment.split(" ", 3)
+    parts += [""] * (4 - len(parts))
+    since = float(parts[2]) if parts[2].isdigit() else 0.0
+    return parts[0], parts[1], since, parts[3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ class Decision:
     kind: str = ""  # method or status class of the message, e.g. "INVITE", "2xx"
     detail: str = ""
     install: tuple[Pinhole, ...] = ()  # every pinhole of the call, new or refreshed
+    # Pinholes whose kernel elements must be re-created, not just refreshed: re-adding an existing element
+    # updates its timeout but keeps its old comment, which carries the call state (nfsip.model.element_comment).
+    recreate: tuple[Pinhole, ...] = ()
     opened: tuple[Pinhole, ...] = ()  # the part of `install` that did not exist before
     remove: tuple[Pinhole, ...] = ()
     events: tuple[str, ...] = field(default=())  # human-readable call events for the log

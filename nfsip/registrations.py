@@ -32,11 +32,19 @@ class Registration:
     registrar_ip: str  # "" when the pinhole accepts any sender
     aor: str
     expires_at: float
+    since: float = 0.0
 
     def pinhole(self, now: float, grace: int) -> Pinhole:
         timeout = max(1, int(self.expires_at - now) + grace)
         return Pinhole(
-            self.public, self.lan, f"reg:{self.aor}", "sip", timeout, kind="sip", remote_ip=self.registrar_ip
+            self.public,
+            self.lan,
+            f"reg:{self.aor}",
+            "sip",
+            timeout,
+            kind="sip",
+            remote_ip=self.registrar_ip,
+            since=self.since,
         )
 
 
@@ -84,7 +92,8 @@ class RegistrationTable:
             del self.by_lan[pending.lan]
             return [], remove, f"registration of {pending.aor} from {pending.lan} removed"
         registrar = pending.registrar.ip if self.from_registrar_only else ""
-        reg = Registration(pending.lan, pending.public, registrar, pending.aor, now + granted)
+        since = old.since if old is not None else now
+        reg = Registration(pending.lan, pending.public, registrar, pending.aor, now + granted, since)
         self.by_lan[pending.lan] = reg
         if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
             remove = []  # a refresh: the same elements are re-added with the new timeout
@@ -95,7 +104,7 @@ class RegistrationTable:
         """Take over a registration pinhole found in the kernel at start (crash recovery)."""
         expires_at = now + hole.timeout - self.grace
         self.by_lan[hole.lan] = Registration(
-            hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at
+            hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at, hole.since or now
         )
 
     def drop_all(self, now: float) -> list[Pinhole]:

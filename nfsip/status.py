@@ -6,6 +6,7 @@ lifetime in `expires`, so status shows what is really forwarded, even while the 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .kernel.nft import Nft, NftError
@@ -19,14 +20,23 @@ def collect(table: str) -> dict[str, Any]:
     try:
         media = nft.media_pinholes()
         registrations = nft.registration_pinholes()
+        counters = nft.media_counters()
     except NftError as exc:
         return {**empty, "installed": True, "error": str(exc)}
+    now = time.time()
     calls: dict[tuple[str, str], dict[str, Any]] = {}
     for hole in media:
         call = calls.setdefault(
             (hole.call_id, hole.lan.ip),
-            {"call_id": hole.call_id, "lan_host": hole.lan.ip, "established": hole.established, "pinholes": []},
+            {
+                "call_id": hole.call_id,
+                "lan_host": hole.lan.ip,
+                "established": hole.established,
+                "age_seconds": round(now - hole.since) if hole.since else None,
+                "pinholes": [],
+            },
         )
+        to_lan, _, from_lan, _ = counters.get(hole.lan, (0, 0, 0, 0))
         call["pinholes"].append(
             {
                 "label": hole.label,
@@ -35,6 +45,8 @@ def collect(table: str) -> dict[str, Any]:
                 "private": f"{hole.lan.ip}:{hole.lan.port}",
                 "media_from": hole.remote_ip or ("anywhere" if hole.kind == "media" else "nowhere yet"),
                 "seconds_left": hole.timeout,
+                "packets_to_lan": to_lan,
+                "packets_from_lan": from_lan,
             }
         )
     for call in calls.values():
@@ -50,6 +62,7 @@ def collect(table: str) -> dict[str, Any]:
                 "public": f"{hole.public.ip}:{hole.public.port}",
                 "private": f"{hole.lan.ip}:{hole.lan.port}",
                 "from": hole.remote_ip or "any",
+                "age_seconds": round(now - hole.since) if hole.since else None,
                 "seconds_left": hole.timeout,
             }
             for hole in registrations
@@ -57,22 +70,38 @@ def collect(table: str) -> dict[str, Any]:
     }
 
 
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def format_table(state: dict[str, Any]) -> str:
     if not state["installed"]:
         return f"table ip {state['table']} is not installed (is `nfsip run` running?)"
     lines = [f"{len(state['registrations'])} registrations, {len(state['calls'])} calls, {state['pinholes']} pinholes"]
-    for reg in state["registrations"]:
-        left = reg["seconds_left"]
-        lines.append(
-            f"registration {reg['aor']}  {reg['public']} -> {reg['private']}  from {reg['from']}"
-            f"  {'' if left is None else f'{left:.0f}s left'}"
-        )
-    for call in state["calls"]:
-        lines.append(f"call {call['call_id']}  lan host {call['lan_host']}")
-        for hole in call["pinholes"]:
-            left = hole["seconds_left"]
+    if state["registrations"]:
+        lines.append("")
+        lines.append(f"{'REGISTRATION':<32} {'PUBLIC':<21} {'PHONE':<21} {'FROM':<15} {'AGE':>7} {'LEFT':>6}")
+        for reg in state["registrations"]:
             lines.append(
-                f"  {hole['label']:<10} {hole['public_ip']}:{hole['public_port']:<6} -> {hole['private']:<21}"
-                f" {'' if left is None else f'{left:.0f}s left'}"
+                f"{reg['aor'][:32]:<32} {reg['public']:<21} {reg['private']:<21} {reg['from']:<15}"
+                f" {_age(reg['age_seconds']):>7} {reg['seconds_left']:>5}s"
+            )
+    for call in state["calls"]:
+        lines.append("")
+        status = "established" if call["established"] else "setting up"
+        lines.append(f"call {call['call_id']}  phone {call['lan_host']}  {status}, age {_age(call['age_seconds'])}")
+        lines.append(
+            f"  {'STREAM':<10} {'PUBLIC':<21} {'PHONE':<21} {'MEDIA FROM':<15}"
+            f" {'TO PHONE':>9} {'FROM PHONE':>10} {'LEFT':>6}"
+        )
+        for hole in call["pinholes"]:
+            lines.append(
+                f"  {hole['label']:<10} {hole['public_ip'] + ':' + str(hole['public_port']):<21} {hole['private']:<21}"
+                f" {hole['media_from']:<15} {hole['packets_to_lan']:>9} {hole['packets_from_lan']:>10}"
+                f" {hole['seconds_left']:>5}s"
             )
     return "\n".join(lines)

@@ -142,3 +142,23 @@ def test_shipped_table_included_beside_a_drop_policy_firewall(lab: Lab, tmp_path
         assert daemon.stop() == 0, daemon.log()
     tables = lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
     assert "table ip nfsip" not in tables and "table inet filter" in tables
+
+
+def test_status_table_shows_ages_and_packet_counts(lab: Lab):
+    lab.masquerade()
+    daemon = NfsipDaemon(lab).start()
+    try:
+        uas = SippUas(lab).start()
+        uac = SippUac(lab, "phone1").start()
+        time.sleep(5)
+        table = daemon.cli("status").stdout
+        state = daemon.status()
+        assert uac.wait(60).ok and uas.wait(20).ok
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    (call,) = state["calls"]
+    assert call["established"] and 3 <= call["age_seconds"] <= 8, call
+    rtp = next(h for h in call["pinholes"] if h["label"] == "m0.rtp")
+    assert rtp["packets_to_lan"] > 50 and rtp["packets_from_lan"] > 50, rtp
+    assert f"call {call['call_id']}" in table and "established" in table
+    assert str(rtp["packets_to_lan"])[:1] in table and "TO PHONE" in table, table

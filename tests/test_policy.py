@@ -101,7 +101,7 @@ def test_strict_media_from_sdp_opens_inbound_only_for_the_far_end_address():
     )
     d = eng.handle(inbound("10.0.0.2"), answer, 1.0)
     assert d.remove == ()
-    assert {(h.kind, h.remote_ip) for h in d.install} == {("media", "198.51.100.2")}
+    assert {(h.kind, h.remote_ip) for h in d.install + d.recreate} == {("media", "198.51.100.2")}
     # The far end moves its media (a re-INVITE with a new address): the old address loses access.
     moved = answer.replace(b"198.51.100.2\r\nt=", b"198.51.100.7\r\nt=").replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
     d2 = eng.handle(inbound("10.0.0.2"), moved, 2.0)

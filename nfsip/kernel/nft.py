@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,11 @@ class MapElement:
 
 
 class Nft:
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, epoch_of: Callable[[float], float] | None = None) -> None:
+        """`epoch_of` turns the engine's clock into wall-clock seconds, for the start time kept in each
+        element's comment (identity when the caller's clock is the wall clock)."""
         self.table = table
+        self._epoch_of = epoch_of or (lambda t: t)
         self._nft = _nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
@@ -140,25 +143,29 @@ class Nft:
             entries.append((DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan))
         return entries
 
-    def _commands(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> list[dict]:
+    def _commands(
+        self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
+    ) -> list[dict]:
         cmds: list[dict] = []
-        for hole in remove:
+        recreate = list(recreate)
+        for hole in [*remove, *recreate]:
             # nft 1.0.6 has no "destroy": deleting an element the kernel already expired fails the whole
             # transaction with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
             for map_name, key, value in self._entries(hole):
                 cmds.append({"add": {"element": self._element(map_name, key, value, {"timeout": 1})}})
                 cmds.append({"delete": {"element": self._element(map_name, key, value, {})}})
-        for hole in install:
-            extra = {"timeout": max(1, hole.timeout), "comment": element_comment(hole)}
+        for hole in [*install, *recreate]:
+            extra = {"timeout": max(1, hole.timeout), "comment": element_comment(hole, self._epoch_of(hole.since))}
             # Re-adding an element with the same value refreshes its timeout (LAB.md); a changed mapping is
             # always preceded by its removal in the same transaction.
             for map_name, key, value in self._entries(hole):
                 cmds.append({"add": {"element": self._element(map_name, key, value, extra)}})
         return cmds
 
-    def apply(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> None:
-        """One transaction: remove, then install/refresh. Raises NftError and changes nothing on failure."""
-        cmds = self._commands(install, remove)
+    def apply(self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()) -> None:
+        """One transaction: remove, then install/refresh (and delete + add `recreate`). Raises NftError and
+        changes nothing on failure."""
+        cmds = self._commands(install, remove, recreate)
         if not cmds:
             return
         rc, _out, err = self._nft.json_cmd({"nftables": cmds})
@@ -224,7 +231,7 @@ class Nft:
         strict = {e.key: e.remote_ip for e in self.elements(DNAT_STRICT_MAP)}
         holes = []
         for elem in self.elements(SNAT_MAP):
-            label, state, call_id = parse_comment(elem.comment)
+            label, state, since, call_id = parse_comment(elem.comment)
             if not call_id:
                 continue
             public, lan = elem.value, elem.key
@@ -232,7 +239,17 @@ class Nft:
             kind = "media" if remote or public in latching else "media-out"
             timeout = max(1, int((elem.expires or 1) + 0.999))
             holes.append(
-                Pinhole(public, lan, call_id, label, timeout, kind=kind, remote_ip=remote, established=state == "e")
+                Pinhole(
+                    public,
+                    lan,
+                    call_id,
+                    label,
+                    timeout,
+                    kind=kind,
+                    remote_ip=remote,
+                    established=state == "e",
+                    since=since,
+                )
             )
         return holes
 
@@ -240,11 +257,20 @@ class Nft:
         holes = []
         for name in (SIP_DNAT_MAP, SIP_DNAT_ANY_MAP):
             for elem in self.elements(name):
-                _label, _state, call_id = parse_comment(elem.comment)
+                _label, _state, since, call_id = parse_comment(elem.comment)
                 if call_id:
                     timeout = max(1, int((elem.expires or 1) + 0.999))
                     holes.append(
-                        Pinhole(elem.key, elem.value, call_id, "sip", timeout, kind="sip", remote_ip=elem.remote_ip)
+                        Pinhole(
+                            elem.key,
+                            elem.value,
+                            call_id,
+                            "sip",
+                            timeout,
+                            kind="sip",
+                            remote_ip=elem.remote_ip,
+                            since=since,
+                        )
                     )
         return holes
 

@@ -19,45 +19,104 @@ Tolerance (RFC 8866 §5 requires CRLF but says parsers SHOULD accept LF): lines
 may end in LF alone, trailing whitespace is ignored, empty lines are skipped
 and unknown ``<type>=`` lines are ignored. Anything that is not a
 ``<letter>=<value>`` line, a first line other than ``v=``, or a malformed
-``o=``/``c=``/``m=``/``a=rtcp:``/``a=candidate:`` raises
-``SipParseError("bad-sdp-...")``: a NAT helper that cannot find an address must
-not silently forward a half-rewritten description.
+``o=``/``c=``/``m=``/``a=rtcp:`` raises ``SipParseError("bad-sdp-...")``: a NAT
+helper that cannot find an address must not silently forward a half-rewritten
+description.
+
+Laziness: ``a=candidate:`` lines are only located by :func:`parse_sdp`; they
+are parsed (and a malformed one or more than :data:`MAX_CANDIDATES` raise
+``SipParseError``) when :attr:`SdpMedia.candidates` is first read, by
+:meth:`Sdp.validate`, or at once with ``parse_sdp(..., strict=True)``. The
+NAT engine never reads them: it rewrites ``c=``/``o=``/``m=``/``a=rtcp``, and a
+pinhole only ever targets the host that sent the SDP, whatever the candidates
+say. Spans and ``formats`` are likewise built on access.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Final
 
 from nfsip.sip.errors import SipParseError
-from nfsip.sip.spans import Span, fast_ctor, new_span
+from nfsip.sip.spans import Record, Span, new_span
 
-__all__ = ["Sdp", "SdpAddress", "SdpCandidate", "SdpMedia", "SdpRtcp", "parse_sdp"]
+__all__ = ["MAX_CANDIDATES", "MAX_MEDIA", "Sdp", "SdpAddress", "SdpCandidate", "SdpMedia", "SdpRtcp", "parse_sdp"]
+
+_new = object.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class SdpAddress:
+class SdpAddress(Record):
     """``<nettype> <addrtype> <address>`` of ``c=``, ``o=`` or ``a=rtcp:``."""
+
+    __slots__ = ("_e", "_s", "address", "addrtype", "nettype")
+    _fields = ("nettype", "addrtype", "address", "address_span")
 
     nettype: str  # "IN"
     addrtype: str  # "IP4" / "IP6"
     address: str  # without the multicast "/ttl/count" suffix
-    address_span: Span
+
+    def __init__(self, nettype: str, addrtype: str, address: str, address_span: Span) -> None:
+        self.nettype, self.addrtype, self.address = nettype, addrtype, address
+        self._s, self._e = address_span.start, address_span.end
+
+    @property
+    def address_span(self) -> Span:
+        return new_span(self._s, self._e)
 
 
-@dataclass(frozen=True, slots=True)
-class SdpRtcp:
+class SdpRtcp(Record):
     """``a=rtcp:<port> [<nettype> <addrtype> <address>]`` (RFC 3605)."""
 
+    __slots__ = ("_e", "_s", "address", "port")
+    _fields = ("port", "port_span", "address")
+
     port: int
-    port_span: Span
     address: SdpAddress | None
 
+    def __init__(self, port: int, port_span: Span, address: SdpAddress | None) -> None:
+        self.port, self.address = port, address
+        self._s, self._e = port_span.start, port_span.end
 
-@dataclass(frozen=True, slots=True)
-class SdpCandidate:
+    @property
+    def port_span(self) -> Span:
+        return new_span(self._s, self._e)
+
+
+class SdpCandidate(Record):
     """``a=candidate:`` (RFC 8839 §5.1)."""
+
+    __slots__ = (
+        "address",
+        "address_span",
+        "component",
+        "foundation",
+        "port",
+        "port_span",
+        "priority",
+        "raddr",
+        "raddr_span",
+        "rport",
+        "rport_span",
+        "span",
+        "transport",
+        "typ",
+    )
+    _fields = (
+        "foundation",
+        "component",
+        "transport",
+        "priority",
+        "address",
+        "address_span",
+        "port",
+        "port_span",
+        "typ",
+        "raddr",
+        "raddr_span",
+        "rport",
+        "rport_span",
+        "span",
+    )
 
     foundation: str
     component: int
@@ -74,24 +133,85 @@ class SdpCandidate:
     rport_span: Span | None
     span: Span  # the attribute value after "a=candidate:"
 
+    def __init__(self, *values: object) -> None:
+        if len(values) != len(self._fields):
+            raise TypeError(f"SdpCandidate() takes {len(self._fields)} arguments")
+        for name, value in zip(self._fields, values, strict=True):
+            setattr(self, name, value)
 
-@dataclass(frozen=True, slots=True)
-class SdpMedia:
+
+class SdpMedia(Record):
     """One ``m=`` section (RFC 8866 §5.14) and the attributes NAT cares about."""
+
+    __slots__ = (
+        "_cand_lines",
+        "_cands",
+        "_e",
+        "_fmt",
+        "_pe",
+        "_ps",
+        "_s",
+        "connection",
+        "connections",
+        "direction",
+        "kind",
+        "port",
+        "port_count",
+        "proto",
+        "rtcp",
+        "rtcp_mux",
+    )
+    _fields = (
+        "kind",
+        "port",
+        "port_span",
+        "port_count",
+        "proto",
+        "formats",
+        "connection",
+        "rtcp",
+        "rtcp_mux",
+        "direction",
+        "candidates",
+        "span",
+        "connections",
+    )
 
     kind: str  # audio / video / image / application / text / message
     port: int
-    port_span: Span
     port_count: int  # "m=audio 49170/2 RTP/AVP 0" -> 2
     proto: str
-    formats: tuple[str, ...]
     connection: SdpAddress | None  # first media-level c=
+    connections: tuple[SdpAddress, ...]  # every media-level c= (RFC 8866 allows several)
     rtcp: SdpRtcp | None
     rtcp_mux: bool
     direction: str  # sendrecv / sendonly / recvonly / inactive (effective)
-    candidates: tuple[SdpCandidate, ...]
-    span: Span  # from "m=" to the start of the next m= line (or end of SDP)
-    connections: tuple[SdpAddress, ...] = ()  # every media-level c= (RFC 8866 allows several)
+    _cand_lines: list[tuple[str, int]] | None  # a=candidate lines not parsed yet
+    _cands: tuple[SdpCandidate, ...]
+
+    @property
+    def port_span(self) -> Span:
+        return new_span(self._ps, self._pe)
+
+    @property
+    def span(self) -> Span:
+        """From "m=" to the start of the next m= line (or end of SDP)."""
+        return new_span(self._s, self._e)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(filter(None, self._fmt.split(" ")))
+
+    @property
+    def candidates(self) -> tuple[SdpCandidate, ...]:
+        """ICE candidates, parsed on first access (``SipParseError`` if malformed)."""
+        lines = self._cand_lines
+        if lines is not None:
+            if len(lines) > MAX_CANDIDATES:
+                raise _bad("too-many-candidates", lines[MAX_CANDIDATES][0])
+            self._cands = tuple([_candidate(line, off) for line, off in lines])
+            self._cand_lines = None
+        return self._cands
 
     @property
     def disabled(self) -> bool:
@@ -99,60 +219,96 @@ class SdpMedia:
         return self.port == 0
 
 
-@dataclass(frozen=True, slots=True)
-class Sdp:
+class Sdp(Record):
     """A parsed session description; spans index the caller's buffer."""
 
+    __slots__ = ("_e", "_oe", "_os", "_s", "connection", "direction", "media", "origin")
+    _fields = ("origin", "origin_span", "connection", "media", "span", "direction")
+
     origin: SdpAddress | None
-    origin_span: Span | None  # the whole o= line value
     connection: SdpAddress | None  # session-level c=
     media: tuple[SdpMedia, ...]
-    span: Span  # the whole SDP body
-    direction: str | None = None  # session-level direction attribute, if any
+    direction: str | None  # session-level direction attribute, if any
+
+    @property
+    def origin_span(self) -> Span | None:
+        """The whole o= line value."""
+        return None if self._os < 0 else new_span(self._os, self._oe)
+
+    @property
+    def span(self) -> Span:
+        """The whole SDP body."""
+        return new_span(self._s, self._e)
 
     def media_connection(self, m: SdpMedia) -> SdpAddress | None:
         """Media-level ``c=``, else session-level ``c=`` (RFC 8866 §5.7)."""
         return m.connection if m.connection is not None else self.connection
 
+    def validate(self) -> Sdp:
+        """Parse what :func:`parse_sdp` left for later (candidates); raise ``SipParseError``."""
+        for m in self.media:
+            m.candidates  # noqa: B018 - parses and caches
+        return self
 
-MAX_MEDIA = 64  # m= sections per description (real offers carry a handful)
-MAX_CANDIDATES = 64  # a=candidate lines per m= section
+
+MAX_MEDIA: Final = 64  # m= sections per description (real offers carry a handful)
+MAX_CANDIDATES: Final = 64  # a=candidate lines per m= section
 
 _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
 # Whitespace: RFC 8866 says single SP; real stacks occasionally double it.
-_O_RE = re.compile(r"o=(\S+) +(\S+) +(\S+) +(\S+) +(\S+) +([^/\s]+)\S*$", re.ASCII)
-_C_RE = re.compile(r"c=(\S+) +(\S+) +([^/\s]+)\S*$", re.ASCII)
-_M_RE = re.compile(r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)((?: +\S+)*)$", re.ASCII)
 _RTCP_RE = re.compile(r"a=rtcp: *(\d+)(?: +(\S+) +(\S+) +([^/\s]+)\S*)?$", re.ASCII)
 _CAND_RE = re.compile(r"a=candidate: *(\S+) +(\d+) +(\S+) +(\d+) +(\S+) +(\d+) +typ +(\S+)(.*)$", re.ASCII)
-# Lines acted upon. "a=rtcp" also matches "a=rtcp-fb:" / "a=rtcp-rsize" (ignored below).
-_INTEREST_RE = re.compile(r"\n((?:[mco]=|a=(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive))[^\n]*)", re.ASCII)
+# Lines acted upon, in one C-level scan that also splits the common lines:
+# alternatives 1-4 are complete well-formed m= / c= / o= / direction and
+# rtcp-mux lines (``lastindex`` says which); anything else of interest (a=rtcp:,
+# a=candidate:, a=rtcp-fb, ... and malformed m=/c=/o=) falls to the last
+# alternative and is handled line by line. "a=rtcp" also matches "a=rtcp-fb:" /
+# "a=rtcp-rsize" (ignored).
+_M_LAST, _C_LAST, _O_LAST, _A_LAST, _OTHER = 5, 8, 12, 13, 14
+_LINE_RE = re.compile(
+    r"\n(?:"
+    r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)((?: +\S+)*)"  # 1-5
+    r"|c=(\S+) +(\S+) +([^/\s]+)\S*"  # 6-8
+    r"|o=\S+ +\S+ +\S+ +(\S+) +(\S+) +([^/\s]+)(\S*)"  # 9-12
+    r"|a=(sendrecv|sendonly|recvonly|inactive|rtcp-mux)"  # 13
+    r")[ \t\r]*(?=\n|\Z)"
+    r"|\n((?:[mco]=|a=(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive))[^\n]*)",  # 14
+    re.ASCII,
+)
 # A line that has content but is not "<letter>=..." (leading whitespace included).
 _GARBAGE_RE = re.compile(r"\n(?![A-Za-z]=)[ \t\r]*[^ \t\r\n]", re.ASCII)
 _RADDR_RE = re.compile(r" raddr +(\S+)", re.ASCII)
 _RPORT_RE = re.compile(r" rport +(\d+)", re.ASCII)
 
 
-_new_span = new_span
-_new_addr = fast_ctor(SdpAddress)
-_new_media = fast_ctor(SdpMedia)
-_new_rtcp = fast_ctor(SdpRtcp)
-_new_sdp = fast_ctor(Sdp)
-
-
 def _bad(reason: str, detail: str) -> SipParseError:
     return SipParseError(reason, detail[:80])
 
 
-def parse_sdp(raw: bytes, start: int, end: int) -> Sdp:
-    """Parse the SDP in ``raw[start:end]``; spans are offsets into ``raw``."""
+def _address(nettype: str, addrtype: str, address: str, s: int, e: int) -> SdpAddress:
+    a = _new(SdpAddress)
+    a.nettype = nettype
+    a.addrtype = addrtype
+    a.address = address
+    a._s = s
+    a._e = e
+    return a
+
+
+def parse_sdp(raw: bytes, start: int, end: int, *, strict: bool = False) -> Sdp:
+    """Parse the SDP in ``raw[start:end]``; spans are offsets into ``raw``.
+
+    ``strict=True`` also parses the ``a=candidate:`` lines at once (see the
+    module docstring); the result is equal either way.
+    """
     text = raw[start:end].decode("latin-1")  # 1 char == 1 byte: offsets stay exact
-    head = text.lstrip(" \t\r\n")
-    if not head:
-        raise _bad("bad-sdp", "empty")
-    if not head.startswith("v="):
-        raise _bad("bad-sdp", "first line is not v=")
+    if not text.startswith("v="):
+        head = text.lstrip(" \t\r\n")
+        if not head:
+            raise _bad("bad-sdp", "empty")
+        if not head.startswith("v="):
+            raise _bad("bad-sdp", "first line is not v=")
     # Only the lines acted upon are visited by Python code (one C-level scan);
     # garbage is detected by a second C-level search. Both patterns start with
     # a literal "\n" (fast scan in the regex engine), hence the prepended LF
@@ -164,82 +320,109 @@ def parse_sdp(raw: bytes, start: int, end: int) -> Sdp:
     base = start - 1
 
     origin: SdpAddress | None = None
-    origin_span: Span | None = None
+    os_ = oe = -1
     session_conn: SdpAddress | None = None
     session_dir: str | None = None
-    # per m= section: [match, line offset, conns, rtcp, mux, direction, candidates]
-    sections: list[list[Any]] = []
-    cur: list[Any] | None = None
-    for lm in _INTEREST_RE.finditer(nl_text):
-        off = base + lm.start(1)
-        line = lm.group(1).rstrip(" \t\r")
-        kind = line[0]
-        if kind == "a":
-            val = line[2:]
+    media: list[SdpMedia] = []
+    cur: SdpMedia | None = None
+    for lm in _LINE_RE.finditer(nl_text):
+        last = lm.lastindex
+        if last == _A_LAST:
+            val = lm.group(13)
             if cur is None:
-                if val in _DIRECTIONS:
+                if val != "rtcp-mux":
                     session_dir = val
-            elif val in _DIRECTIONS:
-                cur[5] = val
             elif val == "rtcp-mux":
-                cur[4] = True
-            elif val.startswith("rtcp:"):
-                cur[3] = _rtcp(line, off)
-            elif val.startswith("candidate:"):
-                if len(cur[6]) >= MAX_CANDIDATES:
-                    raise _bad("too-many-candidates", line)
-                cur[6].append(_candidate(line, off))
-            # other a=rtcp* (rtcp-fb, rtcp-rsize, ...) are ignored
-        elif kind == "c":
-            cm = _C_RE.match(line)
-            if cm is None:
-                raise _bad("bad-sdp-connection", line)
-            addr = _new_addr(cm[1], cm[2], cm[3], _new_span(off + cm.start(3), off + cm.end(3)))
+                cur.rtcp_mux = True
+            else:
+                cur.direction = val
+        elif last == _M_LAST:
+            if len(media) >= MAX_MEDIA:
+                raise _bad("too-many-media", lm.group().strip())  # resource limit, see message.MAX_PARAMS
+            ps, pe = lm.span(2)
+            cnt = lm.group(3)
+            cur = _new(SdpMedia)
+            cur.kind = lm.group(1)
+            cur.port = int(lm.group(2))  # checked against 65535 below, after every line (error precedence)
+            cur._ps = base + ps
+            cur._pe = base + pe
+            cur.port_count = int(cnt) if cnt else 1
+            cur.proto = lm.group(4)
+            cur._fmt = lm.group(5)
+            cur.connection = None
+            cur.connections = ()
+            cur.rtcp = None
+            cur.rtcp_mux = False
+            cur.direction = None  # type: ignore[assignment]  # defaulted below
+            cur._cand_lines = None
+            cur._cands = ()
+            cur._s = base + lm.start() + 1
+            media.append(cur)
+        elif last == _C_LAST:
+            s, e = lm.span(8)
+            addr = _address(lm.group(6), lm.group(7), lm.group(8), base + s, base + e)
             if cur is not None:
-                cur[2].append(addr)
+                if cur.connection is None:
+                    cur.connection = addr
+                cur.connections += (addr,)
             elif session_conn is None:
                 session_conn = addr
-        elif kind == "m":
-            mm = _M_RE.match(line)
-            if mm is None:
+        elif last == _O_LAST:
+            s, e = lm.span(11)
+            origin = _address(lm.group(9), lm.group(10), lm.group(11), base + s, base + e)
+            os_ = base + lm.start() + 3
+            oe = base + lm.end(12)
+        else:
+            off = base + lm.start(_OTHER)
+            line = lm.group(_OTHER).rstrip(" \t\r")
+            kind = line[0]
+            # A well-formed m=/c=/o= line matched one of the alternatives above.
+            if kind == "m":
                 raise _bad("bad-sdp-media", line)
-            if len(sections) >= MAX_MEDIA:
-                raise _bad("too-many-media", line)  # resource limit, see message.MAX_PARAMS
-            cur = [mm, off, [], None, False, None, []]
-            sections.append(cur)
-        else:  # "o"
-            om = _O_RE.match(line)
-            if om is None:
+            if kind == "c":
+                raise _bad("bad-sdp-connection", line)
+            if kind == "o":
                 raise _bad("bad-sdp-origin", line)
-            origin = _new_addr(om[4], om[5], om[6], _new_span(off + om.start(6), off + om.end(6)))
-            origin_span = _new_span(off + 2, off + len(line))
+            if cur is None:
+                continue  # session-level a=rtcp*/candidate: not used; directions matched above
+            val = line[2:]
+            if val.startswith("rtcp:"):
+                cur.rtcp = _rtcp(line, off)
+            elif val.startswith("candidate:"):
+                if cur._cand_lines is None:
+                    cur._cand_lines = []
+                if strict:
+                    if len(cur._cand_lines) >= MAX_CANDIDATES:
+                        raise _bad("too-many-candidates", line)
+                    _candidate(line, off)  # validate in line order
+                cur._cand_lines.append((line, off))
+            # other a=rtcp* (rtcp-fb, rtcp-rsize, ...) and a=<direction>x are ignored
 
-    media: list[SdpMedia] = []
     default_dir = session_dir or "sendrecv"
-    last = len(sections) - 1
-    for i, (mm, off, conns, rtcp, mux, direction, cands) in enumerate(sections):
-        port = int(mm[2])
-        if port > 65535:
-            raise _bad("bad-sdp-media", mm[0])
-        cnt = mm[3]
-        media.append(
-            _new_media(
-                mm[1],
-                port,
-                _new_span(off + mm.start(2), off + mm.end(2)),
-                int(cnt) if cnt else 1,
-                mm[4],
-                tuple(filter(None, mm[5].split(" "))),
-                conns[0] if conns else None,
-                rtcp,
-                mux,
-                direction or default_dir,
-                tuple(cands),
-                _new_span(off, end if i == last else sections[i + 1][1]),
-                tuple(conns),
-            )
-        )
-    return _new_sdp(origin, origin_span, session_conn, tuple(media), _new_span(start, end), session_dir)
+    prev = None
+    for m in media:
+        if m.port > 65535:
+            raise _bad("bad-sdp-media", f"port {m.port}")
+        if prev is not None:
+            prev._e = m._s
+        prev = m
+        if m.direction is None:
+            m.direction = default_dir
+    if prev is not None:
+        prev._e = end
+    if strict:
+        for m in media:
+            m.candidates  # noqa: B018 - parse now (already validated above)
+    sdp = _new(Sdp)
+    sdp.origin = origin
+    sdp._os = os_
+    sdp._oe = oe
+    sdp.connection = session_conn
+    sdp.media = tuple(media)
+    sdp._s = start
+    sdp._e = end
+    sdp.direction = session_dir
+    return sdp
 
 
 def _rtcp(line: str, off: int) -> SdpRtcp:
@@ -248,8 +431,13 @@ def _rtcp(line: str, off: int) -> SdpRtcp:
         raise _bad("bad-sdp-rtcp", line)
     raddr = None
     if rm[2] is not None:
-        raddr = _new_addr(rm[2], rm[3], rm[4], _new_span(off + rm.start(4), off + rm.end(4)))
-    return _new_rtcp(int(rm[1]), _new_span(off + rm.start(1), off + rm.end(1)), raddr)
+        raddr = _address(rm[2], rm[3], rm[4], off + rm.start(4), off + rm.end(4))
+    r = _new(SdpRtcp)
+    r.port = int(rm[1])
+    r._s = off + rm.start(1)
+    r._e = off + rm.end(1)
+    r.address = raddr
+    return r
 
 
 def _candidate(line: str, off: int) -> SdpCandidate:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-__all__ = ["Span", "fast_ctor", "new_span"]
+__all__ = ["Record", "Span", "fast_ctor", "new_span"]
 
 _T = TypeVar("_T")
 
@@ -54,3 +54,31 @@ def fast_ctor(cls: type[_T]) -> Callable[..., _T]:
 
 
 new_span: Callable[[int, int], Span] = fast_ctor(Span)
+
+
+class Record:
+    """Base of the parsed-value classes: value equality, hash and repr over ``_fields``.
+
+    The parsers build these objects by setting their slots directly (about half
+    the cost of calling a generated dataclass ``__init__``) and several fields
+    are properties computed on first access (spans, parameters), so they are
+    plain slotted classes rather than dataclasses. Treat them as immutable.
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _astuple(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, f) for f in self._fields])
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._astuple())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
