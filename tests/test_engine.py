@@ -285,7 +285,8 @@ def test_established_call_is_refreshed_by_in_dialog_requests_and_capped():
     eng = Engine(PUBLIC, PortAllocator(40000, 49999), Timeouts(setup=180, call=600, max_call=1000))
     eng.handle(outbound("10.0.0.2"), invite(), 0.0)
     ok = eng.handle(inbound("10.0.0.2"), response(200), 1.0)
-    assert {h.timeout for h in (ok.install + ok.recreate)} == {600}  # confirmed: the call lifetime, pushed to the kernel
+    # Confirmed: the call lifetime, pushed to the kernel.
+    assert {h.timeout for h in (ok.install + ok.recreate)} == {600}
     info = bye("c1").replace(b"BYE ", b"INFO ", 1).replace(b"2 BYE", b"3 INFO")
     early = eng.handle(inbound("10.0.0.2"), info, 100.0)
     assert early.install == ()  # kernel timeout barely used: no transaction for this refresh
@@ -355,7 +356,7 @@ def test_registration_keeps_the_phone_reachable_from_the_registrar_for_the_grant
     # The 200 lists this phone's binding (granted 600 s) and another phone's for the same AOR.
     contacts = f"Contact: <sip:alice@{PUBLIC}:1024>;expires=600, <sip:alice@{PUBLIC}:2048>;expires=3600\r\n"
     ok = eng.handle(inbound("10.0.0.2"), register_ok("a", 1, contacts), 0.2)
-    (hole,) = (ok.install + ok.recreate)
+    (hole,) = ok.install + ok.recreate
     assert (hole.kind, hole.public, hole.lan, hole.remote_ip) == (
         "sip",
         Endpoint(PUBLIC, 1024),
@@ -386,7 +387,9 @@ def test_state_rebuilt_from_kernel_pinholes_still_tears_down_on_bye():
     first = engine()
     first.handle(outbound("10.0.0.2"), invite(callid="x" * 150), 0.0)  # a Call-ID too long for a comment
     ok = first.handle(inbound("10.0.0.2"), response(200, callid="x" * 150), 1.0)
-    kernel = [replace(h, call_id=comment_call_id(h.call_id), timeout=h.timeout - 60) for h in (ok.install + ok.recreate)]
+    kernel = [
+        replace(h, call_id=comment_call_id(h.call_id), timeout=h.timeout - 60) for h in (ok.install + ok.recreate)
+    ]
     assert all(h.established for h in kernel)
     second = engine()
     second.adopt(kernel, 100.0)
