@@ -358,7 +358,8 @@ class Engine:
                 call.confirmed = True
                 self._refresh(call, now, change, _session_expires(msg), force=first)
                 if first:
-                    change.events.append(f"call {call.call_id} established")
+                    ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in call.pinholes()) or "-"
+                    change.events.append(f"call {call.call_id} established: phone {call.lan_ip}; ports {ports}")
             elif status >= 300 and not call.confirmed:
                 self._end(call, now, f"INVITE failed with {status}", change)
         elif msg.cseq_method == "BYE" and status >= 200:
