@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of nfsip's entry point (atheris / libFuzzer).
 
     .venv/bin/python fuzz/fuzz_engine.py -atheris_runs=1000000 fuzz/corpus tests/fuzz_corpus
