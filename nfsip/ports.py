@@ -48,11 +48,13 @@ class PortAllocator:
     def allocate(self, count: int, now: float, preferred: int | None = None) -> int:
         """Reserve `count` consecutive ports and return the first.
 
-        `preferred` (the phone's own port) is taken when its whole block is free and it lies in a legal
-        range; otherwise the next free even-aligned block of the configured range, round robin, so a
-        released block is not handed out again sooner than necessary.
+        `preferred` (the phone's own port) is taken when its whole block is free and lies inside the
+        configured range; otherwise the next free even-aligned block of the range, round robin, so a
+        released block is not handed out again sooner than necessary. Public ports never leave the range:
+        nfsip's DNAT runs before the admin's, so a pinhole on an arbitrary port could shadow one of the
+        admin's own port forwards or a service on the router (WireGuard, say) for the length of a call.
         """
-        if preferred is not None and preferred >= 1024 and preferred + count - 1 <= 65535:
+        if preferred is not None and self.low <= preferred and preferred + count - 1 <= self.high:
             if self._block_free(preferred, count, now):
                 self._in_use.update(range(preferred, preferred + count))
                 return preferred

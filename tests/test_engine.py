@@ -393,6 +393,13 @@ def test_state_rebuilt_from_kernel_pinholes_still_tears_down_on_bye():
     assert all(h.established for h in kernel)
     second = engine()
     second.adopt(kernel, 100.0)
-    assert second.calls.ports.in_use(6000)
+    assert all(second.calls.ports.in_use(h.public.port) for h in kernel)
     gone = second.handle(inbound("10.0.0.2"), bye("x" * 150), 101.0)
     assert {(h.public, h.lan) for h in gone.remove} == {(h.public, h.lan) for h in (ok.install + ok.recreate)}
+
+
+def test_public_ports_never_leave_the_configured_range():
+    """A phone's own port outside the range (51820 here: WireGuard's) is never opened on the public side."""
+    eng = engine()
+    d = eng.handle(outbound("10.0.0.2"), invite(port=51820), 0.0)
+    assert all(40000 <= h.public.port <= 49999 for h in d.install), d.install
