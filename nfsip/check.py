@@ -32,10 +32,10 @@ def _config_checks(config: Config) -> list[CheckResult]:
 
 def _kernel_checks(config: Config) -> list[CheckResult]:
     results: list[CheckResult] = []
-    if os.geteuid() != 0:
-        results.append(CheckResult("privileges", "fail", "not running as root", "run as root or grant CAP_NET_ADMIN"))
+    if not _has_cap_net_admin():
+        results.append(CheckResult("privileges", "fail", "no CAP_NET_ADMIN", "run as root or grant CAP_NET_ADMIN"))
         return results
-    results.append(CheckResult("privileges", "ok", "root"))
+    results.append(CheckResult("privileges", "ok", "CAP_NET_ADMIN"))
 
     try:
         from .kernel.nft import Nft, NftError
@@ -82,29 +82,72 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
             address = config.public_address or primary_ipv4(config.wan_interface)
             results.append(CheckResult("wan", "ok", f"{config.wan_interface}: public address {address}"))
         except InterfaceError as exc:
-            results.append(CheckResult("wan", "fail", str(exc), "pass --wan-interface with an existing interface"))
+            results.append(
+                CheckResult(
+                    "wan",
+                    "warn",
+                    str(exc),
+                    "nfsip waits for the address (PPPoE/DHCP) and passes SIP unchanged until then; check the "
+                    "interface name if it never comes",
+                )
+            )
     else:
         results.append(
             CheckResult("wan", "warn", "no WAN interface given", "pass --wan-interface IF (or wan_interface=)")
         )
 
-    modules = Path("/proc/modules").read_text() if Path("/proc/modules").exists() else ""
-    if any(line.startswith(("nf_conntrack_sip ", "nf_nat_sip ")) for line in modules.splitlines()):
-        results.append(
-            CheckResult(
-                "kernel-sip-alg",
-                "warn",
-                "the kernel SIP ALG (nf_conntrack_sip) is loaded: it must not handle the flows nfsip handles",
-                "remove `ct helper` assignments for SIP and `modprobe -r nf_nat_sip nf_conntrack_sip`",
-            )
-        )
-    else:
-        results.append(CheckResult("kernel-sip-alg", "ok", "kernel SIP ALG not loaded"))
+    results.append(_kernel_alg_check(nft))
 
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward")
     if ip_forward.exists() and ip_forward.read_text().strip() != "1":
         results.append(CheckResult("forwarding", "warn", "IPv4 forwarding is off", "sysctl -w net.ipv4.ip_forward=1"))
     return results
+
+
+def _kernel_alg_check(nft: object) -> CheckResult:
+    """Is the kernel SIP ALG handling traffic? Since Linux 4.7 a helper acts only where it is assigned:
+    by a `ct helper` object of type "sip" in an nft ruleset (or iptables' CT --helper), or everywhere when
+    the old automatic assignment (net.netfilter.nf_conntrack_helper = 1) is switched back on."""
+    import json
+
+    fix = "remove the `ct helper` assignment for SIP (or `modprobe -r nf_nat_sip nf_conntrack_sip`)"
+    auto = Path("/proc/sys/net/netfilter/nf_conntrack_helper")
+    present = Path("/sys/module/nf_conntrack_sip").exists()
+    if present and auto.exists() and auto.read_text().strip() == "1":
+        return CheckResult(
+            "kernel-sip-alg",
+            "warn",
+            "net.netfilter.nf_conntrack_helper = 1: the kernel SIP ALG handles every udp/5060 flow, nfsip's too",
+            "sysctl -w net.netfilter.nf_conntrack_helper=0",
+        )
+    rc, out, _err = nft._nft.cmd("list ruleset")  # type: ignore[attr-defined]
+    tables = set()
+    if rc == 0:
+        for item in json.loads(out or "{}").get("nftables", []):
+            helper = item.get("ct helper")
+            if helper and helper.get("type") == "sip":
+                tables.add(f"{helper.get('family')} {helper.get('table')}")
+    if tables:
+        return CheckResult(
+            "kernel-sip-alg",
+            "warn",
+            f"the kernel SIP ALG is assigned in table {', '.join(sorted(tables))}: never let it handle the "
+            "flows nfsip handles",
+            fix,
+        )
+    state = "available but assigned to no traffic" if present else "not loaded"
+    return CheckResult("kernel-sip-alg", "ok", f"kernel SIP ALG {state}")
+
+
+def _has_cap_net_admin() -> bool:
+    """CAP_NET_ADMIN (bit 12) in the effective set: root, or a service granted just that capability."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 12))
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
 
 
 def _compat_queue_check() -> CheckResult:

@@ -7,6 +7,7 @@ configuration; 3 a required kernel feature or privilege is missing (`nfsip check
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -38,7 +39,6 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .kernel.netinfo import InterfaceError
     from .kernel.nft import NftError
 
     config = _load(args)
@@ -54,17 +54,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:
         daemon = Daemon(config)
-    except InterfaceError as exc:
-        print(f"nfsip: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         daemon.run()
     except NftError as exc:
+        if "Operation not permitted" in str(exc):
+            print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
+            return EXIT_MISSING
         print(f"nfsip: nftables refused the change: {exc}\n  run `nfsip check` for what is missing", file=sys.stderr)
         return EXIT_FAILURE
-    except PermissionError as exc:
-        print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
-        return EXIT_MISSING
+    except OSError as exc:
+        # netfilterqueue reports a refused bind as a plain OSError ("Failed to bind family 2. Are you root?").
+        if exc.errno in (errno.EPERM, errno.EACCES) or "root" in str(exc):
+            print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
+            return EXIT_MISSING
+        raise
     return EXIT_OK
 
 

@@ -35,6 +35,18 @@ from .sdnotify import Notifier
 log = logging.getLogger("nfsip")
 
 CHECK_TABLE_SECONDS = 5.0
+# Methods with their own metrics label; any other token counts as "other" (a LAN host choosing method
+# names must not be able to create unbounded metric series). Responses are labelled by class ("2xx").
+_KINDS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH"}
+    | {"INFO", "REFER", "MESSAGE", "UPDATE"}
+)
+
+
+def _media_count(holes: Sequence[Pinhole]) -> int:
+    return sum(1 for h in holes if h.kind != "sip")
+
+
 NF_INET_PRE_ROUTING = 0
 NF_INET_POST_ROUTING = 4
 
@@ -51,7 +63,7 @@ class Daemon:
         # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
         # monotonic clock, which does not jump with NTP.
         self.nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (self.clock() - t))
-        self.public_ip = config.public_address or primary_ipv4(config.wan_interface)
+        self.public_ip = config.public_address or self._wan_address()
         self.engine = Engine(
             self.public_ip,
             PortAllocator(config.media_port_min, config.media_port_max),
@@ -137,12 +149,10 @@ class Daemon:
             return []
 
     def uninstall(self) -> None:
-        holes = [h for call in self.engine.calls.calls.values() for h in call.pinholes()]
-        holes += [r.pinhole(0, 0) for r in self.engine.registrations.by_lan.values()]
-        try:
-            self.nft.remove_table()
-        finally:
-            self.conntrack.purge_media(holes)
+        """Remove nfsip's table. Calls in progress keep their media: the NAT bindings live in conntrack,
+        which is left alone (the flows idle out), so `systemctl restart nfsip` does not cut calls; only
+        new flows need the daemon back. `nfsip flush` removes the media conntrack entries too."""
+        self.nft.remove_table()
 
     def stop(self, *_args: object) -> None:
         self._stop = True
@@ -189,6 +199,15 @@ class Daemon:
                     watcher.close()
                 notifier.close()
 
+    def _wan_address(self) -> str:
+        """The WAN interface's address, or "" while it has none: a PPPoE link or a DHCP lease may come up
+        after nfsip starts. Until then every datagram passes unchanged; the address event brings it in."""
+        try:
+            return primary_ipv4(self.config.wan_interface)
+        except InterfaceError as exc:
+            log.warning("%s; SIP passes unchanged until it has an IPv4 address", exc)
+            return ""
+
     def readdress(self) -> None:
         """The WAN address changed: rewrite with the new one from the next message on, and drop every
         pinhole of the old one (the far ends can no longer reach it)."""
@@ -198,6 +217,10 @@ class Daemon:
             new_ip = None
             log.warning("WAN address gone (%s); keeping %s until a new one appears", exc, self.public_ip)
         if new_ip == self.public_ip:
+            return
+        if not self.public_ip and new_ip:
+            log.info("WAN address is %s; rewriting from now on", new_ip)
+            self.public_ip = self.engine.public_ip = new_ip
             return
         stale = self.engine.drop_all(self.clock())
         if new_ip is not None:
@@ -210,6 +233,7 @@ class Daemon:
             self.public_ip = new_ip
             self.engine.public_ip = new_ip
         if stale:
+            self.metrics.pinholes_closed.inc(_media_count(stale))
             try:
                 self.nft.apply((), stale)
             except NftError:
@@ -235,7 +259,7 @@ class Daemon:
         self._log_ended(ended)
         if not expired:
             return
-        self.metrics.pinholes_expired.inc(len(expired))
+        self.metrics.pinholes_expired.inc(_media_count(expired))
         try:
             self.nft.apply((), expired)
         except NftError as exc:
@@ -273,7 +297,8 @@ class Daemon:
         if isinstance(flow, str):
             return flow, None, (), ()
         decision = self.engine.handle(flow, dgram.payload, self.clock())
-        self.metrics.sip_messages.labels(flow.direction.value, decision.kind or "invalid").inc()
+        kind = decision.kind if decision.kind in _KINDS or decision.kind.endswith("xx") else "other"
+        self.metrics.sip_messages.labels(flow.direction.value, kind if decision.kind else "unparsed").inc()
         if decision.outcome == "parse-error":
             self.metrics.parse_errors.labels(decision.detail).inc()
         for event in decision.events:
@@ -288,10 +313,15 @@ class Daemon:
             return "nft-error", None, decision.remove, ()
         new_raw = None
         if decision.payload is not None:
-            new_raw = encode_ipv4_udp(raw, decision.payload)
+            try:
+                new_raw = encode_ipv4_udp(raw, decision.payload)
+            except PacketError as exc:  # a rewrite that no longer fits in one IPv4 datagram
+                return exc.reason, None, decision.remove, ()
         return decision.outcome, new_raw, decision.remove, decision.opened
 
     def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
+        if not self.public_ip:
+            return "no-public-address"
         if hook == NF_INET_POST_ROUTING:
             if src != self.public_ip:
                 # Before source NAT (sip_new_to_wan), or a LAN host that is not NATed at all: nothing to
@@ -331,9 +361,9 @@ class Daemon:
             ok = not any(e.startswith("install") for e in errors)
         self.metrics.nft_seconds.observe(time.perf_counter() - started)
         if decision.remove:
-            self.metrics.pinholes_closed.inc(len(decision.remove))
+            self.metrics.pinholes_closed.inc(_media_count(decision.remove))
         if decision.opened:
-            self.metrics.pinholes_opened.inc(len(decision.opened))
+            self.metrics.pinholes_opened.inc(_media_count(decision.opened))
         self._update_gauges()
         return ok
 

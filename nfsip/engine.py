@@ -114,6 +114,9 @@ class Engine:
         self.timeouts = timeouts or Timeouts()
         self.policy = policy or Policy()
         self.registrations = RegistrationTable(self.timeouts.registration_grace, registration_from_registrar_only)
+        # (Call-ID, lan ip) -> far-end media address per m= line, from an offer that arrived before the call
+        # existed (strict mode only).
+        self._far_offers: OrderedDict[tuple[str, str], dict[int, str]] = OrderedDict()
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
 
@@ -203,6 +206,8 @@ class Engine:
         if call is None:
             call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
             call.strict = self.media_from_sdp
+            if call.strict:
+                call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
             # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
             # established already; one first seen in an INVITE waits for any response for Timer B.
             call.confirmed = msg.is_request and _in_dialog(msg)
@@ -283,8 +288,21 @@ class Engine:
 
     def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
         """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""
+        if not self.media_from_sdp:
+            return
         call = self.calls.get(msg.call_id, lan_ip)
-        if call is None or not call.strict:
+        if call is None:
+            # An inbound call's offer comes before the phone's answer creates the call: keep the far end's
+            # addresses until then (bounded, like the Via memory).
+            offer = {
+                i: c.address
+                for i, m in enumerate(sdp.media)
+                if m.port and (c := sdp.media_connection(m)) is not None and c.addrtype.upper() == "IP4"
+            }
+            self._far_offers.pop((msg.call_id, lan_ip), None)
+            self._far_offers[(msg.call_id, lan_ip)] = offer
+            while len(self._far_offers) > _TRANSACTION_LIMIT:
+                self._far_offers.popitem(last=False)
             return
         for index, media in enumerate(sdp.media):
             conn = sdp.media_connection(media)

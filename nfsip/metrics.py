@@ -24,18 +24,19 @@ class MediaCollector:
         packets = CounterMetricFamily(
             "nfsip_call_media_packets",
             "Media packets of a live call, per direction (sampled from nft counters)",
-            labels=["call_id", "direction"],
+            labels=["call_id", "lan_host", "direction"],
         )
         octets = CounterMetricFamily(
             "nfsip_call_media_bytes",
             "Media bytes of a live call, per direction (sampled from nft counters)",
-            labels=["call_id", "direction"],
+            labels=["call_id", "lan_host", "direction"],
         )
+        # (Call-ID, LAN host) identifies a call: the two legs of a hairpin call share a Call-ID.
         for call in calls:
-            packets.add_metric([call.call_id, "to_lan"], call.to_lan_packets)
-            packets.add_metric([call.call_id, "from_lan"], call.from_lan_packets)
-            octets.add_metric([call.call_id, "to_lan"], call.to_lan_bytes)
-            octets.add_metric([call.call_id, "from_lan"], call.from_lan_bytes)
+            packets.add_metric([call.call_id, call.lan_ip, "to_lan"], call.to_lan_packets)
+            packets.add_metric([call.call_id, call.lan_ip, "from_lan"], call.from_lan_packets)
+            octets.add_metric([call.call_id, call.lan_ip, "to_lan"], call.to_lan_bytes)
+            octets.add_metric([call.call_id, call.lan_ip, "from_lan"], call.from_lan_bytes)
         one_way = GaugeMetricFamily(
             "nfsip_one_way_calls", "Established calls with media in one direction only (for one_way_seconds)"
         )

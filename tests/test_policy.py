@@ -107,3 +107,18 @@ def test_strict_media_from_sdp_opens_inbound_only_for_the_far_end_address():
     d2 = eng.handle(inbound("10.0.0.2"), moved, 2.0)
     assert {h.remote_ip for h in d2.remove} == {"198.51.100.2"}
     assert {h.remote_ip for h in d2.install} == {"198.51.100.7"}
+
+
+def test_strict_mode_learns_the_far_end_from_an_inbound_offer():
+    """Inbound call: the far end's SDP (in the INVITE) comes before the phone's answer creates the call."""
+    eng = Engine(PUBLIC, PortAllocator(40000, 49999), media_from_sdp=True)
+    offer = invite(ip="198.51.100.2", callid="in1").replace(
+        b"Via: SIP/2.0/UDP 198.51.100.2", b"Via: SIP/2.0/UDP 198.51.100.2"
+    )
+    eng.handle(inbound("10.0.0.2"), offer, 0.0)
+    sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n"
+    answer = response(200, callid="in1", extra="Content-Type: application/sdp\r\n").replace(
+        b"Content-Length: 0\r\n\r\n", f"Content-Length: {len(sdp)}\r\n\r\n{sdp}".encode()
+    )
+    d = eng.handle(outbound("10.0.0.2"), answer, 1.0)
+    assert {(h.kind, h.remote_ip) for h in d.install + d.recreate} == {("media", "198.51.100.2")}

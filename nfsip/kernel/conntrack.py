@@ -91,7 +91,8 @@ class Conntrack:
         A flow the phone started has original source = LAN ip:port; one the far end started has original
         destination = public ip:port. With keep_public, entries already NATed to the pinhole's public port
         are kept (used right after installing: only flows that raced ahead of the map entry and were
-        masqueraded elsewhere are dropped).
+        masqueraded elsewhere, and far-end flows that arrived before the pinhole and are not DNATed to the
+        phone, are dropped).
         """
         holes = [h for h in pinholes if h.kind != "sip"]  # a registration's SIP flow stays up
         if not holes:
@@ -112,12 +113,17 @@ class Conntrack:
                 if keep_public and reply[1] == hole.public:
                     continue
                 doomed.append(msg)
-        if not keep_public:
-            for ip, by_port in public_ports.items():
-                for msg in self._dump(daddr=ip):
-                    orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
-                    if orig is not None and orig[1].port in by_port:
-                        doomed.append(msg)
+        for ip, by_port in public_ports.items():
+            for msg in self._dump(daddr=ip):
+                orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
+                reply = _tuple_endpoints(msg, "CTA_TUPLE_REPLY")
+                if orig is None or reply is None or orig[1].port not in by_port:
+                    continue
+                # Right after installing: a far end that sent before the map entry existed left an entry
+                # that is not DNATed to the phone, and every further packet would keep it alive.
+                if keep_public and reply[0] == by_port[orig[1].port].lan:
+                    continue
+                doomed.append(msg)
         deleted = 0
         for msg in doomed:
             orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")

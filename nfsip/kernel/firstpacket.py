@@ -3,7 +3,8 @@
 At postrouting srcnat+10 the conntrack entry of a flow's first packet is still unconfirmed (confirmation
 is the last thing postrouting does), so ctnetlink answers ENOENT for it: an INVITE or REGISTER opening a
 flow would go out unrewritten. The ruleset therefore queues that first datagram once more, earlier, at
-postrouting priority mangle (`ct state new`, before source NAT) where its source is still the LAN host.
+postrouting priority mangle (`ct status ! confirmed`, before source NAT) where its source is still the
+LAN host.
 The daemon notes payload -> sender there and looks the same bytes up when the packet comes back after
 NAT. Source NAT never changes the UDP payload, so the bytes identify the packet; SIP payloads of two
 different hosts are never byte-identical (Via branch, Call-ID, tags).

@@ -148,10 +148,12 @@ class Nft:
     ) -> list[dict]:
         cmds: list[dict] = []
         recreate = list(recreate)
-        for hole in [*remove, *recreate]:
+        for hole, recreating in [*((h, False) for h in remove), *((h, True) for h in recreate)]:
             # nft 1.0.6 has no "destroy": deleting an element the kernel already expired fails the whole
             # transaction with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
             for map_name, key, value in self._entries(hole):
+                if recreating and map_name in (COUNT_TO_LAN, COUNT_FROM_LAN):
+                    continue  # a packet counter keeps its element (and its count) across a state change
                 cmds.append({"add": {"element": self._element(map_name, key, value, {"timeout": 1})}})
                 cmds.append({"delete": {"element": self._element(map_name, key, value, {})}})
         for hole in [*install, *recreate]:

@@ -126,7 +126,8 @@ table ip {opts.table} {{
 \t}}
 
 \t# Media packet counters per pinhole (the far end -> phone and phone -> far end directions), read by
-\t# the daemon for per-call metrics and one-way-audio detection. Lookups only: no verdict here.
+\t# the daemon for per-call metrics and one-way-audio detection. Lookups only: no verdict here. After the
+\t# admin's forward filter (priority filter), so what it drops is not counted as delivered.
 \tset {COUNT_TO_LAN} {{
 \t\ttype ipv4_addr . inet_service
 \t\tflags timeout
@@ -140,7 +141,7 @@ table ip {opts.table} {{
 \t}}
 
 \tchain media_count {{
-\t\ttype filter hook forward priority filter - 10; policy accept;
+\t\ttype filter hook forward priority filter + 10; policy accept;
 \t\tmeta l4proto udp ip daddr . udp dport @{COUNT_TO_LAN}
 \t\tmeta l4proto udp ip saddr . udp sport @{COUNT_FROM_LAN}
 \t}}
