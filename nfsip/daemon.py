@@ -35,6 +35,9 @@ from .sdnotify import Notifier
 log = logging.getLogger("nfsip")
 
 CHECK_TABLE_SECONDS = 5.0
+# Conntrack purges are batched: a dump walks the whole conntrack hash (milliseconds on a big table).
+SWEEP_SECONDS = 0.5
+TICK_SECONDS = 0.1
 # Methods with their own metrics label; any other token counts as "other" (a LAN host choosing method
 # names must not be able to create unbounded metric series). Responses are labelled by class ("2xx").
 _KINDS = frozenset(
@@ -59,6 +62,8 @@ class Daemon:
         self._media_snapshot: list[CallMedia] = []
         self._last_sample = 0.0
         self._last_check = 0.0
+        self._last_sweep = 0.0
+        self._last_tick = 0.0
         self.metrics = Metrics(lambda: self._media_snapshot)
         # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
         # monotonic clock, which does not jump with NTP.
@@ -178,7 +183,8 @@ class Daemon:
             # The loop wakes at least this often for timers and the watchdog.
             wake = min(1.0, notifier.watchdog_interval) if notifier.watchdog_interval else 1.0
             while not self._stop:
-                for key, _ in selector.select(timeout=wake):
+                timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
+                for key, _ in selector.select(timeout=timeout):
                     if key.data == "queue":
                         queue.drain()
                     elif watcher is not None and watcher.changed():
@@ -246,6 +252,12 @@ class Daemon:
         deadline passed, with their map entries (gone from the kernel already unless the engine's deadline
         came first, as for Timer B) and their media flows' conntrack entries."""
         now = self.clock()
+        if now - self._last_tick < TICK_SECONDS:
+            return  # between packet batches of a busy queue: housekeeping need not run every time
+        self._last_tick = now
+        if self.conntrack.pending and now - self._last_sweep >= SWEEP_SECONDS:
+            self._last_sweep = now
+            self.sweep_conntrack()
         if now - self._last_check >= CHECK_TABLE_SECONDS:
             self._last_check = now
             try:
@@ -368,13 +380,14 @@ class Daemon:
         return ok
 
     def _after_verdict(self, remove: tuple[Pinhole, ...], fresh: tuple[Pinhole, ...]) -> None:
+        """Queue the conntrack purge: removed pinholes lose their flows; new ones lose the flows that went
+        around them (media the phone sent before its map entry existed was masqueraded to another port,
+        and that binding would stick). The sweep runs from tick(), batched, off the per-packet path."""
+        self.conntrack.schedule(removed=remove, fresh=fresh)
+
+    def sweep_conntrack(self) -> None:
         try:
-            if remove:
-                self.metrics.conntrack_purged.inc(self.conntrack.purge_media(remove))
-            if fresh:
-                # Media the phone sent before its map entry existed was masqueraded to some other port and
-                # that binding would stick to the flow: drop such entries so the next packet uses the map.
-                self.metrics.conntrack_purged.inc(self.conntrack.purge_media(fresh, keep_public=True))
+            self.metrics.conntrack_purged.inc(self.conntrack.sweep())
         except Exception:
             log.exception("conntrack purge failed")
 

@@ -30,7 +30,7 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .calls import Call, CallTable, stream_pinholes
+from .calls import Call, CallTable, StreamBinding, stream_pinholes
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
@@ -142,14 +142,18 @@ class Engine:
         edits: list[Edit] = []
         lan_ip = flow.lan.ip
         public_sip = Endpoint(self.public_ip, flow.public.port)
-        if msg.is_request and msg.vias:
-            via = msg.vias[0]
+        if msg.is_request:
+            # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.sip.message).
+            via = msg.top_via
             if via.sent_by.host == lan_ip:
                 edits.append(Edit(via.sent_by.span, _hostport_bytes(public_sip)))
                 if via.branch:
                     self._remember_via(via.branch, lan_ip, via.sent_by.span.slice(msg.raw), now)
                     if msg.method == "REGISTER":
-                        aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
+                        try:
+                            aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
+                        except SipParseError:
+                            aor = "?"
                         pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
                         self.registrations.request(via.branch, pending)
         change = _Change()
@@ -169,12 +173,16 @@ class Engine:
         edits: list[Edit] = []
         wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
         disabled: list[int] = []
+        held: list[tuple[int, SdpMedia]] = []
         for index, media in enumerate(sdp.media):
             conn = sdp.media_connection(media)
             if media.port == 0:
                 disabled.append(index)  # RFC 3264 §8.2: a stream removed from the session
                 continue
             if conn is None or not _is_udp_media(media):
+                continue
+            if conn.address == "0.0.0.0":
+                held.append((index, media))  # RFC 3264 §8.4 (old-style hold): the stream keeps its ports
                 continue
             if conn.address != lan_ip:
                 if _is_private(conn.address):
@@ -190,6 +198,10 @@ class Engine:
         if call is not None:
             for index in disabled:
                 change.remove.extend(self.calls.drop_stream(call, index, now))
+            for index, media in held:
+                binding = call.streams.get(index)
+                if binding is not None and binding.lan_ports == _stream_ports(index, media)[0]:
+                    edits.extend(self._port_edits(media, binding))
         if not wanted:
             return edits
         new_pinholes = sum(
@@ -228,10 +240,7 @@ class Engine:
             return []
         change.install_call = call
         for media, binding in bindings:
-            edits.append(Edit(media.port_span, str(binding.public_ports[0]).encode()))
-            if media.rtcp is not None and not media.rtcp_mux:
-                rtcp_public = binding.public_ports[binding.lan_ports.index(media.rtcp.port)]
-                edits.append(Edit(media.rtcp.port_span, str(rtcp_public).encode()))
+            edits.extend(self._port_edits(media, binding))
             if media.rtcp is not None and media.rtcp.address is not None:
                 if media.rtcp.address.address == lan_ip:
                     edits.append(Edit(media.rtcp.address.address_span, self.public_ip.encode()))
@@ -263,8 +272,8 @@ class Engine:
         edits: list[Edit] = []
         lan_sip = flow.lan
         change = _Change()
-        if not msg.is_request and msg.vias:
-            via = msg.vias[0]
+        if not msg.is_request:
+            via = msg.top_via
             if msg.cseq_method == "REGISTER":
                 self._registered(msg, via.branch, now, change)
             if via.sent_by.host == self.public_ip:
@@ -285,6 +294,15 @@ class Engine:
             self._far_end_sdp(msg, msg.sdp, lan_sip.ip, change)
         self._transitions(msg, lan_sip.ip, flow.direction, now, change)
         return self._finish(msg, edits, change, now)
+
+    @staticmethod
+    def _port_edits(media: SdpMedia, binding: StreamBinding) -> list[Edit]:
+        """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
+        edits = [Edit(media.port_span, str(binding.public_ports[0]).encode())]
+        if media.rtcp is not None and not media.rtcp_mux and media.rtcp.port in binding.lan_ports:
+            rtcp_public = binding.public_ports[binding.lan_ports.index(media.rtcp.port)]
+            edits.append(Edit(media.rtcp.port_span, str(rtcp_public).encode()))
+        return edits
 
     def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
         """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""

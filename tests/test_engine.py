@@ -403,3 +403,15 @@ def test_public_ports_never_leave_the_configured_range():
     eng = engine()
     d = eng.handle(outbound("10.0.0.2"), invite(port=51820), 0.0)
     assert all(40000 <= h.public.port <= 49999 for h in d.install), d.install
+
+
+def test_hold_with_zero_address_keeps_the_public_port():
+    """RFC 3264 §8.4 old-style hold (c=0.0.0.0): the m= port still names the stream's public port."""
+    eng = engine()
+    first = eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    public = min(h.public.port for h in first.install)
+    eng.handle(inbound("10.0.0.2"), response(200), 1.0)
+    hold = invite(conn="0.0.0.0", branch="h").replace(b"To: <sip:bob@example.org>", b"To: <sip:bob@example.org>;tag=2")
+    d = eng.handle(outbound("10.0.0.2"), hold.replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE"), 2.0)
+    assert b"m=audio %d RTP/AVP" % public in d.payload and b"c=IN IP4 0.0.0.0" in d.payload
+    assert d.remove == ()

@@ -24,6 +24,8 @@ import pytest
 
 from nfsip.sip import Edit, SipMessage, SipParseError, apply_edits, parse_message
 
+from .test_sip_lazy import message_fields, parse_both
+
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 VENDORS = CORPUS / "vendors"
 PCAPS = CORPUS / "pcap"
@@ -157,7 +159,7 @@ def test_vendor_index_complete() -> None:
 def test_vendor_message(name: str) -> None:
     _need(VENDORS / name)
     data = (VENDORS / name).read_bytes()
-    msg = parse_message(data)
+    msg = parse_both(data)
     kind = name.split("__")[1]
     if kind[0].isdigit():
         assert msg.status == int(kind[:3])
@@ -356,6 +358,16 @@ EXPECTED_UDP_ERRORS: dict[str, Counter[str]] = {
 }
 
 
+def check_lazy_rejects(data: bytes, stream: bool = False) -> None:
+    """What strict mode rejects, a lazy parse rejects too, at once or from validate()."""
+    try:
+        msg = parse_message(data, stream=stream)
+    except SipParseError:
+        return
+    with pytest.raises(SipParseError):
+        msg.validate()
+
+
 def _pcap_files() -> list[str]:
     if not PCAPS.exists():
         return []
@@ -385,10 +397,12 @@ def test_pcap_messages(name: str) -> None:
             skipped["udp-not-sip"] += 1
             continue
         try:
-            msg = parse_message(payload)
+            msg = parse_message(payload, strict=True)  # the eager verdict
         except SipParseError as e:
             errors[e.reason] += 1
+            check_lazy_rejects(payload)
             continue
+        assert message_fields(parse_message(payload)) == message_fields(msg)
         assert msg.raw + msg.trailing == payload
         parsed.append(msg)
     for segs in st.tcp_streams.values():
@@ -398,11 +412,13 @@ def test_pcap_messages(name: str) -> None:
                 skipped["tcp-not-sip"] += 1
                 break
             try:
-                msg = parse_message(buf, stream=True)
+                msg = parse_message(buf, stream=True, strict=True)
             except SipParseError as e:
                 assert e.incomplete, (name, e.reason)  # a TCP capture may end mid-message
+                check_lazy_rejects(buf, stream=True)
                 skipped["tcp-incomplete"] += 1
                 break
+            assert message_fields(parse_message(buf, stream=True)) == message_fields(msg)
             parsed.append(msg)
             buf = msg.trailing
     assert errors == EXPECTED_UDP_ERRORS.get(name, Counter()), (name, errors)

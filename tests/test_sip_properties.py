@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nfsip.sip import Edit, SipParseError, apply_edits, parse_message
+
+from .test_sip_lazy import message_fields, parse_both
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -185,7 +188,7 @@ def serialize(m: MsgM) -> bytes:
 @given(msgs_st)
 def test_roundtrip_generated(m: MsgM) -> None:
     data = serialize(m)
-    msg = parse_message(data)
+    msg = parse_both(data)
     assert msg.is_request == m.request
     if m.request:
         assert msg.method == m.method
@@ -353,14 +356,22 @@ def test_mutated_messages_only_sip_parse_error(seed: bytes, mutations: list[tupl
         try:
             msg = parse_message(raw, stream=stream)
         except SipParseError:
+            with pytest.raises(SipParseError):  # lazy rejects => strict rejects
+                parse_message(raw, stream=stream, strict=True)
             continue
         # whatever parsed must be internally consistent
         assert msg.raw + msg.trailing == raw
         assert apply_edits(msg, []) == msg.raw
-        for v in msg.vias:
-            hs = v.sent_by.host_span
-            assert 0 <= hs.start <= hs.end <= len(msg.raw)
+        hs = msg.top_via.sent_by.host_span
+        assert 0 <= hs.start <= hs.end <= len(msg.raw)
         _ = msg.headers  # lazily built parts must not raise anything either
         for h in msg.headers:
             assert msg.raw[h.line_span.start : h.line_span.end].endswith(b"\n")
-        assert msg.from_.uri is not None and msg.to.uri is not None  # eager: never raises
+        try:
+            strict = parse_message(raw, stream=stream, strict=True)
+        except SipParseError:
+            # the error is in a deferred part: reading it raises SipParseError, nothing else
+            with pytest.raises(SipParseError):
+                msg.validate()
+            continue
+        assert message_fields(msg) == message_fields(strict)

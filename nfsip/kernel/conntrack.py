@@ -1,54 +1,39 @@
-"""Conntrack through pyroute2's ctnetlink socket: who sent a translated datagram, and media flow purge.
+"""Conntrack for nfsip: who sent a translated SIP datagram, and the purge of media flows.
 
 Why a lookup at all: at postrouting srcnat+10 the queue sees an outbound SIP datagram after masquerade
 (public source), and this kernel gives the queue no conntrack attributes (no
 CONFIG_NETFILTER_NETLINK_GLUE_CT). The LAN host that really sent it - the only host a pinhole may ever
-target - is the original tuple of the conntrack entry whose reply tuple this datagram matches.
+target - is on the other side of the conntrack entry the datagram belongs to.
 
-Measured here (pyroute2 0.9.7): about 0.7 ms per exact GET, about 10 ms per filtered dump. So lookups are
-cached for a few seconds per reply tuple (a live SIP flow's original tuple cannot change while its
-entry lives, and an entry is only replaced after it expired or was deleted), and purges run after the
-verdict, never before a packet is released.
+Costs (measured here, see nfsip.kernel.ctnetlink for why not pyroute2): a GET is about 30 µs; a dump walks
+the whole conntrack hash in the kernel, about 9 ms with this VM's 262144 buckets whatever the filter (a
+router with a few thousand buckets walks it in well under a millisecond). So lookups are exact GETs,
+cached for a few seconds per tuple, and purges are batched: `schedule()` after the verdict, `sweep()` from
+the daemon's housekeeping at most once a second, one dump per address involved.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable
 
 from ..model import Endpoint, Pinhole
+from .ctnetlink import CtNetlink, Entry
 
 log = logging.getLogger(__name__)
 
-IPPROTO_UDP = socket.IPPROTO_UDP
 _CACHE_SECONDS = 5.0
 _CACHE_LIMIT = 4096
 
 
-def _tuple_endpoints(msg, attr: str) -> tuple[Endpoint, Endpoint] | None:
-    tup = msg.get_attr(attr)
-    if tup is None:
-        return None
-    ip = tup.get_attr("CTA_TUPLE_IP")
-    proto = tup.get_attr("CTA_TUPLE_PROTO")
-    if ip is None or proto is None:
-        return None
-    src = Endpoint(ip.get_attr("CTA_IP_V4_SRC"), proto.get_attr("CTA_PROTO_SRC_PORT") or 0)
-    dst = Endpoint(ip.get_attr("CTA_IP_V4_DST"), proto.get_attr("CTA_PROTO_DST_PORT") or 0)
-    return src, dst
-
-
 class Conntrack:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        from pyroute2 import Conntrack as _Conntrack
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-        self._tuple = NFCTAttrTuple
-        self._ct = _Conntrack()
+        self._ct = CtNetlink()
         self._clock = clock
         self._cache: dict[tuple[str, int, str, int], tuple[Endpoint, float]] = {}
+        self._gone: list[Pinhole] = []  # removed pinholes: every flow of theirs goes
+        self._fresh: list[Pinhole] = []  # new pinholes: only flows that bypassed them go
 
     def close(self) -> None:
         self._ct.close()
@@ -56,93 +41,96 @@ class Conntrack:
     def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint | None:
         """The LAN ip:port behind an outbound datagram seen after NAT as public -> remote.
 
-        A flow the LAN host started has reply tuple remote -> public and its original source is the host;
-        a flow the remote started (an INVITE to a registration, DNATed by sip_dnat) has original tuple
-        remote -> public and the host is its reply source."""
+        The kernel finds the entry by either direction. A flow the LAN host started has reply tuple
+        remote -> public, and the host is its original source; a flow the remote started (an INVITE to a
+        registration, DNATed by sip_dnat) has original tuple remote -> public, and the host is the source
+        of its reply tuple."""
         key = (remote.ip, remote.port, public.ip, public.port)
         now = self._clock()
         hit = self._cache.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        tup = self._tuple(saddr=remote.ip, daddr=public.ip, proto=IPPROTO_UDP, sport=remote.port, dport=public.port)
-        found = self._get("tuple_reply", tup, "CTA_TUPLE_ORIG", 0) or self._get("tuple_orig", tup, "CTA_TUPLE_REPLY", 0)
-        if found is not None:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = (found, now + _CACHE_SECONDS)
+        try:
+            entry = self._ct.get(remote.ip, remote.port, public.ip, public.port)
+        except OSError as exc:
+            log.debug("conntrack get %s -> %s: %s", remote, public, exc)
+            return None
+        if entry is None:
+            return None
+        o = entry.orig
+        if (o.src, o.sport, o.dst, o.dport) == (remote.ip, remote.port, public.ip, public.port):
+            found = Endpoint(entry.reply.src, entry.reply.sport)
+        else:
+            found = Endpoint(o.src, o.sport)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (found, now + _CACHE_SECONDS)
         return found
 
-    def _get(self, by: str, tup: object, answer_attr: str, side: int) -> Endpoint | None:
-        try:
-            answer = self._ct.entry("get", **{by: tup})
-        except Exception as exc:  # NetlinkError ENOENT when there is no such entry
-            log.debug("conntrack get by %s: %s", by, exc)
-            return None
-        # pyroute2's Conntrack.entry() answers one message; NFCTSocket.entry() a list of them.
-        for msg in answer if isinstance(answer, list) else [answer]:
-            pair = _tuple_endpoints(msg, answer_attr)
-            if pair is not None:
-                return pair[side]
-        return None
+    def schedule(self, removed: Iterable[Pinhole] = (), fresh: Iterable[Pinhole] = ()) -> None:
+        """Queue pinholes for the next sweep (a registration's SIP flow is never purged)."""
+        self._gone.extend(h for h in removed if h.kind != "sip")
+        self._fresh.extend(h for h in fresh if h.kind != "sip")
 
-    def purge_media(self, pinholes: Iterable[Pinhole], keep_public: bool = False) -> int:
-        """Delete the UDP conntrack entries of these pinholes' flows, whichever side started them.
+    @property
+    def pending(self) -> bool:
+        return bool(self._gone or self._fresh)
 
-        A flow the phone started has original source = LAN ip:port; one the far end started has original
-        destination = public ip:port. With keep_public, entries already NATed to the pinhole's public port
-        are kept (used right after installing: only flows that raced ahead of the map entry and were
-        masqueraded elsewhere, and far-end flows that arrived before the pinhole and are not DNATed to the
-        phone, are dropped).
-        """
-        holes = [h for h in pinholes if h.kind != "sip"]  # a registration's SIP flow stays up
-        if not holes:
+    def sweep(self) -> int:
+        """Delete the conntrack entries of scheduled pinholes; returns how many were deleted.
+
+        Removed pinholes: every UDP flow on their LAN port (the phone started it: original source = LAN
+        ip:port) or on their public port (the far end started it: original destination = public ip:port).
+        Fresh pinholes: only flows that went around them - the phone's media masqueraded to another port
+        because it raced ahead of the map entry, or a far end that sent before the entry existed and left
+        an entry that is not DNATed to the phone - since such an entry would keep its NAT binding."""
+        gone, fresh = self._gone, self._fresh
+        self._gone, self._fresh = [], []
+        if not gone and not fresh:
             return 0
-        lan_ports: dict[str, dict[int, Pinhole]] = {}
-        public_ports: dict[str, dict[int, Pinhole]] = {}
-        for hole in holes:
-            lan_ports.setdefault(hole.lan.ip, {})[hole.lan.port] = hole
-            public_ports.setdefault(hole.public.ip, {})[hole.public.port] = hole
-        doomed = []
-        for ip, by_port in lan_ports.items():
-            for msg in self._dump(saddr=ip):
-                orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
-                reply = _tuple_endpoints(msg, "CTA_TUPLE_REPLY")
-                if orig is None or reply is None or orig[0].port not in by_port:
+        by_lan: dict[Endpoint, tuple[Pinhole, bool]] = {}
+        by_public: dict[Endpoint, tuple[Pinhole, bool]] = {}
+        for hole in fresh:
+            by_lan[hole.lan] = (hole, True)
+            by_public[hole.public] = (hole, True)
+        for hole in gone:  # a removal wins over an earlier install of the same ports
+            by_lan[hole.lan] = (hole, False)
+            by_public[hole.public] = (hole, False)
+        doomed: list[Entry] = []
+        for ip in {ep.ip for ep in by_lan}:
+            for entry in self._dump(src=ip):
+                match = by_lan.get(Endpoint(entry.orig.src, entry.orig.sport))
+                if match is None:
                     continue
-                hole = by_port[orig[0].port]
-                if keep_public and reply[1] == hole.public:
+                hole, keep_ours = match
+                if keep_ours and Endpoint(entry.reply.dst, entry.reply.dport) == hole.public:
                     continue
-                doomed.append(msg)
-        for ip, by_port in public_ports.items():
-            for msg in self._dump(daddr=ip):
-                orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
-                reply = _tuple_endpoints(msg, "CTA_TUPLE_REPLY")
-                if orig is None or reply is None or orig[1].port not in by_port:
+                doomed.append(entry)
+        for ip in {ep.ip for ep in by_public}:
+            for entry in self._dump(dst=ip):
+                match = by_public.get(Endpoint(entry.orig.dst, entry.orig.dport))
+                if match is None:
                     continue
-                # Right after installing: a far end that sent before the map entry existed left an entry
-                # that is not DNATed to the phone, and every further packet would keep it alive.
-                if keep_public and reply[0] == by_port[orig[1].port].lan:
+                hole, keep_ours = match
+                if keep_ours and Endpoint(entry.reply.src, entry.reply.sport) == hole.lan:
                     continue
-                doomed.append(msg)
+                doomed.append(entry)
         deleted = 0
-        for msg in doomed:
-            orig = _tuple_endpoints(msg, "CTA_TUPLE_ORIG")
-            if orig is None:
-                continue
-            tup = self._tuple(
-                saddr=orig[0].ip, daddr=orig[1].ip, proto=IPPROTO_UDP, sport=orig[0].port, dport=orig[1].port
-            )
+        for entry in doomed:
             try:
-                self._ct.entry("del", tuple_orig=tup)
-                deleted += 1
-            except Exception as exc:  # gone meanwhile: that is what we wanted
-                log.debug("conntrack delete %s -> %s: %s", orig[0], orig[1], exc)
+                deleted += self._ct.delete(entry.orig)
+            except OSError as exc:
+                log.debug("conntrack delete %s: %s", entry.orig, exc)
         return deleted
 
-    def _dump(self, **filters: str) -> list:
+    def purge_media(self, pinholes: Iterable[Pinhole]) -> int:
+        """Delete every media flow of these pinholes now (`nfsip flush`)."""
+        self.schedule(removed=pinholes)
+        return self.sweep()
+
+    def _dump(self, **filters: str) -> list[Entry]:
         try:
-            # dump() yields the raw messages, filtered in the kernel (CTA_FILTER, Linux >= 5.8).
-            return list(self._ct.dump(tuple_orig=self._tuple(proto=IPPROTO_UDP, **filters)))
-        except Exception as exc:
+            return self._ct.dump(**filters)
+        except OSError as exc:
             log.warning("conntrack dump %s failed: %s", filters, exc)
             return []

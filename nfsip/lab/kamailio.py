@@ -17,7 +17,8 @@ them; Kamailio with the configuration below is what a small provider runs minus 
   path, ``fix_nated_contact``) for a baseline that separates "private Contact" from "expired
   conntrack entry" as the cause of a failed inbound call.
 
-Measured here: Kamailio 5.6.3 listens about 150-250 ms after exec with ``-m 64 -M 8`` and 2 children.
+Measured here: Kamailio 5.6.3 listens 40-60 ms after exec with ``-m 64 -M 8`` and 2 children (7
+processes: main, 2 UDP workers, timers, ctl).
 
 Kamailio pitfalls that shaped this module:
 
@@ -33,6 +34,17 @@ Kamailio pitfalls that shaped this module:
   ends all of them. ``-E`` sends the log to stderr, which goes to a file here (never an unread pipe).
 * A Record-Route header makes every in-dialog request go through Kamailio: sipp scenarios must store
   the route set (``rrs="true"``) and use ``[next_url]``/``[routes]``, or the ACK/BYE bypass the proxy.
+  Kamailio's Record-Route has no port (``<sip:198.51.100.2;lr;ftag=...>``: 5060 implied).
+* usrloc runs without ``use_domain``: the AOR is the user part. ``kamcmd ul.lookup location alice``
+  works, ``... sip:alice@198.51.100.2`` answers "AOR not found".
+* A Contact with a private address (no nfsip, no nathelper) fails at once with
+  "477 Unfortunately error on sending to next hop occurred" (sendto: ENETUNREACH on the server), not
+  with a timeout. tm answers the caller's INVITE with its own "100 trying -- your call is important
+  to us" and absorbs the callee's 100.
+* nathelper needs ``received_avp`` set identically in nathelper and registrar, and
+  ``fix_nated_contact()`` in an onreply_route too: otherwise the ACK of a 2xx goes to the private
+  Contact of the 200 (seen here).
+* ``kamailio -c`` checks the rendered file without root and without the listen address existing.
 """
 
 from __future__ import annotations

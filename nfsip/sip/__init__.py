@@ -1,6 +1,8 @@
 """SIP/SDP parsing layer of nfsip: pure (sans-I/O) parsing with byte spans.
 
-* :func:`parse_message` (RFC 3261) -> :class:`SipMessage`
+* :func:`parse_message` (RFC 3261) -> :class:`SipMessage`; lazy by default (the parts a NAT
+  helper does not act upon are parsed on first access), ``strict=True`` or
+  :meth:`SipMessage.validate` for a full validation
 * :func:`parse_sdp` (RFC 8866) -> :class:`Sdp`
 * :func:`apply_edits` + :class:`Edit`: byte-exact rewriting with Content-Length fix-up
 * :class:`SipParseError`: the only exception the parsers raise

@@ -23,13 +23,18 @@ and unknown ``<type>=`` lines are ignored. Anything that is not a
 helper that cannot find an address must not silently forward a half-rewritten
 description.
 
-Laziness: ``a=candidate:`` lines are only located by :func:`parse_sdp`; they
-are parsed (and a malformed one or more than :data:`MAX_CANDIDATES` raise
-``SipParseError``) when :attr:`SdpMedia.candidates` is first read, by
-:meth:`Sdp.validate`, or at once with ``parse_sdp(..., strict=True)``. The
-NAT engine never reads them: it rewrites ``c=``/``o=``/``m=``/``a=rtcp``, and a
-pinhole only ever targets the host that sent the SDP, whatever the candidates
-say. Spans and ``formats`` are likewise built on access.
+Laziness (per-packet cost): :func:`parse_sdp` validates and structures the
+lines a NAT helper rewrites (``o=``, ``c=``, ``m=``, ``a=rtcp:``,
+``a=rtcp-mux``) plus the garbage-line check, in one C-level scan. The
+direction attributes and the ``a=candidate:`` lines are looked up in the
+section's text when :attr:`SdpMedia.direction` / :attr:`SdpMedia.candidates`
+/ :attr:`Sdp.direction` is first read (then cached); a malformed candidate or
+more than :data:`MAX_CANDIDATES` raise ``SipParseError`` then, or from
+:meth:`Sdp.validate`, or at once with ``parse_sdp(..., strict=True)`` (which
+reports the first error in line order, as the historical eager parser did).
+The NAT engine never reads candidates: it rewrites ``c=``/``o=``/``m=``/
+``a=rtcp``, and a pinhole only ever targets the host that sent the SDP,
+whatever the candidates say. Spans and ``formats`` are built on access.
 """
 
 from __future__ import annotations
@@ -144,16 +149,16 @@ class SdpMedia(Record):
     """One ``m=`` section (RFC 8866 §5.14) and the attributes NAT cares about."""
 
     __slots__ = (
-        "_cand_lines",
         "_cands",
+        "_dir",
         "_e",
         "_fmt",
         "_pe",
         "_ps",
         "_s",
+        "_sess",
         "connection",
         "connections",
-        "direction",
         "kind",
         "port",
         "port_count",
@@ -185,9 +190,9 @@ class SdpMedia(Record):
     connections: tuple[SdpAddress, ...]  # every media-level c= (RFC 8866 allows several)
     rtcp: SdpRtcp | None
     rtcp_mux: bool
-    direction: str  # sendrecv / sendonly / recvonly / inactive (effective)
-    _cand_lines: list[tuple[str, int]] | None  # a=candidate lines not parsed yet
-    _cands: tuple[SdpCandidate, ...]
+    _dir: str | None  # effective direction, once known
+    _cands: tuple[SdpCandidate, ...] | None  # once parsed
+    _sess: _Session
 
     @property
     def port_span(self) -> Span:
@@ -203,15 +208,30 @@ class SdpMedia(Record):
         return tuple(filter(None, self._fmt.split(" ")))
 
     @property
+    def direction(self) -> str:
+        """sendrecv / sendonly / recvonly / inactive: media level, else session level, else sendrecv."""
+        d = self._dir
+        if d is None:
+            sess = self._sess
+            base = sess.base
+            d = self._dir = _last_direction(sess.text, self._s - base, self._e - base) or sess.direction or "sendrecv"
+        return d
+
+    @property
     def candidates(self) -> tuple[SdpCandidate, ...]:
         """ICE candidates, parsed on first access (``SipParseError`` if malformed)."""
-        lines = self._cand_lines
-        if lines is not None:
-            if len(lines) > MAX_CANDIDATES:
-                raise _bad("too-many-candidates", lines[MAX_CANDIDATES][0])
-            self._cands = tuple([_candidate(line, off) for line, off in lines])
-            self._cand_lines = None
-        return self._cands
+        cands = self._cands
+        if cands is None:
+            sess = self._sess
+            base = sess.base
+            out: list[SdpCandidate] = []
+            for cm in _CAND_LINE_FINDITER(sess.text, self._s - base, self._e - base):
+                line = cm.group(1).rstrip(" \t\r")
+                if len(out) >= MAX_CANDIDATES:
+                    raise _bad("too-many-candidates", line)
+                out.append(_candidate(line, base + cm.start(1)))
+            cands = self._cands = tuple(out)
+        return cands
 
     @property
     def disabled(self) -> bool:
@@ -219,16 +239,37 @@ class SdpMedia(Record):
         return self.port == 0
 
 
+class _Session:
+    """What the lazily computed SDP attributes need: the text, as "\n" + the
+    body (so that offset + ``base`` is an offset into the caller's buffer),
+    and the session-level direction once known."""
+
+    __slots__ = ("_dir", "base", "sess_end", "text")
+
+    def __init__(self, text: str, base: int, sess_end: int, direction: str | bool | None) -> None:
+        self.text = text
+        self.base = base
+        self.sess_end = sess_end  # text offset of the first m= line
+        self._dir = direction  # False: not looked up yet
+
+    @property
+    def direction(self) -> str | None:
+        d = self._dir
+        if d is False:
+            d = self._dir = _last_direction(self.text, 0, self.sess_end)
+        return d  # type: ignore[return-value]
+
+
 class Sdp(Record):
     """A parsed session description; spans index the caller's buffer."""
 
-    __slots__ = ("_e", "_oe", "_os", "_s", "connection", "direction", "media", "origin")
+    __slots__ = ("_e", "_oe", "_os", "_s", "_sess", "connection", "media", "origin")
     _fields = ("origin", "origin_span", "connection", "media", "span", "direction")
 
     origin: SdpAddress | None
     connection: SdpAddress | None  # session-level c=
     media: tuple[SdpMedia, ...]
-    direction: str | None  # session-level direction attribute, if any
+    _sess: _Session
 
     @property
     def origin_span(self) -> Span | None:
@@ -239,6 +280,11 @@ class Sdp(Record):
     def span(self) -> Span:
         """The whole SDP body."""
         return new_span(self._s, self._e)
+
+    @property
+    def direction(self) -> str | None:
+        """The session-level direction attribute, if any."""
+        return self._sess.direction
 
     def media_connection(self, m: SdpMedia) -> SdpAddress | None:
         """Media-level ``c=``, else session-level ``c=`` (RFC 8866 §5.7)."""
@@ -254,29 +300,49 @@ class Sdp(Record):
 MAX_MEDIA: Final = 64  # m= sections per description (real offers carry a handful)
 MAX_CANDIDATES: Final = 64  # a=candidate lines per m= section
 
-_DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
-
-# Whitespace: RFC 8866 says single SP; real stacks occasionally double it.
 _RTCP_RE = re.compile(r"a=rtcp: *(\d+)(?: +(\S+) +(\S+) +([^/\s]+)\S*)?$", re.ASCII)
 _CAND_RE = re.compile(r"a=candidate: *(\S+) +(\d+) +(\S+) +(\d+) +(\S+) +(\d+) +typ +(\S+)(.*)$", re.ASCII)
-# Lines acted upon, in one C-level scan that also splits the common lines:
-# alternatives 1-4 are complete well-formed m= / c= / o= / direction and
-# rtcp-mux lines (``lastindex`` says which); anything else of interest (a=rtcp:,
-# a=candidate:, a=rtcp-fb, ... and malformed m=/c=/o=) falls to the last
-# alternative and is handled line by line. "a=rtcp" also matches "a=rtcp-fb:" /
-# "a=rtcp-rsize" (ignored).
-_M_LAST, _C_LAST, _O_LAST, _A_LAST, _OTHER = 5, 8, 12, 13, 14
-_LINE_RE = re.compile(
-    r"\n(?:"
-    r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)((?: +\S+)*)"  # 1-5
-    r"|c=(\S+) +(\S+) +([^/\s]+)\S*"  # 6-8
-    r"|o=\S+ +\S+ +\S+ +(\S+) +(\S+) +([^/\s]+)(\S*)"  # 9-12
-    r"|a=(sendrecv|sendonly|recvonly|inactive|rtcp-mux)"  # 13
-    r")[ \t\r]*(?=\n|\Z)"
-    r"|\n((?:[mco]=|a=(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive))[^\n]*)",  # 14
-    re.ASCII,
-)
-# A line that has content but is not "<letter>=..." (leading whitespace included).
+_CAND_LINE_FINDITER = re.compile(r"\n(a=candidate:[^\n]*)", re.ASCII).finditer
+_DIRECTION_FINDITER = re.compile(r"\na=(sendrecv|sendonly|recvonly|inactive)[ \t\r]*(?=\n|\Z)", re.ASCII).finditer
+
+
+def _last_direction(text: str, s: int, e: int) -> str | None:
+    d = None
+    for dm in _DIRECTION_FINDITER(text, s, e):
+        d = dm.group(1)
+    return d
+
+
+# The lines acted upon, in one C-level scan that also splits the usual lines
+# and finds garbage. Whitespace: RFC 8866 says single SP; real stacks
+# occasionally double it. Groups 1-13: complete well-formed m= / c= / o= lines
+# and a=rtcp-mux (plus, for a strict parse, the direction attributes), which
+# one is told by ``lastindex``; group 14: any other line of interest (a=rtcp:,
+# malformed m=/c=/o=, and for a strict parse a=candidate: and a=rtcp* lines),
+# handled line by line; group 15: a line that has content but is not
+# "<letter>=..." (leading whitespace included).
+_M_LAST, _C_LAST, _O_LAST, _A_LAST, _OTHER = 5, 8, 12, 13, 14  # and 15: garbage
+
+
+def _line_re(attrs: str, others: str) -> re.Pattern[str]:
+    return re.compile(
+        r"\n(?:(?:"
+        r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)([ \S]*)"  # 1-5 (formats: SP-separated, checked by the class)
+        r"|c=(\S+) +(\S+) +([^/\s]+)\S*"  # 6-8
+        r"|o=\S+ +\S+ +\S+ +(\S+) +(\S+) +([^/\s]+)(\S*)"  # 9-12
+        r"|a=(" + attrs + r")"  # 13
+        r")[ \t\r]*(?=\n|\Z)"
+        r"|((?:[mco]=|a=" + others + r")[^\n]*)"  # 14
+        r"|(?![A-Za-z]=)[ \t\r]*([^ \t\r\n])"  # 15
+        r")",
+        re.ASCII,
+    )
+
+
+_LAZY_LINE_FINDITER = _line_re("rtcp-mux", "rtcp:").finditer
+_STRICT_LINE_FINDITER = _line_re(
+    "sendrecv|sendonly|recvonly|inactive|rtcp-mux", "(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive)"
+).finditer
 _GARBAGE_RE = re.compile(r"\n(?![A-Za-z]=)[ \t\r]*[^ \t\r\n]", re.ASCII)
 _RADDR_RE = re.compile(r" raddr +(\S+)", re.ASCII)
 _RPORT_RE = re.compile(r" rport +(\d+)", re.ASCII)
@@ -299,24 +365,22 @@ def _address(nettype: str, addrtype: str, address: str, s: int, e: int) -> SdpAd
 def parse_sdp(raw: bytes, start: int, end: int, *, strict: bool = False) -> Sdp:
     """Parse the SDP in ``raw[start:end]``; spans are offsets into ``raw``.
 
-    ``strict=True`` also parses the ``a=candidate:`` lines at once (see the
-    module docstring); the result is equal either way.
+    ``strict=True`` also parses the ``a=candidate:`` lines at once and reports
+    the first error in line order (see the module docstring); the result is
+    equal either way.
     """
-    text = raw[start:end].decode("latin-1")  # 1 char == 1 byte: offsets stay exact
-    if not text.startswith("v="):
-        head = text.lstrip(" \t\r\n")
+    # Work on "\n" + body: every line then starts after a "\n" (fast literal
+    # scan in the regex engine) and offset + base is an offset into raw.
+    if start > 0 and raw[start - 1] == 10:
+        nl_text = raw[start - 1 : end].decode("latin-1")  # 1 char == 1 byte: offsets stay exact
+    else:
+        nl_text = "\n" + raw[start:end].decode("latin-1")
+    if not nl_text.startswith("v=", 1):
+        head = nl_text.lstrip(" \t\r\n")
         if not head:
             raise _bad("bad-sdp", "empty")
         if not head.startswith("v="):
             raise _bad("bad-sdp", "first line is not v=")
-    # Only the lines acted upon are visited by Python code (one C-level scan);
-    # garbage is detected by a second C-level search. Both patterns start with
-    # a literal "\n" (fast scan in the regex engine), hence the prepended LF
-    # and the offset shift by one.
-    nl_text = "\n" + text
-    g = _GARBAGE_RE.search(nl_text)
-    if g is not None:
-        raise _bad("bad-sdp-line", nl_text[g.start() + 1 : nl_text.find("\n", g.start() + 1)])
     base = start - 1
 
     origin: SdpAddress | None = None
@@ -325,94 +389,100 @@ def parse_sdp(raw: bytes, start: int, end: int, *, strict: bool = False) -> Sdp:
     session_dir: str | None = None
     media: list[SdpMedia] = []
     cur: SdpMedia | None = None
-    for lm in _LINE_RE.finditer(nl_text):
-        last = lm.lastindex
-        if last == _A_LAST:
-            val = lm.group(13)
-            if cur is None:
-                if val != "rtcp-mux":
+    cands: list[SdpCandidate] = []
+    try:
+        for lm in (_STRICT_LINE_FINDITER if strict else _LAZY_LINE_FINDITER)(nl_text):
+            last = lm.lastindex
+            if last == _M_LAST:
+                if len(media) >= MAX_MEDIA:
+                    raise _bad("too-many-media", lm.group().strip())  # resource limit, see message.MAX_PARAMS
+                kind, port_s, cnt, proto, fmt = lm.group(1, 2, 3, 4, 5)
+                ps = base + lm.start(2)
+                if cur is not None:
+                    cur._e = base + lm.start() + 1
+                    if strict:
+                        cur._cands = tuple(cands)
+                        cands = []
+                cur = _new(SdpMedia)
+                cur.kind = kind
+                cur.port = int(port_s)  # checked against 65535 after every line (error precedence)
+                cur._ps = ps
+                cur._pe = ps + len(port_s)
+                cur.port_count = int(cnt) if cnt else 1
+                cur.proto = proto
+                cur._fmt = fmt
+                cur.connection = None
+                cur.connections = ()
+                cur.rtcp = None
+                cur.rtcp_mux = False
+                cur._dir = None
+                cur._cands = None
+                cur._s = base + lm.start() + 1
+                media.append(cur)
+            elif last == _C_LAST:
+                s, e = lm.span(8)
+                addr = _address(lm.group(6), lm.group(7), lm.group(8), base + s, base + e)
+                if cur is not None:
+                    if cur.connection is None:
+                        cur.connection = addr
+                    cur.connections += (addr,)
+                elif session_conn is None:
+                    session_conn = addr
+            elif last == _O_LAST:
+                s, e = lm.span(11)
+                origin = _address(lm.group(9), lm.group(10), lm.group(11), base + s, base + e)
+                os_ = base + lm.start() + 3
+                oe = base + lm.end(12)
+            elif last == _A_LAST:
+                val = lm.group(13)
+                if val == "rtcp-mux":
+                    if cur is not None:
+                        cur.rtcp_mux = True
+                elif cur is None:  # directions: strict parses only
                     session_dir = val
-            elif val == "rtcp-mux":
-                cur.rtcp_mux = True
-            else:
-                cur.direction = val
-        elif last == _M_LAST:
-            if len(media) >= MAX_MEDIA:
-                raise _bad("too-many-media", lm.group().strip())  # resource limit, see message.MAX_PARAMS
-            ps, pe = lm.span(2)
-            cnt = lm.group(3)
-            cur = _new(SdpMedia)
-            cur.kind = lm.group(1)
-            cur.port = int(lm.group(2))  # checked against 65535 below, after every line (error precedence)
-            cur._ps = base + ps
-            cur._pe = base + pe
-            cur.port_count = int(cnt) if cnt else 1
-            cur.proto = lm.group(4)
-            cur._fmt = lm.group(5)
-            cur.connection = None
-            cur.connections = ()
-            cur.rtcp = None
-            cur.rtcp_mux = False
-            cur.direction = None  # type: ignore[assignment]  # defaulted below
-            cur._cand_lines = None
-            cur._cands = ()
-            cur._s = base + lm.start() + 1
-            media.append(cur)
-        elif last == _C_LAST:
-            s, e = lm.span(8)
-            addr = _address(lm.group(6), lm.group(7), lm.group(8), base + s, base + e)
-            if cur is not None:
-                if cur.connection is None:
-                    cur.connection = addr
-                cur.connections += (addr,)
-            elif session_conn is None:
-                session_conn = addr
-        elif last == _O_LAST:
-            s, e = lm.span(11)
-            origin = _address(lm.group(9), lm.group(10), lm.group(11), base + s, base + e)
-            os_ = base + lm.start() + 3
-            oe = base + lm.end(12)
-        else:
-            off = base + lm.start(_OTHER)
-            line = lm.group(_OTHER).rstrip(" \t\r")
-            kind = line[0]
-            # A well-formed m=/c=/o= line matched one of the alternatives above.
-            if kind == "m":
-                raise _bad("bad-sdp-media", line)
-            if kind == "c":
-                raise _bad("bad-sdp-connection", line)
-            if kind == "o":
-                raise _bad("bad-sdp-origin", line)
-            if cur is None:
-                continue  # session-level a=rtcp*/candidate: not used; directions matched above
-            val = line[2:]
-            if val.startswith("rtcp:"):
-                cur.rtcp = _rtcp(line, off)
-            elif val.startswith("candidate:"):
-                if cur._cand_lines is None:
-                    cur._cand_lines = []
-                if strict:
-                    if len(cur._cand_lines) >= MAX_CANDIDATES:
+                else:
+                    cur._dir = val
+            elif last == _OTHER:
+                off = base + lm.start(_OTHER)
+                line = lm.group(_OTHER).rstrip(" \t\r")
+                kind = line[0]
+                # A well-formed m=/c=/o= line matched one of the alternatives above.
+                if kind == "m":
+                    raise _bad("bad-sdp-media", line)
+                if kind == "c":
+                    raise _bad("bad-sdp-connection", line)
+                if kind == "o":
+                    raise _bad("bad-sdp-origin", line)
+                if cur is None:
+                    continue  # session-level a=rtcp: / a=candidate: are not used
+                val = line[2:]
+                if val.startswith("rtcp:"):
+                    cur.rtcp = _rtcp(line, off)
+                elif val.startswith("candidate:"):  # strict parses only
+                    if len(cands) >= MAX_CANDIDATES:
                         raise _bad("too-many-candidates", line)
-                    _candidate(line, off)  # validate in line order
-                cur._cand_lines.append((line, off))
-            # other a=rtcp* (rtcp-fb, rtcp-rsize, ...) and a=<direction>x are ignored
-
-    default_dir = session_dir or "sendrecv"
-    prev = None
-    for m in media:
-        if m.port > 65535:
-            raise _bad("bad-sdp-media", f"port {m.port}")
-        if prev is not None:
-            prev._e = m._s
-        prev = m
-        if m.direction is None:
-            m.direction = default_dir
-    if prev is not None:
-        prev._e = end
-    if strict:
+                    cands.append(_candidate(line, off))
+                # other a=rtcp* (rtcp-fb, rtcp-rsize, ...) and a=<direction>x are ignored
+            else:
+                raise _bad("bad-sdp-line", "")  # reported with its line below
         for m in media:
-            m.candidates  # noqa: B018 - parse now (already validated above)
+            if m.port > 65535:
+                raise _bad("bad-sdp-media", f"port {m.port}")
+    except SipParseError:
+        # A line that is not "<letter>=..." anywhere is the error to report.
+        g = _GARBAGE_RE.search(nl_text)
+        if g is not None:
+            raise _bad("bad-sdp-line", nl_text[g.start() + 1 : nl_text.find("\n", g.start() + 1)]) from None
+        raise
+    if cur is not None:
+        cur._e = end
+        if strict:
+            cur._cands = tuple(cands)
+    sess = _Session(nl_text, base, media[0]._s - base if media else len(nl_text), session_dir if strict else False)
+    for m in media:
+        m._sess = sess
+        if strict and m._dir is None:
+            m._dir = session_dir or "sendrecv"
     sdp = _new(Sdp)
     sdp.origin = origin
     sdp._os = os_
@@ -421,7 +491,7 @@ def parse_sdp(raw: bytes, start: int, end: int, *, strict: bool = False) -> Sdp:
     sdp.media = tuple(media)
     sdp._s = start
     sdp._e = end
-    sdp.direction = session_dir
+    sdp._sess = sess
     return sdp
 
 
