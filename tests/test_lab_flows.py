@@ -665,9 +665,21 @@ def test_hairpin_call_between_two_phones_behind_one_router(lab: Lab, kamailio: K
 
 
 # -------------------------------------------------------------------------------- 6: many calls
-def test_thousand_sequential_calls_leave_the_maps_empty(lab: Lab, nfsip: NfsipDaemon):
+@pytest.fixture
+def busy_host_nfsip(lab: Lab) -> Iterator[NfsipDaemon]:
+    """A daemon whose per-host pinhole rate admits 50 calls/s from one host (a PBX behind the router,
+    not a phone: the default of 20 new pinholes/s per host would refuse most of them, by design)."""
+    daemon = NfsipDaemon(lab, config={"pinhole_rate_per_host": 400, "pinhole_burst_per_host": 800}).start()
+    try:
+        yield daemon
+    finally:
+        _stop_daemon(daemon)
+
+
+def test_thousand_sequential_calls_leave_the_maps_empty(lab: Lab, busy_host_nfsip: NfsipDaemon):
     """1000 short calls (no RTP) from phone1 to a UAS on the server at 50 calls/s: all succeed and
     the maps are empty at the end."""
+    nfsip = busy_host_nfsip
     n = 1000
     cpu0 = process_cpu_seconds(nfsip)
     callee = SippCallee(lab, kind="nomedia", calls=n, timeout_s=70).start()
