@@ -424,6 +424,11 @@ class Daemon:
                 else "media not sampled"
             )
             log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
+        if ended:
+            # An ended call's metric series go at once, not at the next counter sample.
+            gone = {(end.call_id, end.lan_ip) for end in ended}
+            self.media.forget(gone)
+            self._media_snapshot = [c for c in self._media_snapshot if (c.call_id, c.lan_ip) not in gone]
 
     def _log_refusal(self, reason: str, host: str, detail: str) -> None:
         now = self.clock()

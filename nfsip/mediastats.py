@@ -66,5 +66,9 @@ class MediaStats:
         self.calls = live
         return newly_one_way
 
+    def forget(self, keys: set[tuple[str, str]]) -> None:
+        for key in keys:
+            self.calls.pop(key, None)
+
     def get(self, call_id: str, lan_ip: str) -> CallMedia | None:
         return self.calls.get((call_id, lan_ip))
