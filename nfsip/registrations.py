@@ -62,6 +62,9 @@ class RegistrationTable:
         self.grace = grace
         self.from_registrar_only = from_registrar_only
         self.by_lan: dict[Endpoint, Registration] = {}
+        # Every address-of-record registered from one endpoint, with its own expiry: the endpoint stays
+        # reachable while any of them lives (one phone, several accounts).
+        self.accounts: dict[Endpoint, dict[str, float]] = {}
         self._pending: OrderedDict[str, PendingRegister] = OrderedDict()
 
     def request(self, branch: str, pending: PendingRegister) -> None:
@@ -86,23 +89,31 @@ class RegistrationTable:
             return [], [], ""
         old = self.by_lan.get(pending.lan)
         remove = [old.pinhole(now, self.grace)] if old is not None else []
+        accounts = self.accounts.setdefault(pending.lan, {})
         if not granted:
+            accounts.pop(pending.aor, None)
             if old is None:
                 return [], [], ""
+            if accounts:  # other accounts of this endpoint still live: keep it reachable for them
+                old.expires_at = max(accounts.values())
+                return [old.pinhole(now, self.grace)], [], f"registration of {pending.aor} from {pending.lan} removed"
             del self.by_lan[pending.lan]
+            del self.accounts[pending.lan]
             return [], remove, f"registration of {pending.aor} from {pending.lan} removed"
+        accounts[pending.aor] = now + granted
         registrar = pending.registrar.ip if self.from_registrar_only else ""
         since = old.since if old is not None else now
-        reg = Registration(pending.lan, pending.public, registrar, pending.aor, now + granted, since)
+        reg = Registration(pending.lan, pending.public, registrar, pending.aor, max(accounts.values()), since)
         self.by_lan[pending.lan] = reg
         if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
             remove = []  # a refresh: the same elements are re-added with the new timeout
-        event = "" if old is not None else f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s"
+        event = f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s" if old is None else ""
         return [reg.pinhole(now, self.grace)], remove, event
 
     def adopt(self, hole: Pinhole, now: float) -> None:
         """Take over a registration pinhole found in the kernel at start (crash recovery)."""
         expires_at = now + hole.timeout - self.grace
+        self.accounts[hole.lan] = {hole.call_id.removeprefix("reg:"): expires_at}
         self.by_lan[hole.lan] = Registration(
             hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at, hole.since or now
         )
@@ -110,12 +121,19 @@ class RegistrationTable:
     def drop_all(self, now: float) -> list[Pinhole]:
         holes = [r.pinhole(now, self.grace) for r in self.by_lan.values()]
         self.by_lan.clear()
+        self.accounts.clear()
         return holes
 
     def expire(self, now: float) -> list[Pinhole]:
+        for lan, accounts in self.accounts.items():
+            for aor in [a for a, expires_at in accounts.items() if expires_at + self.grace <= now]:
+                del accounts[aor]
+            if accounts and lan in self.by_lan:
+                self.by_lan[lan].expires_at = max(accounts.values())
         gone = [r for r in self.by_lan.values() if r.expires_at + self.grace <= now]
         for reg in gone:
             del self.by_lan[reg.lan]
+            self.accounts.pop(reg.lan, None)
         while self._pending:
             branch, pending = next(iter(self._pending.items()))
             if pending.deadline > now:

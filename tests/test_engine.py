@@ -415,3 +415,23 @@ def test_hold_with_zero_address_keeps_the_public_port():
     d = eng.handle(outbound("10.0.0.2"), hold.replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE"), 2.0)
     assert b"m=audio %d RTP/AVP" % public in d.payload and b"c=IN IP4 0.0.0.0" in d.payload
     assert d.remove == ()
+
+
+def test_one_phone_with_two_accounts_stays_reachable_until_both_are_gone():
+    eng = engine()
+    for branch, user in (("a", "alice"), ("b", "bob")):
+        reg = REGISTER.format(branch=branch, cseq=1, expires=600).replace("alice@", f"{user}@")
+        eng.handle(outbound("10.0.0.2", public_port=1024), reg.encode(), 0)
+        ok = register_ok(branch, 1, f"Contact: <sip:{user}@{PUBLIC}:1024>;expires=600\r\n").replace(
+            b"alice@", f"{user}@".encode()
+        )
+        eng.handle(inbound("10.0.0.2"), ok, 0.1)
+    assert len(eng.registrations) == 1  # one endpoint, one pinhole
+    unreg = REGISTER.format(branch="c", cseq=2, expires=0).replace("alice@", "bob@")
+    eng.handle(outbound("10.0.0.2", public_port=1024), unreg.encode(), 10)
+    gone = eng.handle(inbound("10.0.0.2"), register_ok("c", 2, "").replace(b"alice@", b"bob@"), 10.1)
+    assert gone.remove == () and len(eng.registrations) == 1  # alice still registered
+    unreg = REGISTER.format(branch="d", cseq=2, expires=0)
+    eng.handle(outbound("10.0.0.2", public_port=1024), unreg.encode(), 20)
+    last = eng.handle(inbound("10.0.0.2"), register_ok("d", 2, ""), 20.1)
+    assert [h.kind for h in last.remove] == ["sip"] and len(eng.registrations) == 0
