@@ -435,3 +435,19 @@ def test_one_phone_with_two_accounts_stays_reachable_until_both_are_gone():
     eng.handle(outbound("10.0.0.2", public_port=1024), unreg.encode(), 20)
     last = eng.handle(inbound("10.0.0.2"), register_ok("d", 2, ""), 20.1)
     assert [h.kind for h in last.remove] == ["sip"] and len(eng.registrations) == 0
+
+
+def test_live_pinhole_count_is_kept_exactly():
+    """The daemon's gauges read CallTable.pinholes_total instead of recounting every call per message."""
+    eng = engine()
+    steps = [
+        (outbound("10.0.0.2"), invite(callid="a")),
+        (outbound("10.0.0.2"), invite(callid="b", port=7000, extra_media="m=video 7002 RTP/AVP 96\r\n")),
+        (outbound("10.0.0.2"), invite(callid="b", port=7100, branch="2")),  # port change, video gone
+        (inbound("10.0.0.2"), response(486, callid="b")),
+        (inbound("10.0.0.2"), bye("a")),
+    ]
+    for i, (flow, message) in enumerate(steps):
+        eng.handle(flow, message, float(i))
+        assert eng.calls.pinholes_total == sum(len(c.pinholes()) for c in eng.calls.calls.values())
+    assert eng.calls.pinholes_total == 0
