@@ -1,11 +1,15 @@
 /* udpblast: send RTP-sized UDP datagrams as fast as possible for a fixed time.
  *
- *   udpblast DST_IP DST_PORT SRC_PORT SIZE SECONDS
+ *   udpblast DST_IP DST_PORT SRC_PORT SIZE SECONDS [RATE]
  *
  * Binds SRC_PORT (SO_REUSEPORT, so several blasters can share one 5-tuple), connects to
  * DST_IP:DST_PORT and sends SIZE-byte payloads (a 12-byte RTP header + filler) in sendmmsg()
  * batches until SECONDS have passed. Prints "<sent> <elapsed_seconds>" on stdout. Datagrams the
  * kernel refused (ENOBUFS, EAGAIN, ECONNREFUSED after an ICMP error) are not counted as sent.
+ * With RATE (packets/s, > 0) the sender is paced instead: it sleeps whenever it is ahead of
+ * RATE * elapsed and sends the difference in batches of up to 64 (used by bench/media.py for
+ * receivers that must not be flooded, e.g. rtpengine, which discards packets after its socket
+ * backlog overflowed a few times).
  *
  * Compiled at run time by bench/media_forwarding.py (gcc -O2); Python's socket module has no
  * sendmmsg() and a Python sendto() loop would measure the interpreter, not the router.
@@ -32,8 +36,8 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s DST_IP DST_PORT SRC_PORT SIZE SECONDS\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s DST_IP DST_PORT SRC_PORT SIZE SECONDS [RATE]\n", argv[0]);
         return 2;
     }
     const char *dst_ip = argv[1];
@@ -41,6 +45,7 @@ int main(int argc, char **argv) {
     int src_port = atoi(argv[3]);
     int size = atoi(argv[4]);
     double seconds = atof(argv[5]);
+    double rate = argc == 7 ? atof(argv[6]) : 0.0;
     if (size < 12 || size > MAX_SIZE || dst_port <= 0 || src_port <= 0 || seconds <= 0) {
         fprintf(stderr, "bad arguments\n");
         return 2;
@@ -75,7 +80,18 @@ int main(int argc, char **argv) {
     unsigned long long sent = 0;
     double start = now(), end = start + seconds, t = start;
     while (t < end) {
-        int n = sendmmsg(fd, msgs, BATCH, 0);
+        int batch = BATCH;
+        if (rate > 0) {
+            long long due = (long long)((t - start) * rate) - (long long)sent;
+            if (due <= 0) {
+                struct timespec pause = {0, 50000};
+                nanosleep(&pause, NULL);
+                t = now();
+                continue;
+            }
+            batch = due < BATCH ? (int)due : BATCH;
+        }
+        int n = sendmmsg(fd, msgs, (unsigned int)batch, 0);
         if (n > 0) {
             sent += (unsigned long long)n;
         } else if (n < 0 && errno != ENOBUFS && errno != EAGAIN && errno != ECONNREFUSED && errno != EINTR) {

@@ -1,0 +1,428 @@
+"""Part 2, signalling: SIP messages/s through the router and the latency each path adds, side by side.
+
+    sudo .venv/bin/python bench/signalling.py [--seconds 5] [--rounds 2] [--quick] [--profile] [--out DIR]
+
+Paths (one lab each, all up at once, measured in alternation):
+
+  plain    masquerade only: no queue, nothing parses SIP (the floor for latency)
+  accept   nfsip's table and queue, but bench/queue_accept.py bound to the queue: it accepts every datagram
+           untouched (the cost of NFQUEUE + netfilterqueue alone)
+  nfsip    the real daemon (python -m nfsip run), every message parsed, decided, rewritten; pinholes
+           installed for INVITE and 200 OK (one nft transaction each) and removed for BYE
+  alg      the kernel SIP ALG (nf_conntrack_sip + nf_nat_sip) with masquerade
+
+Load. bench/sipload.c (gcc -O2): a UAC on phone1 (10.0.0.2:5060) places calls to a UAS on the server
+(198.51.100.2:5060). Each call is INVITE with SDP -> 200 OK with SDP -> ACK -> BYE -> 200 OK: five valid
+SIP messages, each a distinct Call-ID and a distinct SDP media port (10000 + 2i), so nfsip does the full
+path for every call (parse, rewrite Via/Contact/SDP, allocate ports, 1 nft transaction at INVITE, 1 at
+200, 1 at BYE, conntrack purges after INVITE and BYE). The daemon runs with raised limits (see
+bench/common.py BENCH_CONFIG): with the default per-host limits one phone could open 10 calls/s at most
+and further messages would pass unchanged, skipping the pinhole path.
+
+Two measurements per path and round:
+- throughput: closed loop, at most --window calls in progress, for --seconds: messages that crossed the
+  router per second (received at either end). A call step unanswered within 5 s fails the call.
+- latency: open loop at --latency-rate calls/s (well under nfsip's capacity) for --seconds: every message
+  carries its send time (CLOCK_MONOTONIC, shared by all namespaces); the receiver subtracts. One-way
+  latency per message, pooled over all five kinds (p50, p99), and "added" = p50 minus the plain path's p50.
+
+CPU: the queue process (nfsip daemon / accept loop) from /proc/<pid>/stat; the load generator's own
+getrusage (UAC + UAS: it shares the 2 vCPUs with the router); the whole machine's busy time. All per
+message crossed. The kernel's NFQUEUE counters (/proc/net/netfilter/nfnetlink_queue) check that every
+message went through the queue (fail-open would let packets bypass a full queue silently; the window
+keeps the queue far below its 4096 limit).
+
+With --profile (needs py-spy: .venv/bin/pip install py-spy) the daemon is sampled during its first
+throughput run and the top frames go into the JSON (where the daemon spends its time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    BENCH_CONFIG,
+    CONFIG_NOTE,
+    PHONE,
+    QUEUE_NUM,
+    CpuWatch,
+    PartResult,
+    background_busy,
+    build,
+    finish,
+    fmt,
+    hist_summary,
+    make_workdir,
+    median,
+    messages_crossed,
+    nfqueue_stats,
+    parse_counters,
+    parse_histogram,
+    profile_frames,
+    profile_summary,
+    sipload_uac_args,
+    sipload_uas,
+    start_profile,
+    write_part,
+)
+
+from nfsip.lab import topology as T
+from nfsip.lab.lab import Lab, can_run
+from nfsip.lab.nfsipd import NfsipDaemon
+
+BENCH = Path(__file__).resolve().parent
+PATHS = ("plain", "accept", "nfsip", "alg")
+TITLES = {
+    "plain": "plain masquerade (no queue)",
+    "accept": "accept-only queue loop (Python)",
+    "nfsip": "nfsip daemon",
+    "alg": "kernel SIP ALG",
+}
+
+
+@dataclass
+class Options:
+    seconds: float = 5.0
+    rounds: int = 2
+    window: int = 16
+    latency_rate: float = 10.0
+    profile: bool = False
+
+    @classmethod
+    def quick(cls) -> Options:
+        return cls(seconds=2.0, rounds=1)
+
+
+@dataclass
+class Run:
+    """One sipload run through one path."""
+
+    uac: dict[str, Any]
+    uas: dict[str, Any]
+    cpu: dict[str, float]
+    queued: int
+    queue_dropped: int
+    samples: list[tuple[str, int]] = field(default_factory=list)  # (kind, ns), latency runs only
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return float(self.uac["elapsed"])
+
+    @property
+    def messages(self) -> int:
+        return messages_crossed(self.uac, self.uas)
+
+    @property
+    def msg_per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.uac["calls_done"] / self.seconds if self.seconds else 0.0
+
+    def per_msg_us(self, cpu: float) -> float:
+        return cpu / self.messages * 1e6 if self.messages else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uac": self.uac,
+            "uas": self.uas,
+            "cpu": self.cpu,
+            "queued": self.queued,
+            "queue_dropped": self.queue_dropped,
+            "messages": self.messages,
+            "msg_per_s": self.msg_per_s,
+            "calls_per_s": self.calls_per_s,
+            "metrics": self.metrics,
+        }
+
+
+class PathLab:
+    """One lab for one path, with its queue process (if any) kept running across runs."""
+
+    def __init__(self, path: str, workdir: Path) -> None:
+        self.path = path
+        self.workdir = workdir
+        self.lab = Lab(phones=1)
+        self.daemon: NfsipDaemon | None = None
+        self.accept: subprocess.Popen[str] | None = None
+
+    def up(self) -> PathLab:
+        lab = self.lab.up()
+        lab.masquerade()
+        if self.path == "nfsip":
+            self.daemon = NfsipDaemon(lab, config=BENCH_CONFIG, log_level="warning").start()
+        elif self.path == "accept":
+            self.accept = lab.popen(
+                T.ROUTER,
+                [sys.executable, str(BENCH / "queue_accept.py"), "--wan-interface", T.ROUTER_WAN_IF],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert self.accept.stdout is not None
+            if self.accept.stdout.readline().strip() != "ready":
+                raise RuntimeError("queue_accept.py did not start")
+        elif self.path == "alg":
+            lab.kernel_sip_alg()
+        return self
+
+    @property
+    def queue_pid(self) -> int | None:
+        if self.daemon is not None and self.daemon.proc is not None:
+            return self.daemon.proc.pid
+        if self.accept is not None:
+            return self.accept.pid
+        return None
+
+    def down(self) -> None:
+        if self.accept is not None and self.accept.poll() is None:
+            self.accept.terminate()
+            self.accept.communicate(timeout=10)
+        if self.daemon is not None:
+            self.daemon.stop()
+        self.lab.down()
+
+
+def one_run(
+    pl: PathLab,
+    exe: Path,
+    workdir: Path,
+    tag: str,
+    *,
+    seconds: float,
+    window: int,
+    rate: float = 0.0,
+    samples: bool = False,
+    profile: Path | None = None,
+) -> Run:
+    """UAS on the server, UAC on the phone for `seconds`; CPU, queue counters and daemon metrics around it."""
+    lab = pl.lab
+    uac_file, uas_file = workdir / f"{tag}-uac.txt", workdir / f"{tag}-uas.txt"
+    uas = sipload_uas(lab, exe, samples=uas_file if samples else None)
+    pids = {"queue": pl.queue_pid} if pl.queue_pid else {}
+    q0 = nfqueue_stats(lab).get(QUEUE_NUM, {})
+    m0 = pl.daemon.metrics() if pl.daemon else ""
+    argv = sipload_uac_args(exe, lab, n=2_000_000, w=window, r=rate or None, t=seconds, T=5000,
+                            p=f"{tag.replace('-', '')}x{int(time.time())}", o=str(uac_file) if samples else None)
+    watch = CpuWatch(pids, background=background_busy()).start()
+    spy = start_profile(pl.queue_pid, seconds - 0.5, profile) if profile and pl.queue_pid else None
+    res = lab.run(PHONE, argv, timeout=seconds + 60)
+    cpu = watch.stop()
+    time.sleep(0.1)
+    uas_summary = finish(uas)
+    if spy is not None:
+        spy.wait(timeout=30)
+    q1 = nfqueue_stats(lab).get(QUEUE_NUM, {})
+    run = Run(
+        uac=json.loads(res.stdout.strip().splitlines()[-1]),
+        uas=uas_summary,
+        cpu=cpu,
+        queued=q1.get("id_sequence", 0) - q0.get("id_sequence", 0),
+        queue_dropped=(q1.get("queue_dropped", 0) + q1.get("user_dropped", 0))
+        - (q0.get("queue_dropped", 0) + q0.get("user_dropped", 0)),
+    )
+    if pl.daemon is not None:
+        m1 = pl.daemon.metrics()
+        run.metrics = {
+            "verdict": hist_summary(parse_histogram(m1, "nfsip_verdict_seconds")
+                                    - parse_histogram(m0, "nfsip_verdict_seconds")),
+            "nft": hist_summary(parse_histogram(m1, "nfsip_nft_transaction_seconds")
+                                - parse_histogram(m0, "nfsip_nft_transaction_seconds")),
+            "verdicts": {k: v - parse_counters(m0, "nfsip_verdicts").get(k, 0.0)
+                         for k, v in parse_counters(m1, "nfsip_verdicts").items()},
+            "refusals": {k: v - parse_counters(m0, "nfsip_policy_refusals").get(k, 0.0)
+                         for k, v in parse_counters(m1, "nfsip_policy_refusals").items()},
+        }
+    if samples:
+        for path in (uac_file, uas_file):
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    kind, ns = line.split()
+                    run.samples.append((kind, int(ns)))
+    if profile is not None and profile.exists():
+        run.metrics["profile"] = profile_summary(profile)
+    return run
+
+
+def pooled(samples: list[tuple[str, int]], q: float) -> float:
+    """Percentile (µs) over all message kinds."""
+    values = sorted(ns for _kind, ns in samples)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))] / 1000.0
+
+
+def per_kind(samples: list[tuple[str, int]]) -> dict[str, dict[str, float]]:
+    kinds: dict[str, list[int]] = {}
+    for kind, ns in samples:
+        kinds.setdefault(kind, []).append(ns)
+    out = {}
+    for kind, values in kinds.items():
+        values.sort()
+        out[kind] = {
+            "n": len(values),
+            "p50_us": statistics.median(values) / 1000.0,
+            "p99_us": values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))] / 1000.0,
+        }
+    return out
+
+
+def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Options) -> PartResult:
+    result = PartResult(
+        "signalling",
+        "Signalling: SIP messages/s through the router, and the latency each path adds",
+        ["path", "msg/s (window 16)", "calls/s", "failed calls", "latency p50 µs", "p99 µs", "added p50 µs",
+         "queue process µs/msg", "load generator µs/msg", "machine µs/msg"],
+    )
+    result.columns[1] = f"msg/s (window {opts.window})"
+    lat_all = {p: [s for r in lat[p] for s in r.samples] for p in PATHS}
+    plain_p50 = pooled(lat_all["plain"], 0.5)
+    for path in PATHS:
+        runs = tput[path]
+        msg = median(r.msg_per_s for r in runs)
+        queue_cpu = median(r.per_msg_us(r.cpu.get("queue", float("nan"))) for r in runs)
+        gen_cpu = median(r.per_msg_us(r.uac["cpu"] + r.uas["cpu"]) for r in runs)
+        machine = median(r.per_msg_us(r.cpu["machine"]) for r in runs)
+        p50, p99 = pooled(lat_all[path], 0.5), pooled(lat_all[path], 0.99)
+        result.rows.append(
+            {
+                "path": TITLES[path],
+                result.columns[1]: fmt(msg),
+                "calls/s": fmt(median(r.calls_per_s for r in runs)),
+                "failed calls": str(sum(r.uac["calls_failed"] for r in runs + lat[path])),
+                "latency p50 µs": fmt(p50),
+                "p99 µs": fmt(p99),
+                "added p50 µs": "0 (baseline)" if path == "plain" else fmt(p50 - plain_p50),
+                "queue process µs/msg": "-" if path in ("plain", "alg") else fmt(queue_cpu, 1),
+                "load generator µs/msg": fmt(gen_cpu, 1),
+                "machine µs/msg": fmt(machine, 1),
+            }
+        )
+    nf = median(r.msg_per_s for r in tput["nfsip"])
+    acc = median(r.msg_per_s for r in tput["accept"])
+    alg = median(r.msg_per_s for r in tput["alg"])
+    queued = {p: sum(r.queued for r in tput[p]) for p in ("accept", "nfsip")}
+    crossed = {p: sum(r.messages for r in tput[p]) for p in ("accept", "nfsip")}
+    dropped = {p: sum(r.queue_dropped for r in tput[p] + lat[p]) for p in ("accept", "nfsip")}
+    nfsip_metrics = [r.metrics for r in tput["nfsip"]]
+    result.data = {
+        "options": opts.__dict__,
+        "throughput": {p: [r.as_dict() for r in tput[p]] for p in PATHS},
+        "latency": {p: {"runs": [r.as_dict() for r in lat[p]], "per_kind": per_kind(lat_all[p]),
+                        "p50_us": pooled(lat_all[p], 0.5), "p99_us": pooled(lat_all[p], 0.99)} for p in PATHS},
+        "ratios": {"nfsip/accept": nf / acc if acc else float("nan"), "nfsip/alg": nf / alg if alg else float("nan")},
+        "queued_vs_crossed": {p: [queued[p], crossed[p]] for p in queued},
+    }
+    load = median(r.cpu.get("background", 0.0) for p in PATHS for r in tput[p] + lat[p])
+    result.data["other_load_cpus_median"] = load
+    result.notes.append(
+        f"other load on the VM right before each run (subtracted from machine CPU): median {load:.2f} CPUs"
+        + (" - **the machine was not idle: absolute rates are depressed**" if load > 0.2 else "")
+    )
+    verdict = nfsip_metrics[0].get("verdict", {}) if nfsip_metrics else {}
+    nft = nfsip_metrics[0].get("nft", {}) if nfsip_metrics else {}
+    result.notes += [
+        f"throughput: closed loop, {opts.window} calls in progress, {opts.seconds:g} s per run, median of "
+        f"{opts.rounds} alternated rounds; latency: {opts.latency_rate:g} calls/s "
+        f"({5 * opts.latency_rate:g} msg/s) open loop, one-way per message pooled over INVITE/200/ACK/BYE/200",
+        f"nfsip / accept-only loop = {nf / acc:.3f}, nfsip / kernel ALG = {nf / alg:.3f} (messages/s)",
+        f"queue check: packets queued / messages crossed: accept {queued['accept']:,}/{crossed['accept']:,}, "
+        f"nfsip {queued['nfsip']:,}/{crossed['nfsip']:,} (> 1: the first datagram of a new flow is queued twice); "
+        f"queue drops {dropped}",
+        f"nfsip's own histograms in its first throughput run: verdict (read to accept) mean "
+        f"{verdict.get('mean_us', float('nan')):.0f} µs, p50 {verdict.get('p50_us', float('nan')):.0f} µs, p99 "
+        f"{verdict.get('p99_us', float('nan')):.0f} µs; nft transaction mean {nft.get('mean_us', float('nan')):.0f} "
+        f"µs ({nft.get('count', 0):.0f} transactions). Conntrack purges run after the verdict and are not in "
+        "these histograms",
+        CONFIG_NOTE,
+        "the load generator is C (bench/sipload.c) and runs on the same 2 vCPUs: for the fast paths "
+        "(plain, alg) it is the bottleneck, so their msg/s are lower bounds",
+    ]
+    prof = next((m.get("profile") for m in nfsip_metrics if m.get("profile")), None)
+    if prof:
+        result.data["profile"] = prof
+        result.notes.append(f"py-spy (daemon, throughput run, % of samples on stack): {profile_frames(prof)}")
+    return result
+
+
+def run(opts: Options, workdir: Path) -> PartResult:
+    started = time.monotonic()
+    exe = build("sipload", workdir)
+    labs = {p: PathLab(p, workdir) for p in PATHS}
+    tput: dict[str, list[Run]] = {p: [] for p in PATHS}
+    lat: dict[str, list[Run]] = {p: [] for p in PATHS}
+    try:
+        for pl in labs.values():
+            pl.up()
+        for rnd in range(1, opts.rounds + 1):
+            for path, pl in labs.items():
+                prof = workdir / "nfsip-profile.txt" if opts.profile and path == "nfsip" and rnd == 1 else None
+                t = one_run(pl, exe, workdir, f"{path}-t{rnd}", seconds=opts.seconds, window=opts.window,
+                            profile=prof)
+                tput[path].append(t)
+                lr = one_run(pl, exe, workdir, f"{path}-l{rnd}", seconds=opts.seconds, window=1000,
+                             rate=opts.latency_rate, samples=True)
+                lat[path].append(lr)
+                print(f"round {rnd} {path:<6}: {t.msg_per_s:9,.0f} msg/s {t.calls_per_s:8,.0f} calls/s "
+                      f"failed {t.uac['calls_failed']}  queue cpu {t.cpu.get('queue', 0):.2f}s  "
+                      f"gen cpu {t.uac['cpu'] + t.uas['cpu']:.2f}s  latency p50 {pooled(lr.samples, 0.5):,.0f} µs "
+                      f"p99 {pooled(lr.samples, 0.99):,.0f} µs", flush=True)
+        for pl in labs.values():
+            if pl.daemon is not None and not pl.daemon.alive():
+                raise RuntimeError(f"nfsip daemon died:\n{pl.daemon.log()}")
+    finally:
+        for pl in labs.values():
+            pl.down()
+    result = summarize(tput, lat, opts)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def reason_not_runnable() -> str | None:
+    reason = can_run()
+    if reason:
+        return reason
+    if shutil.which("gcc") is None:
+        return "needs gcc"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=None, help="length of one run (default 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternated rounds (default 2)")
+    parser.add_argument("--quick", action="store_true", help="2 s x 1 round")
+    parser.add_argument("--profile", action="store_true", help="py-spy the daemon during its throughput run")
+    parser.add_argument("--out", type=Path, default=None, help="write signalling.json/.md here")
+    args = parser.parse_args()
+    reason = reason_not_runnable()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    opts = Options.quick() if args.quick else Options()
+    if args.seconds:
+        opts.seconds = args.seconds
+    if args.rounds:
+        opts.rounds = args.rounds
+    opts.profile = args.profile
+    workdir = make_workdir()
+    try:
+        result = run(opts, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_part(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
