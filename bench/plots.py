@@ -168,7 +168,7 @@ def scale(part: dict[str, Any], out: Path) -> Path | None:
     levels = part["data"].get("levels")
     if not levels:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
     up = [lv for lv in levels if lv["phase"] in ("start", "up")]
     down = up[-1:] + [lv for lv in levels if lv["phase"] == "down"]
     ax1.plot([lv["calls"] for lv in up], [lv["rss_kib"] / 1024 for lv in up], "o-", color=NFSIP, label="bring up")
@@ -191,6 +191,18 @@ def scale(part: dict[str, Any], out: Path) -> Path | None:
     ax2.set_ylim(bottom=0)
     ax2.set_title("nft transaction cost as the maps grow")
     ax2.legend(fontsize=8)
+    if any("table_check_s" in lv["probe"] for lv in levels):
+        ax3.plot(pins, [lv["probe"].get("table_check_s", math.nan) for lv in levels], "o", color=NFSIP,
+                 label="table check (ensure_installed)")
+        ax3.plot(pins, [lv["probe"].get("media_counters_s", math.nan) for lv in levels], "s", color=USERSPACE,
+                 label="media counters read (sample_media)")
+        ax3.set_xlabel("media pinholes in the maps")
+        ax3.set_ylabel("seconds per read (every 5 s in the daemon's loop)")
+        ax3.set_ylim(bottom=0)
+        ax3.set_title("Kernel read-backs of the daemon's tick")
+        ax3.legend(fontsize=8)
+    else:
+        ax3.set_visible(False)
     return _save(fig, out / "scale.png")
 
 

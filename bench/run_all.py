@@ -68,8 +68,7 @@ def environment() -> dict[str, Any]:
         "sipp": cmd(["sipp", "-v"]).splitlines()[0] if shutil.which("sipp") else "not installed",
         "rtpengine": cmd(["rtpengine", "--version"]) if shutil.which("rtpengine") else "not installed",
         "nf_conntrack_buckets": read("/proc/sys/net/netfilter/nf_conntrack_buckets"),
-        "git_commit": cmd(["git", "rev-parse", "--short", "HEAD"]),
-        "git_dirty": bool(cmd(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])),
+        "nfsip": nfsip_version(),
     }
 
 
@@ -156,7 +155,7 @@ def headline(parts: dict[str, PartResult]) -> list[dict[str, str]]:
         peak = max(lv["calls"] for lv in sc.data["levels"])
         after = sc.data.get("after", {})
         want = sc.data["options"]["calls"]
-        add("10,000 concurrent calls held", f"{peak:,} calls ({2 * peak:,} pinholes), "
+        add(f"{want:,} concurrent calls held", f"{peak:,} calls ({2 * peak:,} pinholes), "
             f"{sc.data['per_call_bytes']:,.0f} bytes of daemon RSS per call", f"{want:,}", peak >= want)
         left = (after.get("status_calls"), after.get("status_pinholes"), after.get("conntrack_other_than_sip"))
         add("leftovers after teardown", f"status: {left[0]} calls, {left[1]} pinholes; conntrack: {left[2]}", "0",
@@ -167,13 +166,12 @@ def headline(parts: dict[str, PartResult]) -> list[dict[str, str]]:
 
 
 def markdown(parts: dict[str, PartResult], env: dict[str, Any], args: argparse.Namespace, pngs: list[Path]) -> str:
-    dirty = " (uncommitted changes)" if env["git_dirty"] else ""
     lines = [
         "# nfsip benchmark results",
         "",
         f"Measured {env['date']} on Linux {env['kernel']}, {env['cpus']} vCPU ({env['cpu_model']}), "
         f"{env['nft']}, {env['sipp']}, rtpengine {env['rtpengine']}; nf_conntrack_buckets "
-        f"{env['nf_conntrack_buckets']}; nfsip {env['git_commit']}{dirty}.",
+        f"{env['nf_conntrack_buckets']}; nfsip {env['nfsip']}.",
         f"Command: `{' '.join(['./.venv/bin/python', 'bench/run_all.py', *sys.argv[1:]])}`"
         f"{' (quick mode)' if args.quick else ''}. Total {sum(p.seconds for p in parts.values()):.0f} s.",
         "",

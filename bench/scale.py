@@ -83,7 +83,7 @@ class Options:
 
     @classmethod
     def quick(cls) -> Options:
-        return cls(calls=1000, probe=50, budget_s=60.0)
+        return cls(calls=2500, probe=50, budget_s=60.0)
 
 
 @dataclass
@@ -125,6 +125,16 @@ def probe_child(n: int) -> None:
     t0 = time.perf_counter()
     elements = len(nft.elements(SNAT_MAP))
     list_s = time.perf_counter() - t0
+    # What the daemon's tick reads back from the kernel while the maps are this big: every 5 s the table
+    # check (Daemon.ensure_installed) and the media counter sample (Daemon.sample_media); the packet loop
+    # waits meanwhile.
+    t0 = time.perf_counter()
+    nft.table_exists()
+    nft.has_queue_rule()
+    check_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nft.media_counters()
+    counters_s = time.perf_counter() - t0
 
     def pct(v: list[float], q: float) -> float:
         v = sorted(v)
@@ -133,7 +143,7 @@ def probe_child(n: int) -> None:
     print(json.dumps({
         "add_p50_us": statistics.median(add) * 1e6, "add_p99_us": pct(add, 0.99),
         "remove_p50_us": statistics.median(remove) * 1e6, "remove_p99_us": pct(remove, 0.99),
-        "snat_elements": elements, "list_snat_s": list_s,
+        "snat_elements": elements, "list_snat_s": list_s, "table_check_s": check_s, "media_counters_s": counters_s,
     }))
 
 
@@ -286,7 +296,7 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         "scale",
         f"Scale: {opts.calls:,} concurrent calls through nfsip, held and torn down",
         ["stage", "calls up", "pinholes", "stage s", "calls/s", "failed", "daemon CPU ms/call", "daemon RSS MiB",
-         "daemon nft tx mean µs", "probe add p50/p99 µs", "probe remove p50/p99 µs"],
+         "daemon nft tx mean µs", "probe add p50/p99 µs", "probe remove p50/p99 µs", "table check / counters read s"],
     )
     prev = 0
     for lv in levels:
@@ -305,6 +315,8 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
                 "probe add p50/p99 µs": f"{lv.probe.get('add_p50_us', 0):.0f} / {lv.probe.get('add_p99_us', 0):.0f}",
                 "probe remove p50/p99 µs": (f"{lv.probe.get('remove_p50_us', 0):.0f} / "
                                             f"{lv.probe.get('remove_p99_us', 0):.0f}"),
+                "table check / counters read s": (f"{lv.probe.get('table_check_s', 0):.3f} / "
+                                                  f"{lv.probe.get('media_counters_s', 0):.3f}"),
             }
         )
         prev = lv.calls
@@ -333,6 +345,9 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         f"{after.get('conntrack_other_than_sip', '-')}; gauges calls {after.get('calls_active_gauge', '-')}, "
         f"pinholes {after.get('pinholes_active_gauge', '-')}; daemon RSS after "
         f"{after.get('rss_kib', 0) / 1024:.1f} MiB",
+        "table check / counters read: Nft.table_exists() + has_queue_rule() (the daemon's ensure_installed, "
+        "every 5 s) and Nft.media_counters() (sample_media, every media_sample_interval = 5 s), timed once at "
+        "each level in the router: the daemon's packet loop waits while its tick runs them",
         "probe: one extra audio stream (2 pinholes = 8 elements) added and removed by nfsip's Nft.apply() "
         f"{opts.probe} times at each level, in the daemon's table; daemon nft tx mean: the daemon's own "
         "transactions during the stage that led to the level (INVITE install + 200 re-create, or BYE removal)",
@@ -357,7 +372,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=None, help="concurrent calls at the peak (default 10000)")
-    parser.add_argument("--quick", action="store_true", help="1000 calls, 60 s budget")
+    parser.add_argument("--quick", action="store_true", help="2500 calls, 60 s budget")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole part (default 300); bringing calls up stops at half of it")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during the second stage up")
