@@ -468,6 +468,7 @@ class Engine:
             why = "timed out" if call.confirmed else "no answer (Timer B)" if not call.responded else "setup timed out"
             ended.append(CallEnded(call.call_id, call.lan_ip, why, now - call.created, tuple(holes)))
         removed.extend(self.registrations.expire(now))
+        self.policy.forget_idle(now)  # rate-limit buckets of hosts that went quiet: bounded memory
         while self._vias:
             key, (_text, deadline) = next(iter(self._vias.items()))
             if deadline > now:

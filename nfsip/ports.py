@@ -81,7 +81,3 @@ class PortAllocator:
             if port in self._in_use:
                 self._in_use.discard(port)
                 self._quarantine[port] = now + self.quarantine_seconds
-
-    @property
-    def used(self) -> int:
-        return len(self._in_use)
