@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import queue_roundtrip  # bench/ is on sys.path when run as a script
+
 from nfsip.engine import Engine
 from nfsip.model import Direction, Endpoint, Flow
 from nfsip.packet import decode_ipv4_udp, encode_ipv4_udp, internet_checksum
@@ -48,11 +50,69 @@ HEAD = (
 )
 
 
+# A WebRTC-gateway-style offer: audio and video with ICE candidates (host, server-reflexive, relayed), DTLS
+# fingerprint, SSRCs and RTCP feedback: about 3 KB of SIP, the size that passes netfilterqueue's default
+# 4016-byte copy limit once headers grow.
+def _ice_media(kind: str, port: int, formats: str, attrs: str) -> str:
+    candidates = "".join(
+        f"a=candidate:{f} {c} UDP {p} {ip} {port + c - 1} typ {typ}{extra}\r\n"
+        for f, (ip, typ, p, extra) in enumerate(
+            (
+                ("10.0.0.2", "host", 2130706431, ""),
+                ("192.168.56.1", "host", 2130706175, ""),
+                ("198.51.100.7", "srflx", 1694498815, " raddr 10.0.0.2 rport 6000"),
+                ("203.0.113.50", "relay", 16777215, " raddr 198.51.100.7 rport 6000"),
+            ),
+            start=1,
+        )
+        for c in (1, 2)
+    )
+    return (
+        f"m={kind} {port} RTP/SAVPF {formats}\r\nc=IN IP4 10.0.0.2\r\na=rtcp:{port + 1} IN IP4 10.0.0.2\r\n"
+        f"{candidates}a=ice-ufrag:F7gI\r\na=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\na=ice-options:trickle\r\n"
+        "a=fingerprint:sha-256 49:66:12:17:0D:1C:91:AE:57:4C:C6:36:DD:D5:97:D2:7D:62:C9:9A:7F:B9:A3:F4:"
+        "70:03:EB:1A:39:06:7C:C6\r\na=setup:actpass\r\na=sendrecv\r\n" + attrs
+    )
+
+
+ICE_SDP = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 10.0.0.2\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+    "a=msid-semantic: WMS stream\r\n"
+    + _ice_media(
+        "audio",
+        6000,
+        "111 103 9 0 8 101",
+        "a=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+        "a=rtpmap:103 ISAC/16000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=ssrc:1001 cname:4TOk42mSjXCkVIa6\r\n"
+        "a=ssrc:1001 msid:stream audio0\r\n",
+    )
+    + _ice_media(
+        "video",
+        6002,
+        "96 97 98 99",
+        "a=mid:1\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-fb:96 nack\r\n"
+        "a=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 goog-remb\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+        "a=rtpmap:98 H264/90000\r\na=fmtp:98 level-asymmetry-allowed=1;packetization-mode=1;"
+        "profile-level-id=42e01f\r\na=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n"
+        "a=ssrc-group:FID 2001 2002\r\na=ssrc:2001 cname:4TOk42mSjXCkVIa6\r\na=ssrc:2002 cname:4TOk42mSjXCkVIa6\r\n",
+    )
+)
+
+
 def invite(n: int) -> bytes:
     return (
         "INVITE sip:bob@example.org SIP/2.0\r\n"
         + HEAD.format(n=n, totag="", cseq="1 INVITE")
         + f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}"
+    ).encode()
+
+
+def invite_ice(n: int) -> bytes:
+    return (
+        "INVITE sip:bob@example.org SIP/2.0\r\n"
+        + HEAD.format(n=n, totag="", cseq="1 INVITE")
+        + f"Content-Type: application/sdp\r\nContent-Length: {len(ICE_SDP)}\r\n\r\n{ICE_SDP}"
     ).encode()
 
 
@@ -102,6 +162,7 @@ def bench_messages(n: int) -> list[tuple[str, float, float]]:
         ("200 OK + SDP", ok_200),
         ("BYE", bye),
         ("REGISTER", register),
+        (f"INVITE ICE ({len(invite_ice(0))} B)", invite_ice),
     ):
         engine = Engine(PUBLIC, PortAllocator(40000, 49999))
         packets = [ip_udp(make(i), PUBLIC, SERVER) for i in range(n)]
@@ -178,6 +239,13 @@ def main() -> int:
     print(f"{'message':<24}{'median µs':>12}{'p99 µs':>12}")
     for name, median, p99 in bench_messages(args.n):
         print(f"{name:<24}{median:>12.1f}{p99:>12.1f}")
+    roundtrip = queue_roundtrip.measure(n=20000, rounds=3, payload=invite(0))
+    print("\nNFQUEUE round trip, same run (bench/queue_roundtrip.py: loop CPU per packet, median of 3 rounds)")
+    if isinstance(roundtrip, str):
+        print(f"  {roundtrip}")
+    else:
+        for kind, us in roundtrip.items():
+            print(f"{kind:<24}{us:>12.1f} µs CPU")
     nft = bench_nft(min(args.n, 1000))
     print("\nnft transaction (libnftables JSON), one audio stream = 2 pinholes = 4 map elements")
     if isinstance(nft, str):
