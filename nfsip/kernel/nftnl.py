@@ -1,0 +1,361 @@
+"""Raw nfnetlink batches for map and set ELEMENTS: the per-message hot path of nfsip.kernel.nft.
+
+libnftables spends 0.24-0.36 ms on the 8 elements of an audio stream, mostly refreshing its cache (a
+generation, table, chain and set dump) before every command; the kernel work is a few µs per element
+(LAB.md). This module builds the same NFT_MSG_NEWSETELEM / NFT_MSG_DELSETELEM messages libnftables 1.0.6
+sends, byte for byte (tests/test_nftnl.py holds captured libnftables bytes), in ONE batch per call:
+
+    NFNL_MSG_BATCH_BEGIN, one message per element change (in the caller's order), NFNL_MSG_BATCH_END
+
+The kernel runs the batch as one transaction: all changes or none. Only socket and struct; the ruleset
+itself, reads and dry runs stay with libnftables.
+
+Differences from libnftables, both deliberate:
+- no NFTA_SET_ELEM_LIST_SET_ID: libnftables sends the id of its cache entry, which the kernel consults
+  only for a set created in the same batch; the set is found by name.
+- the last element message carries NLM_F_ACK. The kernel reports a failing message whether or not it asked
+  for an ack, but it aborts some malformed batches silently; the ack of the last message is the positive
+  proof that the batch was committed.
+
+Counter sets (`counter` in the set) need nothing here: libnftables sends no expression with the element
+and the kernel gives every new element a clone of the set's counter (nft_set_elem_expr_clone).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import select
+import socket
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # error acks without the echoed request payload: the header (seq) is all we need
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_CREATE = 0x400
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLA_F_NESTED = 0x8000
+
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWSETELEM = 12
+NFT_MSG_DELSETELEM = 14
+NFPROTO_IPV4 = 2
+
+NFTA_SET_ELEM_LIST_TABLE = 1
+NFTA_SET_ELEM_LIST_SET = 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3
+NFTA_SET_ELEM_LIST_SET_ID = 4  # not sent: see the module docstring
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_DATA = 2
+NFTA_SET_ELEM_TIMEOUT = 4
+NFTA_SET_ELEM_USERDATA = 6
+NFTA_DATA_VALUE = 1
+NFTNL_UDATA_SET_ELEM_COMMENT = 0
+NFTNL_UDATA_COMMENT_MAXLEN = 128  # libnftables refuses longer comments; so do we
+
+MSG_NAMES = {NFT_MSG_NEWSETELEM: "NEWSETELEM", NFT_MSG_DELSETELEM: "DELSETELEM"}
+
+_HDR = struct.Struct("=IHHII")  # struct nlmsghdr
+_ATTR = struct.Struct("=HH")  # struct nlattr
+_ERR = struct.Struct("=iIHHII")  # struct nlmsgerr: error, then the request's nlmsghdr
+_BE64 = struct.Struct("!Q")
+_PORT = struct.Struct("!Hxx")  # inet_service in a concat: network order, padded to a 4-byte register
+_NFGEN_ELEM = struct.pack("=BBH", NFPROTO_IPV4, 0, 0)
+_NFGEN_BATCH = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", NFNL_SUBSYS_NFTABLES)
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return _ATTR.pack(size, kind) + payload + _PAD[size & 3]
+
+
+def _nested(kind: int, payload: bytes) -> bytes:
+    return _ATTR.pack(4 + len(payload), kind | NLA_F_NESTED) + payload  # nested payloads are aligned already
+
+
+def _strz(kind: int, text: str) -> bytes:
+    return _attr(kind, text.encode() + b"\0")
+
+
+Field = str | int  # an ipv4_addr ("10.0.0.2") or an inet_service (5060)
+
+_IPV4: dict[str, bytes] = {}  # a daemon sees few distinct addresses (its public one, its phones)
+
+
+def _ipv4(text: str) -> bytes:
+    packed = _IPV4.get(text)
+    if packed is None:
+        packed = socket.inet_pton(socket.AF_INET, text)  # strict dotted quad, as nft parses it
+        if len(_IPV4) < 4096:
+            _IPV4[text] = packed
+    return packed
+
+
+def concat(fields: Sequence[Field]) -> bytes:
+    """A key or value of type `ipv4_addr . inet_service ...` as the kernel's registers hold it: each field
+    in its own 4-byte register, ports in network order in the first 2 bytes (what nft's concat does)."""
+    try:
+        return b"".join([_PORT.pack(f) if isinstance(f, int) else _ipv4(f) for f in fields])
+    except (OSError, TypeError, struct.error) as exc:
+        raise ValueError(f"not a concatenation of ipv4_addr / inet_service: {fields!r}") from exc
+
+
+class Change(NamedTuple):
+    """One element change, one message of the batch (as libnftables sends one command per element): add
+    (NLM_F_CREATE without NLM_F_EXCL, so an existing element with the same value is refreshed, not refused)
+    or delete the element `key` of set or map `set_name`. `value` only for a map add; `timeout_ms` and
+    `comment` only for an add. (A NamedTuple: built 8 times per SIP message; a frozen dataclass is slower.)"""
+
+    add: bool
+    set_name: str
+    key: tuple[Field, ...]
+    value: tuple[Field, ...] | None = None
+    timeout_ms: int | None = None
+    comment: str | None = None
+
+    def describe(self) -> str:
+        text = " . ".join(str(f) for f in self.key)
+        if self.value is not None:
+            text += " : " + " . ".join(str(f) for f in self.value)
+        return f"{self.set_name} {{ {text} }}"
+
+
+_DATA = struct.Struct("=HHHH")  # a nested attribute holding one NFTA_DATA_VALUE
+_TIMEOUT_HDR = _ATTR.pack(12, NFTA_SET_ELEM_TIMEOUT)
+_NEWSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
+_DELSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM
+
+
+def _data(kind: int, value: bytes) -> bytes:
+    # Concatenations are whole 4-byte registers: no padding inside.
+    return _DATA.pack(8 + len(value), kind | NLA_F_NESTED, 4 + len(value), NFTA_DATA_VALUE) + value
+
+
+def _userdata(comment: str) -> bytes:
+    """NFTA_SET_ELEM_USERDATA as libnftnl writes a comment: one TLV (type u8, length u8) holding the text
+    with its NUL (nftnl_udata_put_strz)."""
+    text = comment.encode() + b"\0"
+    if len(text) > NFTNL_UDATA_COMMENT_MAXLEN:
+        raise ValueError(f"element comment longer than {NFTNL_UDATA_COMMENT_MAXLEN - 1} bytes: {comment!r}")
+    return _attr(NFTA_SET_ELEM_USERDATA, bytes((NFTNL_UDATA_SET_ELEM_COMMENT, len(text))) + text)
+
+
+def encode_element(change: Change, userdata: dict[str, bytes] | None = None) -> bytes:
+    """NFTA_LIST_ELEM in libnftables' attribute order: timeout, key, data, userdata (a delete: key only).
+    `userdata` memoises comment attributes: the elements of one pinhole share their comment."""
+    if not change.add:
+        body = _data(NFTA_SET_ELEM_KEY, concat(change.key))
+        return _ATTR.pack(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
+    parts = []
+    if change.timeout_ms is not None:
+        parts.append(_TIMEOUT_HDR + _BE64.pack(change.timeout_ms))
+    parts.append(_data(NFTA_SET_ELEM_KEY, concat(change.key)))
+    if change.value is not None:
+        parts.append(_data(NFTA_SET_ELEM_DATA, concat(change.value)))
+    comment = change.comment
+    if comment is not None:
+        attr = None if userdata is None else userdata.get(comment)
+        if attr is None:
+            attr = _userdata(comment)
+            if userdata is not None:
+                userdata[comment] = attr
+        parts.append(attr)
+    body = b"".join(parts)
+    return _ATTR.pack(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
+
+
+def _prefix(table: str, set_name: str) -> bytes:
+    return _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
+
+
+def encode_message(
+    change: Change,
+    table: str,
+    seq: int,
+    ack: bool = False,
+    prefixes: dict[str, bytes] | None = None,
+    userdata: dict[str, bytes] | None = None,
+) -> bytes:
+    """One NEWSETELEM / DELSETELEM: nlmsghdr, nfgenmsg, table, set, the element. `prefixes` memoises the
+    part from nfgenmsg up to the element per set name."""
+    prefix = None if prefixes is None else prefixes.get(change.set_name)
+    if prefix is None:
+        prefix = _prefix(table, change.set_name)
+        if prefixes is not None:
+            prefixes[change.set_name] = prefix
+    elem = encode_element(change, userdata)
+    if change.add:
+        kind, flags = _NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE
+    else:
+        kind, flags = _DELSETELEM, NLM_F_REQUEST
+    return b"".join(
+        (
+            _HDR.pack(20 + len(prefix) + len(elem), kind, flags | NLM_F_ACK if ack else flags, seq, 0),
+            prefix,
+            _ATTR.pack(4 + len(elem), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED),
+            elem,
+        )
+    )
+
+
+def encode_batch(changes: Sequence[Change], table: str, seq: int, ack_last: bool = True) -> bytes:
+    """BATCH_BEGIN (sequence `seq`), the changes (seq+1 ...), BATCH_END. Sequence numbers wrap at 2**32."""
+    last = len(changes) - 1
+    prefixes: dict[str, bytes] = {}
+    userdata: dict[str, bytes] = {}
+    parts = [_HDR.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq & 0xFFFFFFFF, 0), _NFGEN_BATCH]
+    for i, change in enumerate(changes):
+        seq_i = (seq + 1 + i) & 0xFFFFFFFF
+        parts.append(encode_message(change, table, seq_i, ack_last and i == last, prefixes, userdata))
+    parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, (seq + 1 + len(changes)) & 0xFFFFFFFF, 0))
+    parts.append(_NFGEN_BATCH)
+    return b"".join(parts)
+
+
+def parse_acks(data: bytes) -> list[tuple[int, int, int]]:
+    """(errno, request type, request seq) of every NLMSG_ERROR in one datagram (errno 0: an ack)."""
+    out = []
+    offset = 0
+    while offset + 16 <= len(data):
+        size, kind, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
+        if size < 16:
+            break
+        if kind == NLMSG_ERROR and size >= 16 + _ERR.size:
+            err, _len, req_type, _req_flags, req_seq, _req_pid = _ERR.unpack_from(data, offset + 16)
+            out.append((-err, req_type, req_seq))
+        offset += (size + 3) & ~3
+    return out
+
+
+class BatchError(OSError):
+    """The kernel refused a batch: nothing of it was applied. `errno` is the kernel's, `msg_type` the
+    refused message ("NEWSETELEM", "DELSETELEM"; "BATCH" when the commit as a whole failed)."""
+
+    def __init__(self, code: int, msg_type: str, detail: str) -> None:
+        super().__init__(code, f"{msg_type} {detail}: {os.strerror(code)}" if detail else os.strerror(code))
+        self.msg_type = msg_type
+
+    def __str__(self) -> str:
+        return f"{self.strerror} (errno {self.errno})"
+
+
+class NfnlSocket:
+    """One NETLINK_NETFILTER socket, opened in the network namespace of its first use."""
+
+    DEFAULT_BUF = 1 << 20
+    ANSWER_WAIT = 1.0  # seconds; the kernel answers inside sendmsg(), this only bounds a missing answer
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = int.from_bytes(os.urandom(2), "big") << 8  # apart from other sockets' numbers in traces
+        self._sndbuf = 0
+        self._rcvbuf = 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+            self._sndbuf = self._rcvbuf = 0
+            self._size_buffers(self.DEFAULT_BUF, self.DEFAULT_BUF)
+        return self._sock
+
+    def _size_buffers(self, sndbuf: int, rcvbuf: int) -> None:
+        """A batch goes to the kernel in one sendmsg() (refused beyond the send buffer), and a batch that
+        fails may answer with one error per message: size both buffers for the batch, as nft does."""
+        assert self._sock is not None
+        if sndbuf > self._sndbuf:
+            _set_buffer(self._sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+            self._sndbuf = sndbuf
+        if rcvbuf > self._rcvbuf:
+            _set_buffer(self._sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+            self._rcvbuf = rcvbuf
+
+    def send(self, changes: Sequence[Change], table: str) -> None:
+        """Apply `changes` as one transaction. Raises BatchError (nothing applied) or OSError (socket)."""
+        if not changes:
+            return
+        sock = self._socket()
+        begin = self._seq
+        self._seq = (begin + len(changes) + 2) & 0xFFFFFFFF
+        batch = encode_batch(changes, table, begin)
+        if len(batch) + 4096 > self._sndbuf or len(changes) * 1024 > self._rcvbuf:
+            self._size_buffers(len(batch) + 65536, len(changes) * 1024 + 65536)
+        _drain(sock)  # nothing of an earlier batch may be taken for an answer to this one
+        sock.send(batch)
+        answers, overrun = _drain(sock)
+        if not answers and not overrun and select.select([sock], [], [], self.ANSWER_WAIT)[0]:
+            answers, overrun = _drain(sock)
+        _check(answers, overrun, changes, table, begin)
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)  # with CAP_NET_ADMIN: beyond net.core.[rw]mem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def _drain(sock: socket.socket) -> tuple[list[tuple[int, int, int]], bool]:
+    """Every answer waiting on the socket, and whether the kernel dropped some (receive buffer full)."""
+    answers: list[tuple[int, int, int]] = []
+    overrun = False
+    while True:
+        try:
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return answers, overrun
+        except OSError as exc:
+            if exc.errno != errno_mod.ENOBUFS:
+                raise
+            overrun = True  # reported once; what is still queued is read on
+            continue
+        answers.extend(parse_acks(data))
+
+
+def _check(
+    answers: list[tuple[int, int, int]], overrun: bool, changes: Sequence[Change], table: str, begin: int
+) -> None:
+    """Raise for the first refused message of the batch starting at sequence `begin`; return when the
+    kernel acknowledged the last message without any error."""
+    first: tuple[int, int, int] | None = None  # (position in the batch, errno, request type)
+    acked = False
+    for code, req_type, req_seq in answers:
+        position = (req_seq - begin) & 0xFFFFFFFF
+        if position > len(changes) + 1:
+            continue  # not this batch's
+        if code and (first is None or position < first[0]):
+            first = (position, code, req_type)
+        elif not code and position == len(changes):
+            acked = True
+    if first is not None:
+        position, code, req_type = first
+        if 1 <= position <= len(changes):
+            raise BatchError(code, MSG_NAMES.get(req_type & 0xFF, str(req_type)), changes[position - 1].describe())
+        raise BatchError(code, "BATCH", f"table {table}")  # the commit as a whole (batch begin / end)
+    if overrun:
+        raise BatchError(errno_mod.ENOBUFS, "BATCH", f"table {table}: answers lost, the batch failed")
+    if not acked:
+        raise BatchError(errno_mod.EPROTO, "BATCH", f"table {table}: the kernel did not confirm the batch")
