@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 
 from .model import Endpoint, Pinhole, comment_call_id
 from .ports import PortAllocator
+from .sip.spans import fast_ctor
+
+# Positional constructors that skip the frozen dataclasses' __init__: every message that installs a call's
+# pinholes builds two Endpoints and a Pinhole per pinhole (nfsip.sip.spans.fast_ctor).
+_pinhole = fast_ctor(Pinhole)
+_endpoint = fast_ctor(Endpoint)
 
 
 @dataclass
@@ -52,17 +58,17 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
     if call.strict:
         remote = call.far_media.get(index, "")
         kind = "media" if remote else "media-out"
+    public_ip, lan_ip, call_id, confirmed, created = (
+        call.public_ip,
+        call.lan_ip,
+        call.call_id,
+        call.confirmed,
+        call.created,
+    )
+    # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
     return [
-        Pinhole(
-            Endpoint(call.public_ip, pub),
-            Endpoint(call.lan_ip, lan),
-            call.call_id,
-            label,
-            timeout,
-            kind=kind,
-            remote_ip=remote,
-            established=call.confirmed,
-            since=call.created,
+        _pinhole(
+            _endpoint(public_ip, pub), _endpoint(lan_ip, lan), call_id, label, timeout, kind, remote, confirmed, created
         )
         for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
     ]
@@ -70,6 +76,9 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
 
 def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) -> tuple[int, ...]:
     """Public ports for LAN ports; consecutive LAN ports get consecutive public ports (RTP/RTCP pairs)."""
+    if len(lan_ports) == 2 and lan_ports[0] + 1 == lan_ports[1]:
+        first = ports.allocate(2, now, preferred=lan_ports[0])  # the usual RTP/RTCP pair: one block
+        return (first, first + 1)
     runs: list[list[int]] = []
     for port in lan_ports:
         if runs and runs[-1][-1] + 1 == port:

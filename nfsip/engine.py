@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
@@ -39,10 +39,16 @@ from .sip.edit import Edit, apply_edits
 from .sip.errors import SipParseError
 from .sip.message import HostPort, SipMessage, parse_message
 from .sip.sdp import Sdp, SdpMedia
+from .sip.spans import fast_ctor
 
 # Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
 # (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
+
+# Positional constructors that skip the frozen dataclasses' __init__ (nfsip.sip.spans.fast_ctor): a
+# decision makes one Decision and several Edits per message.
+_edit = fast_ctor(Edit)
+_decision = fast_ctor(Decision)
 
 TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
@@ -79,13 +85,6 @@ def _is_private(address: str) -> bool:
         return False
     # 0.0.0.0 is the RFC 3264 §8.4 hold address, not a host.
     return ip.is_private and not ip.is_unspecified
-
-
-def _in_dialog(msg: SipMessage) -> bool:
-    try:
-        return msg.to.tag is not None
-    except SipParseError:
-        return False
 
 
 def _session_expires(msg: SipMessage) -> int | None:
@@ -146,7 +145,7 @@ class Engine:
             # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.sip.message).
             via = msg.top_via
             if via.sent_by.host == lan_ip:
-                edits.append(Edit(via.sent_by.span, _hostport_bytes(public_sip)))
+                edits.append(_edit(via.sent_by.span, _hostport_bytes(public_sip)))
                 if via.branch:
                     self._remember_via(via.branch, lan_ip, via.sent_by.span.slice(msg.raw), now)
                     if msg.method == "REGISTER":
@@ -160,7 +159,7 @@ class Engine:
         for contact in msg.contacts:
             hp = contact.uri.hostport
             if hp is not None and hp.host == lan_ip:
-                edits.append(Edit(hp.span, _hostport_bytes(public_sip)))
+                edits.append(_edit(hp.span, _hostport_bytes(public_sip)))
             elif hp is not None and _is_private(hp.host):
                 change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
@@ -222,7 +221,7 @@ class Engine:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
             # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
             # established already; one first seen in an INVITE waits for any response for Timer B.
-            call.confirmed = msg.is_request and _in_dialog(msg)
+            call.confirmed = msg.is_request and msg.to_has_tag()
             call.responded = not msg.is_request
             call.expires_at = now + (self._lifetime(call) if call.confirmed else TIMER_B)
         try:
@@ -243,13 +242,13 @@ class Engine:
             edits.extend(self._port_edits(media, binding))
             if media.rtcp is not None and media.rtcp.address is not None:
                 if media.rtcp.address.address == lan_ip:
-                    edits.append(Edit(media.rtcp.address.address_span, self.public_ip.encode()))
+                    edits.append(_edit(media.rtcp.address.address_span, self.public_ip.encode()))
             if media.connection is not None and media.connection.address == lan_ip:
-                edits.append(Edit(media.connection.address_span, self.public_ip.encode()))
+                edits.append(_edit(media.connection.address_span, self.public_ip.encode()))
         if sdp.connection is not None and sdp.connection.address == lan_ip:
-            edits.append(Edit(sdp.connection.address_span, self.public_ip.encode()))
+            edits.append(_edit(sdp.connection.address_span, self.public_ip.encode()))
         if sdp.origin is not None and sdp.origin.address == lan_ip:
-            edits.append(Edit(sdp.origin.address_span, self.public_ip.encode()))
+            edits.append(_edit(sdp.origin.address_span, self.public_ip.encode()))
         return edits
 
     def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
@@ -278,18 +277,18 @@ class Engine:
                 self._registered(msg, via.branch, now, change)
             if via.sent_by.host == self.public_ip:
                 original = self._recall_via(via.branch, lan_sip.ip)
-                edits.append(Edit(via.sent_by.span, original or _hostport_bytes(lan_sip)))
+                edits.append(_edit(via.sent_by.span, original or _hostport_bytes(lan_sip)))
                 received = via.param("received")
                 if received is not None and received.value_span is not None:
                     if received.value == self.public_ip:
-                        edits.append(Edit(received.value_span, lan_sip.ip.encode()))
+                        edits.append(_edit(received.value_span, lan_sip.ip.encode()))
                 rport = via.param("rport")
                 if rport is not None and rport.value_span is not None:
-                    edits.append(Edit(rport.value_span, str(lan_sip.port).encode()))
+                    edits.append(_edit(rport.value_span, str(lan_sip.port).encode()))
         if msg.is_request and msg.request_uri is not None:
             hp: HostPort | None = msg.request_uri.hostport
             if hp is not None and hp.host == self.public_ip:
-                edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
+                edits.append(_edit(hp.span, _hostport_bytes(lan_sip)))
         if msg.sdp is not None:
             self._far_end_sdp(msg, msg.sdp, lan_sip.ip, change)
         self._transitions(msg, lan_sip.ip, flow.direction, now, change)
@@ -298,10 +297,10 @@ class Engine:
     @staticmethod
     def _port_edits(media: SdpMedia, binding: StreamBinding) -> list[Edit]:
         """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
-        edits = [Edit(media.port_span, str(binding.public_ports[0]).encode())]
+        edits = [_edit(media.port_span, str(binding.public_ports[0]).encode())]
         if media.rtcp is not None and not media.rtcp_mux and media.rtcp.port in binding.lan_ports:
             rtcp_public = binding.public_ports[binding.lan_ports.index(media.rtcp.port)]
-            edits.append(Edit(media.rtcp.port_span, str(rtcp_public).encode()))
+            edits.append(_edit(media.rtcp.port_span, str(rtcp_public).encode()))
         return edits
 
     def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
@@ -380,7 +379,7 @@ class Engine:
         if msg.is_request:
             if msg.method == "BYE":
                 self._end(call, now, f"BYE ({direction.value})", change)
-            elif call.confirmed and _in_dialog(msg):
+            elif call.confirmed and msg.to_has_tag():
                 self._refresh(call, now, change, _session_expires(msg))
             return
         status = msg.status or 0
@@ -515,18 +514,19 @@ class Engine:
             (recreate if change.recreate and not change.new_lan_ports else install).extend(holes)
             if change.new_lan_ports:
                 opened = opened + [h for h in holes if h.lan.port in change.new_lan_ports]
-        return Decision(
+        # Every field in Decision's order (_decision skips the dataclass __init__ and its defaults).
+        return _decision(
             payload,
             "rewritten" if payload is not None else "unchanged",
-            kind=_message_kind(msg),
-            detail=change.detail,
-            install=tuple(install),
-            recreate=tuple(recreate),
-            opened=tuple(opened),
-            remove=tuple(change.remove),
-            events=tuple(change.events),
-            refusals=tuple(change.refusals),
-            ended=tuple(change.ended),
+            _message_kind(msg),
+            change.detail,
+            tuple(install),
+            tuple(recreate),
+            tuple(opened),
+            tuple(change.remove),
+            tuple(change.events),
+            tuple(change.refusals),
+            tuple(change.ended),
         )
 
     def _call_pinholes(self, call: Call, now: float) -> list[Pinhole]:
@@ -541,21 +541,38 @@ class Engine:
         return call.pinholes(timeout)
 
 
-@dataclass
 class _Change:
-    """What one message changes: collected by the steps of the decision, turned into a Decision."""
+    """What one message changes: collected by the steps of the decision, turned into a Decision.
 
-    install_call: Call | None = None
-    install: list[Pinhole] = field(default_factory=list)
-    opened: list[Pinhole] = field(default_factory=list)
-    remove: list[Pinhole] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
-    ended: list[CallEnded] = field(default_factory=list)
-    new_lan_ports: set[int] = field(default_factory=set)  # LAN ports of streams bound by this message
-    recreate: bool = False  # the call's state changed: its elements' comments must be rewritten
-    detail: str = ""
-    pass_unchanged: bool = False
+    A plain slotted class, not a dataclass: one is made per message, and eleven default factories cost
+    more than the rest of a BYE's decision (bench/engine.py)."""
+
+    __slots__ = (
+        "detail",
+        "ended",
+        "events",
+        "install",
+        "install_call",
+        "new_lan_ports",
+        "opened",
+        "pass_unchanged",
+        "recreate",
+        "refusals",
+        "remove",
+    )
+
+    def __init__(self) -> None:
+        self.install_call: Call | None = None
+        self.install: list[Pinhole] = []
+        self.opened: list[Pinhole] = []
+        self.remove: list[Pinhole] = []
+        self.events: list[str] = []
+        self.refusals: list[str] = []
+        self.ended: list[CallEnded] = []
+        self.new_lan_ports: set[int] = set()  # LAN ports of streams bound by this message
+        self.recreate = False  # the call's state changed: its elements' comments must be rewritten
+        self.detail = ""
+        self.pass_unchanged = False
 
     def refuse(self, reason: str, detail: str) -> None:
         self.refusals.append(reason)
@@ -566,7 +583,19 @@ def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[s
     """LAN ports a stream receives on, with labels: RTP ports, then RTCP (RFC 3550: port+1; RFC 3605
     a=rtcp names it explicitly; RFC 5761 rtcp-mux puts it on the RTP port). `m=video 49170/2` means two RTP
     ports 49170 and 49172, with RTCP on 49171 and 49173 (RFC 8866 §5.14)."""
-    count = max(media.port_count, 1)
+    count = media.port_count
+    if count <= 1 and index < _LABELS_CACHED:
+        # The usual m= line, one RTP port: spared the general loop and its label formatting.
+        rtp = media.port
+        if media.rtcp_mux:
+            return (rtp,), _RTP_ONLY_LABELS[index]
+        rtcp = media.rtcp.port if media.rtcp is not None else rtp + 1
+        if rtcp == rtp:
+            return (rtp,), _RTP_ONLY_LABELS[index]
+        if rtcp > rtp:
+            return (rtp, rtcp), _RTP_RTCP_LABELS[index]
+        return (rtcp, rtp), _RTCP_RTP_LABELS[index]
+    count = max(count, 1)
     ports: list[int] = []
     labels: list[str] = []
     for i in range(count):
@@ -584,3 +613,9 @@ def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[s
             labels.append(f"m{index}.rtcp" if count == 1 else f"m{index}.rtcp{i}")
     order = sorted(range(len(ports)), key=ports.__getitem__)
     return tuple(ports[i] for i in order), tuple(labels[i] for i in order)
+
+
+_LABELS_CACHED = 16
+_RTP_ONLY_LABELS = tuple((f"m{i}.rtp",) for i in range(_LABELS_CACHED))
+_RTP_RTCP_LABELS = tuple((f"m{i}.rtp", f"m{i}.rtcp") for i in range(_LABELS_CACHED))
+_RTCP_RTP_LABELS = tuple((f"m{i}.rtcp", f"m{i}.rtp") for i in range(_LABELS_CACHED))

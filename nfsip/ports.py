@@ -43,7 +43,13 @@ class PortAllocator:
         return False
 
     def _block_free(self, first: int, count: int, now: float) -> bool:
-        return all(self._free(p, now) for p in range(first, first + count))
+        in_use, quarantine = self._in_use, self._quarantine
+        for port in range(first, first + count):
+            if port in in_use:
+                return False
+            if port in quarantine and not self._free(port, now):
+                return False
+        return True
 
     def allocate(self, count: int, now: float, preferred: int | None = None) -> int:
         """Reserve `count` consecutive ports and return the first.

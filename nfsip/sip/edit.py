@@ -44,11 +44,11 @@ def apply_edits(msg: SipMessage, edits: Iterable[Edit]) -> bytes:
     raw = msg.raw
     n = len(raw)
     bs, be = msg.body_span.start, msg.body_span.end
-    ordered = sorted(edits, key=lambda ed: (ed.span.start, ed.span.end))
+    # Plain (start, end, bytes) tuples sort natively: a per-edit key function cost more than the splice.
+    ordered = sorted([(ed.span.start, ed.span.end, ed.replacement) for ed in edits])
     delta = 0
     prev_end = 0
-    for ed in ordered:
-        s, e = ed.span.start, ed.span.end
+    for s, e, replacement in ordered:
         if not 0 <= s <= e <= n:
             raise ValueError(f"edit span {s}:{e} outside message of {n} bytes")
         if s < prev_end:
@@ -57,22 +57,22 @@ def apply_edits(msg: SipMessage, edits: Iterable[Edit]) -> bytes:
             raise ValueError(f"edit {s}:{e} straddles the body boundary {bs}:{be}")
         prev_end = e
         if s >= bs:  # not straddling, so the edit lies inside the body
-            delta += len(ed.replacement) - (e - s)
+            delta += len(replacement) - (e - s)
     if delta and msg.content_length_spans:
         new_len = str(be - bs + delta).encode("ascii")
-        cl_edits = [Edit(sp, new_len) for sp in msg.content_length_spans]
-        for cl in cl_edits:
-            for ed in ordered:
-                if ed.span.start < cl.span.end and cl.span.start < ed.span.end:
+        cl_edits = [(sp.start, sp.end, new_len) for sp in msg.content_length_spans]
+        for cs, ce, _ in cl_edits:
+            for s, e, _ in ordered:
+                if s < ce and cs < e:
                     raise ValueError("edit overlaps a Content-Length value that must be rewritten")
-        ordered = sorted([*ordered, *cl_edits], key=lambda ed: (ed.span.start, ed.span.end))
+        ordered = sorted(ordered + cl_edits)
     if not ordered:
         return raw
     out: list[bytes] = []
     p = 0
-    for ed in ordered:
-        out.append(raw[p : ed.span.start])
-        out.append(ed.replacement)
-        p = ed.span.end
+    for s, e, replacement in ordered:
+        out.append(raw[p:s])
+        out.append(replacement)
+        p = e
     out.append(raw[p:])
     return b"".join(out)

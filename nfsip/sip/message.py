@@ -1082,6 +1082,19 @@ class SipMessage:
             v = self._to = _parse_single(self._text, s, e, "bad-to")
         return v
 
+    def to_has_tag(self) -> bool:
+        """Whether To carries a tag: the request is inside a dialog (RFC 3261 §12.2.1). Never raises: a
+        malformed To has no tag. A To whose text cannot hold "tag" is not parsed at all (the common
+        initial INVITE: parsing its To cost about 4 % of the whole decision, bench/engine.py)."""
+        if self._to is None:
+            s, e = self._to_at
+            if "tag" not in self._text[s:e].lower():
+                return False
+        try:
+            return self.to.tag is not None
+        except SipParseError:
+            return False
+
     def validate(self) -> SipMessage:
         """Parse every part a lazy :func:`parse_message` deferred; raise :class:`SipParseError`.
 
