@@ -12,6 +12,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from .sip.spans import fast_ctor
+
 IPPROTO_UDP = 17
 
 
@@ -31,6 +33,12 @@ class UdpDatagram:
     dport: int
     header_len: int  # IP header length (with options) + 8 bytes of UDP header
     payload: bytes
+
+
+_PORTS = struct.Struct("!HH")
+_PROTO_UDP = bytes((0, IPPROTO_UDP))
+_inet_ntoa = socket.inet_ntoa
+_udp_datagram = fast_ctor(UdpDatagram)
 
 
 def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
@@ -59,14 +67,10 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
     udp_len = (packet[ihl + 4] << 8) | packet[ihl + 5]
     if udp_len < 8 or ihl + udp_len > total_len:
         raise PacketError("bad-udp-length")
-    sport, dport = struct.unpack_from("!HH", packet, ihl)
-    return UdpDatagram(
-        src=socket.inet_ntoa(packet[12:16]),
-        sport=sport,
-        dst=socket.inet_ntoa(packet[16:20]),
-        dport=dport,
-        header_len=ihl + 8,
-        payload=packet[ihl + 8 : ihl + udp_len],
+    sport, dport = _PORTS.unpack_from(packet, ihl)
+    # Positional, without the frozen dataclass __init__ (decoded once per queued packet).
+    return _udp_datagram(
+        _inet_ntoa(packet[12:16]), sport, _inet_ntoa(packet[16:20]), dport, ihl + 8, packet[ihl + 8 : ihl + udp_len]
     )
 
 
@@ -97,14 +101,14 @@ def encode_ipv4_udp(original: bytes, payload: bytes) -> bytes:
     total_len = ihl + udp_len
     if total_len > 0xFFFF:
         raise PacketError("too-large")
-    ip_header = bytearray(original[:ihl])
-    struct.pack_into("!H", ip_header, 2, total_len)
-    struct.pack_into("!H", ip_header, 10, 0)
-    struct.pack_into("!H", ip_header, 10, internet_checksum(bytes(ip_header)))
-    sport_dport = original[ihl : ihl + 4]
-    udp_header = sport_dport + struct.pack("!HH", udp_len, 0)
-    pseudo = ip_header[12:20] + struct.pack("!BBH", 0, IPPROTO_UDP, udp_len)
-    checksum = internet_checksum(bytes(pseudo) + udp_header + payload)
+    # The IP header with the new total length and a zero checksum, then its checksum filled in.
+    ip_header = original[:2] + total_len.to_bytes(2, "big") + original[4:10] + b"\0\0" + original[12:ihl]
+    ip_header = ip_header[:10] + internet_checksum(ip_header).to_bytes(2, "big") + ip_header[12:]
+    ports_len = original[ihl : ihl + 4] + udp_len.to_bytes(2, "big")
+    # UDP checksum over the pseudo-header (addresses, zero, protocol, UDP length), the header with a zero
+    # checksum, and the payload (RFC 768).
+    checksum = internet_checksum(
+        ip_header[12:20] + _PROTO_UDP + udp_len.to_bytes(2, "big") + ports_len + b"\0\0" + payload
+    )
     # RFC 768: a computed checksum of zero is transmitted as all ones (zero means "no checksum").
-    udp_header = sport_dport + struct.pack("!HH", udp_len, checksum or 0xFFFF)
-    return bytes(ip_header) + udp_header + payload
+    return ip_header + ports_len + (checksum or 0xFFFF).to_bytes(2, "big") + payload
