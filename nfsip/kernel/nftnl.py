@@ -259,6 +259,7 @@ class NfnlSocket:
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
+        self._pid = 0
         self._seq = int.from_bytes(os.urandom(2), "big") << 8  # apart from other sockets' numbers in traces
         self._sndbuf = 0
         self._rcvbuf = 0
@@ -269,6 +270,10 @@ class NfnlSocket:
             self._sock = None
 
     def _socket(self) -> socket.socket:
+        if self._sock is not None and self._pid != os.getpid():
+            # Inherited through fork(): parent and child would read each other's answers. Use our own.
+            self._sock.close()
+            self._sock = None
         if self._sock is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
             try:
@@ -278,6 +283,7 @@ class NfnlSocket:
                 sock.close()
                 raise
             self._sock = sock
+            self._pid = os.getpid()
             self._sndbuf = self._rcvbuf = 0
             self._size_buffers(self.DEFAULT_BUF, self.DEFAULT_BUF)
         return self._sock

@@ -1,0 +1,251 @@
+"""Encoding of the raw nfnetlink element batches (nfsip.kernel.nftnl) against bytes libnftables sent.
+
+CAPTURED holds what libnftables 1.0.6 (Debian 12) put on the wire for `Nft.apply_json` in a scratch
+namespace: `strace -e trace=sendmsg -e write=3` of a probe script that installed the table, then applied
+(1) one media pinhole 198.51.100.1:40000 -> 10.0.0.2:6000 (call "c1@x", label "m0.rtp", 180 s, since
+1700000000), (2) its removal, (3) one registration pinhole 198.51.100.1:5060 -> 10.0.0.3:5062 from
+registrar 198.51.100.2 (3630 s, since 1700000001). Two things differ on purpose and are normalised before
+comparing: libnftables adds NFTA_SET_ELEM_LIST_SET_ID (its cache's set id; the kernel finds the set by
+name) and leaves uninitialised bytes in attribute padding (the kernel ignores padding).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+
+from nfsip.kernel import nftnl
+from nfsip.kernel.nft import Nft
+from nfsip.model import Endpoint, Pinhole
+
+CAPTURED = {
+    "add_media": bytes.fromhex(
+        "140000001000010000000000000000000000000a8c0000000c0a01040100000000000000020000000a0001006e667369700033be0f000200"
+        "6d656469615f736e617400be080004000000001654000380500001800c000400000000000002bf20100001800c0001000a00000217700000"
+        "100002800c000100c63364019c4000001f00060000196d302e7274702061203137303030303030303020633140780000800000000c0a0104"
+        "0200000000000000020000000a0001006e66736970000000110002006d656469615f746f5f6c616e00c133be080004000000001a44000380"
+        "400001800c000400000000000002bf20100001800c0001000a000002177000001f00060000196d302e727470206120313730303030303030"
+        "3020633140780000800000000c0a01040300000000000000020000000a0001006e66736970000000130002006d656469615f66726f6d5f6c"
+        "616e00be080004000000001b44000380400001800c000400000000000002bf20100001800c0001000a000002177000001f00060000196d30"
+        "2e72747020612031373030303030303030206331407800008c0000000c0a01040400000000000000020000000a0001006e66736970000000"
+        "0f0002006d656469615f646e61740000080004000000001454000380500001800c000400000000000002bf20100001800c000100c6336401"
+        "9c400000100002800c0001000a000002177000001f00060000196d302e72747020612031373030303030303030206331407800be14000000"
+        "1100010005000000000000000000000a"
+    ),
+    "remove_media": bytes.fromhex(
+        "140000001000010000000000000000000000000a6c0000000c0a01040100000000000000020000000a0001006e667369700033be0f000200"
+        "6d656469615f736e617400be080004000000001f34000380300001800c00040000000000000003e8100001800c0001000a00000217700000"
+        "100002800c000100c63364019c400000480000000e0a01000200000000000000020000000a0001006e667369700000000f0002006d656469"
+        "615f736e617400001800038014000180100001800c0001000a00000217700000600000000c0a01040300000000000000020000000a000100"
+        "6e66736970000000110002006d656469615f746f5f6c616e00c133be080004000000002324000380200001800c00040000000000000003e8"
+        "100001800c0001000a000002177000004c0000000e0a01000400000000000000020000000a0001006e66736970000000110002006d656469"
+        "615f746f5f6c616e00c133be1800038014000180100001800c0001000a00000217700000600000000c0a0104050000000000000002000000"
+        "0a0001006e667369700033be130002006d656469615f66726f6d5f6c616e0000080004000000002424000380200001800c00040000000000"
+        "000003e8100001800c0001000a000002177000004c0000000e0a01000600000000000000020000000a0001006e667369700033be13000200"
+        "6d656469615f66726f6d5f6c616e00001800038014000180100001800c0001000a000002177000006c0000000c0a01040700000000000000"
+        "020000000a0001006e667369700000000f0002006d656469615f646e61740000080004000000001d34000380300001800c00040000000000"
+        "000003e8100001800c000100c63364019c400000100002800c0001000a00000217700000480000000e0a0100080000000000000002000000"
+        "0a0001006e667369700033be0f0002006d656469615f646e617400be1800038014000180100001800c000100c63364019c40000014000000"
+        "1100010009000000000000000000000a"
+    ),
+    "add_sip": bytes.fromhex(
+        "140000001000010000000000000000000000000aa00000000c0a01040100000000000000020000000a0001006e667369700033be0d000200"
+        "7369705f646e617400c033be080004000000002968000380640001800c00040000000000003763b01400018010000100c6336402c6336401"
+        "13c40000100002800c0001000a00000313c600002f000600002973697020722031373030303030303031207265673a7369703a626f624065"
+        "78616d706c652e6f726700be9c0000000c0a01040200000000000000020000000a0001006e667369700033be0d0002007369705f736e6174"
+        "00c133be080004000000002b64000380600001800c00040000000000003763b0100001800c0001000a00000313c60000100002800c000100"
+        "c633640113c400002f000600002973697020722031373030303030303031207265673a7369703a626f62406578616d706c652e6f72670000"
+        "140000001100010003000000000000000000000a"
+    ),
+}
+
+MEDIA = Pinhole(Endpoint("198.51.100.1", 40000), Endpoint("10.0.0.2", 6000), "c1@x", "m0.rtp", 180, since=1700000000)
+REGISTRATION = Pinhole(
+    Endpoint("198.51.100.1", 5060),
+    Endpoint("10.0.0.3", 5062),
+    "reg:sip:bob@example.org",
+    "sip",
+    3630,
+    kind="sip",
+    remote_ip="198.51.100.2",
+    since=1700000001,
+)
+
+
+def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+    out, offset = [], 0
+    while offset + 4 <= len(data):
+        size, kind = struct.unpack_from("=HH", data, offset)
+        out.append((kind, data[offset + 4 : offset + size]))
+        offset += (size + 3) & ~3
+    return out
+
+
+def _normalise_attrs(data: bytes, top: bool = False) -> bytes:
+    out = b""
+    for kind, payload in _attrs(data):
+        if top and kind == nftnl.NFTA_SET_ELEM_LIST_SET_ID:
+            continue
+        if kind & nftnl.NLA_F_NESTED:
+            inner = _normalise_attrs(payload)
+            out += struct.pack("=HH", 4 + len(inner), kind) + inner
+        else:
+            out += struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+    return out
+
+
+def normalise(batch: bytes) -> bytes:
+    """Re-encode a batch without SET_ID attributes and with zeroed padding (lengths recomputed)."""
+    out, offset = b"", 0
+    while offset < len(batch):
+        size, kind, flags, seq, pid = struct.unpack_from("=IHHII", batch, offset)
+        nfgen, attrs = batch[offset + 16 : offset + 20], batch[offset + 20 : offset + size]
+        if kind >> 8 == nftnl.NFNL_SUBSYS_NFTABLES:
+            attrs = _normalise_attrs(attrs, top=True)
+        out += struct.pack("=IHHII", 20 + len(attrs), kind, flags, seq, pid) + nfgen + attrs
+        offset += (size + 3) & ~3
+    return out
+
+
+def messages(batch: bytes) -> list[tuple[int, int, int]]:
+    """(type, flags, seq) of every message of a batch."""
+    out, offset = [], 0
+    while offset < len(batch):
+        size, kind, flags, seq, _pid = struct.unpack_from("=IHHII", batch, offset)
+        out.append((kind, flags, seq))
+        offset += (size + 3) & ~3
+    return out
+
+
+@pytest.fixture(scope="module")
+def nft() -> Nft:
+    return Nft("nfsip")  # no kernel access: only the element changes are built
+
+
+@pytest.mark.parametrize(
+    ("name", "install", "remove"),
+    [("add_media", [MEDIA], []), ("remove_media", [], [MEDIA]), ("add_sip", [REGISTRATION], [])],
+)
+def test_batch_is_what_libnftables_sends(nft, name, install, remove):
+    captured = CAPTURED[name]
+    assert normalise(captured) != captured  # the capture really has a set id / dirty padding to drop
+    ours = nftnl.encode_batch(nft._changes(install, remove), "nfsip", 0, ack_last=False)
+    assert ours == normalise(captured)
+
+
+def test_only_the_last_element_message_asks_for_an_ack(nft):
+    batch = nftnl.encode_batch(nft._changes([MEDIA], []), "nfsip", 7)
+    msgs = messages(batch)
+    assert [m[2] for m in msgs] == list(range(7, 13))
+    assert msgs[0][0] == nftnl.NFNL_MSG_BATCH_BEGIN and msgs[-1][0] == nftnl.NFNL_MSG_BATCH_END
+    acks = [m for m in msgs if m[1] & nftnl.NLM_F_ACK]
+    assert acks == [msgs[-2]]
+    assert msgs[-2][1] == nftnl.NLM_F_REQUEST | nftnl.NLM_F_CREATE | nftnl.NLM_F_ACK
+
+
+def test_sequence_numbers_wrap():
+    change = nftnl.Change(False, "media_snat", ("10.0.0.2", 6000))
+    assert [m[2] for m in messages(nftnl.encode_batch([change], "nfsip", 0xFFFFFFFF))] == [0xFFFFFFFF, 0, 1]
+
+
+def test_concat_pads_every_field_to_a_register():
+    assert nftnl.concat(("10.0.0.2", 6000)) == bytes.fromhex("0a00000217700000")
+    assert nftnl.concat(("198.51.100.2", "198.51.100.1", 5060)) == bytes.fromhex("c6336402c633640113c40000")
+    for bad in (("10.0.0", 1), ("10.0.0.2", 65536), ("10.0.0.2", -1), ("10.0.0.2", None)):
+        with pytest.raises(ValueError):
+            nftnl.concat(bad)
+
+
+def test_element_attributes_in_libnftables_order():
+    change = nftnl.Change(True, "media_dnat", ("198.51.100.1", 40000), ("10.0.0.2", 6000), 180000, "m0 a 1 c")
+    elem = nftnl.encode_element(change)
+    kind, body = _attrs(elem)[0]
+    assert kind == nftnl.NFTA_LIST_ELEM | nftnl.NLA_F_NESTED
+    attrs = _attrs(body)
+    assert [k for k, _ in attrs] == [
+        nftnl.NFTA_SET_ELEM_TIMEOUT,
+        nftnl.NFTA_SET_ELEM_KEY | nftnl.NLA_F_NESTED,
+        nftnl.NFTA_SET_ELEM_DATA | nftnl.NLA_F_NESTED,
+        nftnl.NFTA_SET_ELEM_USERDATA,
+    ]
+    assert attrs[0][1] == (180000).to_bytes(8, "big")
+    assert _attrs(attrs[1][1]) == [(nftnl.NFTA_DATA_VALUE, bytes.fromhex("c6336401 9c400000"))]
+    assert _attrs(attrs[2][1]) == [(nftnl.NFTA_DATA_VALUE, bytes.fromhex("0a000002 17700000"))]
+    assert attrs[3][1] == bytes((nftnl.NFTNL_UDATA_SET_ELEM_COMMENT, 9)) + b"m0 a 1 c\0"
+    # A delete carries the key only, even when given a value (what nft sends).
+    deleted = nftnl.encode_element(change._replace(add=False))
+    assert [k for k, _ in _attrs(_attrs(deleted)[0][1])] == [nftnl.NFTA_SET_ELEM_KEY | nftnl.NLA_F_NESTED]
+
+
+def test_comment_limit_is_libnftables():
+    longest = "x" * (nftnl.NFTNL_UDATA_COMMENT_MAXLEN - 1)
+    nftnl.encode_element(nftnl.Change(True, "media_snat", ("10.0.0.2", 6000), None, 1000, longest))
+    with pytest.raises(ValueError, match="comment"):
+        nftnl.encode_element(nftnl.Change(True, "media_snat", ("10.0.0.2", 6000), None, 1000, longest + "x"))
+
+
+def _answer(code: int, req_type: int, seq: int) -> bytes:
+    """An NLMSG_ERROR as the kernel sends it with NETLINK_CAP_ACK (the request's header, no payload)."""
+    body = struct.pack("=iIHHII", -code, 60, req_type, 0, seq, 0)
+    return struct.pack("=IHHII", 16 + len(body), nftnl.NLMSG_ERROR, 0, seq, 1234) + body
+
+
+CHANGES = [
+    nftnl.Change(True, "media_snat", ("10.0.0.2", 6000), ("198.51.100.1", 40000), 1000),
+    nftnl.Change(False, "media_snat", ("10.0.0.2", 6000)),
+]
+NEW = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_NEWSETELEM
+DEL = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_DELSETELEM
+
+
+def check(answers: list[bytes], begin: int = 100, overrun: bool = False) -> None:
+    parsed = [a for data in answers for a in nftnl.parse_acks(data)]
+    nftnl._check(parsed, overrun, CHANGES, "nfsip", begin)
+
+
+def test_ack_of_the_last_message_confirms_the_batch():
+    check([_answer(0, DEL, 102)])
+    with pytest.raises(nftnl.BatchError) as info:
+        check([])  # the kernel dropped the batch without a word: not taken as success
+    assert info.value.errno == errno.EPROTO
+
+
+def test_error_names_errno_message_type_and_element():
+    with pytest.raises(nftnl.BatchError) as info:
+        check([_answer(errno.ENOENT, DEL, 102), _answer(0, DEL, 102)])
+    assert info.value.errno == errno.ENOENT
+    assert info.value.msg_type == "DELSETELEM"
+    assert "media_snat { 10.0.0.2 . 6000 }" in str(info.value)
+    assert "No such file or directory" in str(info.value)
+
+
+def test_first_refused_message_is_reported():
+    with pytest.raises(nftnl.BatchError) as info:
+        check([_answer(errno.ENOENT, DEL, 102), _answer(errno.EEXIST, NEW, 101)])
+    assert (info.value.errno, info.value.msg_type) == (errno.EEXIST, "NEWSETELEM")
+    assert "10.0.0.2 . 6000 : 198.51.100.1 . 40000" in str(info.value)
+
+
+def test_commit_failure_is_reported_on_the_batch():
+    with pytest.raises(nftnl.BatchError) as info:
+        check([_answer(errno.ENOMEM, nftnl.NFNL_MSG_BATCH_BEGIN, 100), _answer(0, DEL, 102)])
+    assert (info.value.errno, info.value.msg_type) == (errno.ENOMEM, "BATCH")
+
+
+def test_answers_of_other_batches_are_ignored():
+    check([_answer(errno.ENOENT, DEL, 7), _answer(0, DEL, 102)])
+    with pytest.raises(nftnl.BatchError):
+        check([_answer(0, DEL, 2)])  # an ack, but for sequence 2, not this batch's last message
+
+
+def test_lost_answers_fail_the_batch():
+    with pytest.raises(nftnl.BatchError) as info:
+        check([_answer(0, DEL, 102)], overrun=True)
+    assert info.value.errno == errno.ENOBUFS
+
+
+def test_several_answers_in_one_datagram():
+    data = _answer(0, NEW, 101) + _answer(errno.EINVAL, DEL, 102)
+    assert nftnl.parse_acks(data) == [(0, NEW, 101), (errno.EINVAL, DEL, 102)]
