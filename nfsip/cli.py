@@ -44,17 +44,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     if not config.wan_interface:
         raise ConfigError("wan_interface", "required: pass --wan-interface IF or set it in the config file")
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(levelname)s %(name)s: %(message)s"
+    log_format = (
+        "%(levelname)s %(name)s: %(message)s"
         if os.environ.get("JOURNAL_STREAM")
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.basicConfig(level=getattr(logging, config.log_level.upper()), format=log_format)
     # pyroute2 logs every netlink message at debug level: far too much even for nfsip's own debug output.
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:
-        daemon = Daemon(config)
-        daemon.run()
+        if config.workers > 1:
+            from .supervisor import Supervisor, WorkerError
+
+            try:
+                Supervisor(config, log_format).run()
+            except WorkerError as exc:
+                print(f"nfsip: {exc}", file=sys.stderr)
+                return exc.exit_code
+        else:
+            daemon = Daemon(config)
+            daemon.run()
     except NftError as exc:
         if "Operation not permitted" in str(exc):
             print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
@@ -112,7 +121,13 @@ def cmd_ruleset(args: argparse.Namespace) -> int:
         native = args.queue == "native"
     opts = ruleset.options_from(config, native)
     sys.stdout.write(ruleset.render(opts))
-    if native:
+    if config.workers > 1:
+        from .kernel import fanout
+
+        text = fanout.render(config.table_name, config.workers, config.queue_num, config.queue_bypass, native)
+        sys.stdout.write(f"# and, added by the daemon at start (workers = {config.workers}):\n")
+        sys.stdout.write("".join(f"{line}\n" if line.startswith("#") else f"# {line}\n" for line in text.splitlines()))
+    elif native:
         sys.stdout.write("# and, added by the daemon at start:\n# " + ruleset.queue_rule(opts))
     return EXIT_OK
 

@@ -69,9 +69,14 @@ class Config:
     # Prometheus endpoint; "" disables it. Loopback by default: metrics reveal call activity.
     metrics_listen: str = "127.0.0.1:9477"
     log_level: str = "info"
+    # Worker processes, one queue each (queue_num .. queue_num + workers - 1), SIP sharded by LAN host so
+    # that all state of one phone lives in one worker (nfsip.workers). 1: the single-process daemon.
+    workers: int = 1
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+# Powers of two: the kernel picks a worker by masking the LAN host's address (nfsip.kernel.fanout).
+WORKER_COUNTS = (1, 2, 4, 8)
 
 
 def _expect_int(key: str, value: Any, lo: int, hi: int) -> int:
@@ -121,6 +126,11 @@ def _validate_value(key: str, value: Any) -> Any:
         return text
     if key == "queue_num":
         return _expect_int(key, value, 0, 65535)
+    if key == "workers":
+        count = _expect_int(key, value, 1, WORKER_COUNTS[-1])
+        if count not in WORKER_COUNTS:
+            raise ConfigError(key, f"must be a power of two: one of {', '.join(map(str, WORKER_COUNTS))}, got {count}")
+        return count
     if key in ("media_port_min", "media_port_max"):
         return _expect_int(key, value, 1024, 65535)
     if key in ("pinhole_setup_timeout", "pinhole_call_timeout", "call_max_duration"):
@@ -181,6 +191,22 @@ def check_consistency(config: Config) -> None:
         raise ConfigError("pinhole_call_timeout", "must not exceed call_max_duration")
     if config.max_pinholes_per_host > config.max_pinholes:
         raise ConfigError("max_pinholes_per_host", "must not exceed max_pinholes")
+    if config.workers > 1:
+        if config.queue_num + config.workers - 1 > 65535:
+            raise ConfigError("queue_num", f"plus workers - 1 must not exceed 65535 (workers = {config.workers})")
+        # Each worker gets its own even-aligned slice of the media range (nfsip.workers.port_slices).
+        first_even = config.media_port_min + (config.media_port_min & 1)
+        per_worker = ((config.media_port_max - first_even + 1) // config.workers) & ~1
+        # Global caps are split evenly between the workers (each enforces its share, with no shared count).
+        for key in ("max_calls", "max_pinholes", "max_registrations"):
+            if getattr(config, key) < config.workers:
+                raise ConfigError(key, f"must be at least workers ({config.workers}): each worker gets a share")
+        if per_worker < 4:
+            raise ConfigError(
+                "workers",
+                f"the media port range {config.media_port_min}-{config.media_port_max} cannot give each of "
+                f"{config.workers} workers two RTP/RTCP pairs",
+            )
 
 
 def load(path: str | Path | None, *, wan_interface: str | None = None) -> Config:

@@ -97,18 +97,7 @@ class Daemon:
         left_behind = self._kernel_pinholes()
         self.nft.install(ruleset.render(self._ruleset_options()))
         self._add_queue_rule()
-        if left_behind:
-            now, wall = self.clock(), time.time()
-            left_behind = [replace(h, since=now - (wall - h.since) if h.since else now) for h in left_behind]
-            self.nft.apply(left_behind, ())
-            self.engine.adopt(left_behind, now)
-            self._update_gauges()
-            log.info(
-                "took over %d pinholes of %d calls and %d registrations left by a previous run",
-                len(left_behind),
-                len(self.engine.calls),
-                len(self.engine.registrations),
-            )
+        self._adopt(left_behind, reapply=True)
         log.info(
             "table ip %s installed; WAN %s public address %s; queue %d via %s",
             self.config.table_name,
@@ -116,6 +105,24 @@ class Daemon:
             self.public_ip,
             self.config.queue_num,
             "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
+        )
+
+    def _adopt(self, left_behind: list[Pinhole], *, reapply: bool) -> None:
+        """Take over pinholes read from the kernel (their comments carry wall-clock start times; the engine
+        runs on the monotonic clock). `reapply`: put them into a table that was just replaced."""
+        if not left_behind:
+            return
+        now, wall = self.clock(), time.time()
+        left_behind = [replace(h, since=now - (wall - h.since) if h.since else now) for h in left_behind]
+        if reapply:
+            self.nft.apply(left_behind, ())
+        self.engine.adopt(left_behind, now)
+        self._update_gauges()
+        log.info(
+            "took over %d pinholes of %d calls and %d registrations left by a previous run",
+            len(left_behind),
+            len(self.engine.calls),
+            len(self.engine.registrations),
         )
 
     def _ruleset_options(self) -> ruleset.RulesetOptions:
@@ -180,18 +187,7 @@ class Daemon:
                 selector.register(watcher.fileno(), selectors.EVENT_READ, "address")
             log.info("ready")
             notifier.ready(f"public address {self.public_ip}")
-            # The loop wakes at least this often for timers and the watchdog.
-            wake = min(1.0, notifier.watchdog_interval) if notifier.watchdog_interval else 1.0
-            while not self._stop:
-                timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
-                for key, _ in selector.select(timeout=timeout):
-                    if key.data == "queue":
-                        queue.drain()
-                    elif watcher is not None and watcher.changed():
-                        self.readdress()
-                self.tick()
-                if notifier.watchdog_interval:
-                    notifier.watchdog()
+            self._loop(queue, watcher, selector, notifier)
         finally:
             notifier.stopping()
             selector.close()
@@ -204,6 +200,30 @@ class Daemon:
                 if watcher is not None:
                     watcher.close()
                 notifier.close()
+
+    def _loop(
+        self, queue: Queue, watcher: AddressWatcher | None, selector: selectors.BaseSelector, notifier: Notifier
+    ) -> None:
+        """The packet loop, until stop(): drain the queue when it is readable, follow the WAN address,
+        housekeeping between batches. Other registered sources go to on_event() (a worker's link)."""
+        # The loop wakes at least this often for timers and the watchdog.
+        wake = min(1.0, notifier.watchdog_interval) if notifier.watchdog_interval else 1.0
+        while not self._stop:
+            timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
+            for key, _ in selector.select(timeout=timeout):
+                if key.data == "queue":
+                    queue.drain()
+                elif key.data == "address":
+                    if watcher is not None and watcher.changed():
+                        self.readdress()
+                else:
+                    self.on_event(key.data)
+            self.tick()
+            if notifier.watchdog_interval:
+                notifier.watchdog()
+
+    def on_event(self, source: object) -> None:
+        """A selector source other than the queue and the address watcher became readable."""
 
     def _wan_address(self) -> str:
         """The WAN interface's address, or "" while it has none: a PPPoE link or a DHCP lease may come up

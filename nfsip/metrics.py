@@ -1,4 +1,12 @@
-"""Prometheus metrics of the daemon (prometheus-client), in a registry of its own."""
+"""Prometheus metrics of the daemon (prometheus-client), in a registry of its own.
+
+With several workers (config `workers`), each worker process counts into its own files of
+prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before it starts
+them): one file per process, written only by that process, read only at scrape time. The supervisor serves
+the one endpoint: `supervisor_registry()` sums counters and histograms over workers (dead ones included,
+so totals never go back when a worker is restarted) and gauges over live workers ("livesum"). Per-call
+media series reach the supervisor as snapshots over each worker's pipe (nfsip.supervisor).
+"""
 
 from __future__ import annotations
 
@@ -75,10 +83,18 @@ class Metrics:
         self.pinholes_expired = Counter(
             "nfsip_pinholes_expired", "Media pinholes dropped when their call state timed out", registry=r
         )
-        self.pinholes_active = Gauge("nfsip_pinholes_active", "Media pinholes nfsip holds now", registry=r)
-        self.calls_active = Gauge("nfsip_calls_active", "Calls with media pinholes now", registry=r)
+        # "livesum": with several workers, the sum over the live ones (ignored in a single process).
+        self.pinholes_active = Gauge(
+            "nfsip_pinholes_active", "Media pinholes nfsip holds now", registry=r, multiprocess_mode="livesum"
+        )
+        self.calls_active = Gauge(
+            "nfsip_calls_active", "Calls with media pinholes now", registry=r, multiprocess_mode="livesum"
+        )
         self.registrations_active = Gauge(
-            "nfsip_registrations_active", "Phone registrations kept reachable now", registry=r
+            "nfsip_registrations_active",
+            "Phone registrations kept reachable now",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.refusals = Counter(
             "nfsip_policy_refusals",
@@ -104,5 +120,21 @@ class Metrics:
         )
 
     def serve(self, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        serve(self.registry, listen)
+
+
+def serve(registry: CollectorRegistry, listen: str) -> None:
+    """The HTTP endpoint, in a thread of its own (it reads snapshots and files, never the packet state)."""
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+
+
+def supervisor_registry(multiproc_dir: str, media_snapshot: Callable[[], list[CallMedia]]) -> CollectorRegistry:
+    """The registry the supervisor of several workers serves: the workers' multiprocess files, summed, and
+    the per-call media series of their latest snapshots."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)
+    registry.register(MediaCollector(media_snapshot))
+    return registry

@@ -36,7 +36,9 @@ def test_unit_verifies(unit: Path):
 def test_unit_exposure_is_at_most_2(unit: Path):
     proc = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     match = re.search(r"Overall exposure level for nfsip.service: ([0-9.]+) (\w+)", proc.stdout)
     assert match, proc.stdout + proc.stderr

@@ -25,8 +25,11 @@ def nfqueue_info(queue_num: int, queues_total: int = 1, bypass: bool = True) -> 
     return struct.pack("=HHHxx", queue_num, queues_total, flags)
 
 
-def add_compat_queue_rule(table: str, queue_num: int, queues_total: int = 1, bypass: bool = True) -> None:
-    """Append `queue num N [bypass]` (xt NFQUEUE through nft_compat) to nfsip's queue chain."""
+def add_compat_queue_rule(
+    table: str, queue_num: int, queues_total: int = 1, bypass: bool = True, chain: str = QUEUE_CHAIN
+) -> None:
+    """Append `queue num N [bypass]` (xt NFQUEUE through nft_compat) to nfsip's queue chain (or, with
+    several workers, to one worker's chain: nfsip.kernel.fanout)."""
     from pyroute2.nftables.expressions import genex
     from pyroute2.nftables.main import NFTables
 
@@ -36,6 +39,6 @@ def add_compat_queue_rule(table: str, queue_num: int, queues_total: int = 1, byp
     target["info"] = nfqueue_info(queue_num, queues_total, bypass)
     nft = NFTables(nfgen_family=2)  # NFPROTO_IPV4
     try:
-        nft.rule("add", table=table, chain=QUEUE_CHAIN, expressions=[[genex("target", target)]])
+        nft.rule("add", table=table, chain=chain, expressions=[[genex("target", target)]])
     finally:
         nft.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,13 +24,22 @@ class NfsipDaemon:
     """`python -m nfsip run --wan-interface wan0` in the router namespace, with its log in a file."""
 
     def __init__(
-        self, lab: Lab, *, config: dict[str, Any] | None = None, log_level: str = "info", watchdog_usec: int = 0
+        self,
+        lab: Lab,
+        *,
+        config: dict[str, Any] | None = None,
+        log_level: str = "info",
+        watchdog_usec: int = 0,
+        workers: int = 1,
     ) -> None:
         self.lab = lab
         self.watchdog_usec = watchdog_usec
         self.workdir = Path(tempfile.mkdtemp(prefix="nfsip-daemon-"))
         self.config_path = self.workdir / "nfsip.toml"
         settings = {"log_level": log_level, "metrics_listen": f"127.0.0.1:{METRICS_PORT}", **(config or {})}
+        if workers != 1:
+            settings["workers"] = workers
+        self.workers = int(settings.get("workers", 1))
         self.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
         self.log_path = self.workdir / "nfsip.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -72,6 +82,20 @@ class NfsipDaemon:
         except (BlockingIOError, TimeoutError):
             pass
         return self.notifications
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker index -> pid of the live worker processes (workers > 1), from the supervisor's log lines
+        "worker I started (pid P, ...)" (the latest per index) and checked against the supervisor's children."""
+        if self.proc is None:
+            return {}
+        pids: dict[int, int] = {}
+        for match in re.finditer(r"worker (\d+) started \(pid (\d+)", self.log()):
+            pids[int(match.group(1))] = int(match.group(2))
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return {}
+        return {index: pid for index, pid in pids.items() if str(pid) in children}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
