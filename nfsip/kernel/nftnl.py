@@ -132,15 +132,27 @@ class Change(NamedTuple):
         return f"{self.set_name} {{ {text} }}"
 
 
-_DATA = struct.Struct("=HHHH")  # a nested attribute holding one NFTA_DATA_VALUE
-_TIMEOUT_HDR = _ATTR.pack(12, NFTA_SET_ELEM_TIMEOUT)
 _NEWSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
 _DELSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM
+_ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
+_LIST_ELEM = NFTA_LIST_ELEM | NLA_F_NESTED
+_KEY = NFTA_SET_ELEM_KEY | NLA_F_NESTED
+_VALUE = NFTA_SET_ELEM_DATA | NLA_F_NESTED
+_SHAPES: dict[tuple[int, int, int, bool], struct.Struct] = {}
 
 
-def _data(kind: int, value: bytes) -> bytes:
-    # Concatenations are whole 4-byte registers: no padding inside.
-    return _DATA.pack(8 + len(value), kind | NLA_F_NESTED, 4 + len(value), NFTA_DATA_VALUE) + value
+def _shape(prefix: int, key: int, value: int, timeout: bool) -> struct.Struct:
+    """One struct per message layout, so that a message is one pack() call (this encoder runs for every
+    SIP message with SDP: Python's per-call overhead is most of its cost). Layout: nlmsghdr, nfgenmsg +
+    table + set (`prefix` bytes), NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_LIST_ELEM, [NFTA_SET_ELEM_TIMEOUT],
+    NFTA_SET_ELEM_KEY{NFTA_DATA_VALUE}, [NFTA_SET_ELEM_DATA{NFTA_DATA_VALUE}]; userdata is appended.
+    Concatenations are whole 4-byte registers and the timeout 8 bytes: no padding anywhere inside."""
+    layout = (prefix, key, value, timeout)
+    shape = _SHAPES.get(layout)
+    if shape is None:
+        fmt = f"=IHHII{prefix}sHHHH" + ("HH8s" if timeout else "") + f"HHHH{key}s" + (f"HHHH{value}s" if value else "")
+        shape = _SHAPES[layout] = struct.Struct(fmt)
+    return shape
 
 
 def _userdata(comment: str) -> bytes:
@@ -152,73 +164,84 @@ def _userdata(comment: str) -> bytes:
     return _attr(NFTA_SET_ELEM_USERDATA, bytes((NFTNL_UDATA_SET_ELEM_COMMENT, len(text))) + text)
 
 
-def encode_element(change: Change, userdata: dict[str, bytes] | None = None) -> bytes:
-    """NFTA_LIST_ELEM in libnftables' attribute order: timeout, key, data, userdata (a delete: key only).
-    `userdata` memoises comment attributes: the elements of one pinhole share their comment."""
-    if not change.add:
-        body = _data(NFTA_SET_ELEM_KEY, concat(change.key))
-        return _ATTR.pack(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
-    parts = []
-    if change.timeout_ms is not None:
-        parts.append(_TIMEOUT_HDR + _BE64.pack(change.timeout_ms))
-    parts.append(_data(NFTA_SET_ELEM_KEY, concat(change.key)))
-    if change.value is not None:
-        parts.append(_data(NFTA_SET_ELEM_DATA, concat(change.value)))
-    comment = change.comment
-    if comment is not None:
-        attr = None if userdata is None else userdata.get(comment)
-        if attr is None:
-            attr = _userdata(comment)
-            if userdata is not None:
-                userdata[comment] = attr
-        parts.append(attr)
-    body = b"".join(parts)
-    return _ATTR.pack(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
+class _Encoder:
+    """Encodes the messages of one batch, memoising what its messages share: the table + set part per
+    set, the bytes of a key (a pinhole's LAN key is in 3 sets, and a removal adds then deletes each key),
+    a comment (all elements of a pinhole) and a timeout."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.prefixes: dict[str, bytes] = {}
+        self.fields: dict[tuple[Field, ...], bytes] = {}
+        self.userdata: dict[str, bytes] = {}
+        self.timeouts: dict[int, bytes] = {}
+
+    def _concat(self, fields: tuple[Field, ...]) -> bytes:
+        packed = self.fields.get(fields)
+        if packed is None:
+            packed = self.fields[fields] = concat(fields)
+        return packed
+
+    def message(self, change: Change, seq: int, ack: bool) -> bytes:
+        """One NEWSETELEM / DELSETELEM holding one element, in libnftables' attribute order: timeout, key,
+        data, userdata (a delete: key only)."""
+        add, set_name, key_fields, value_fields, timeout_ms, comment = change
+        prefix = self.prefixes.get(set_name)
+        if prefix is None:
+            prefix = self.prefixes[set_name] = (
+                _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
+            )
+        key = self._concat(key_fields)
+        if not add:
+            elem = 12 + len(key)
+            return _shape(len(prefix), len(key), 0, False).pack(
+                20 + len(prefix) + elem, _DELSETELEM, NLM_F_REQUEST | NLM_F_ACK if ack else NLM_F_REQUEST,
+                seq, 0, prefix, 4 + elem, _ELEMENTS, elem, _LIST_ELEM,
+                8 + len(key), _KEY, 4 + len(key), NFTA_DATA_VALUE, key,
+            )  # fmt: skip
+        flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_ACK if ack else 0)
+        # The three lengths (message, elements, element) are known at the end: slots 0, 6 and 8.
+        args: list = [0, _NEWSETELEM, flags, seq, 0, prefix, 0, _ELEMENTS, 0, _LIST_ELEM]
+        elem = 4
+        if timeout_ms is not None:
+            timeout = self.timeouts.get(timeout_ms)
+            if timeout is None:
+                timeout = self.timeouts[timeout_ms] = _BE64.pack(timeout_ms)
+            args += (12, NFTA_SET_ELEM_TIMEOUT, timeout)
+            elem += 12
+        args += (8 + len(key), _KEY, 4 + len(key), NFTA_DATA_VALUE, key)
+        elem += 8 + len(key)
+        value = b""
+        if value_fields is not None:
+            value = self._concat(value_fields)
+            args += (8 + len(value), _VALUE, 4 + len(value), NFTA_DATA_VALUE, value)
+            elem += 8 + len(value)
+        userdata = b""
+        if comment is not None:
+            userdata = self.userdata.get(comment) or self.userdata.setdefault(comment, _userdata(comment))
+            elem += len(userdata)
+        args[0], args[6], args[8] = 20 + len(prefix) + elem, 4 + elem, elem
+        return _shape(len(prefix), len(key), len(value), timeout_ms is not None).pack(*args) + userdata
 
 
-def _prefix(table: str, set_name: str) -> bytes:
-    return _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
+def encode_message(change: Change, table: str, seq: int, ack: bool = False) -> bytes:
+    """One NEWSETELEM / DELSETELEM: nlmsghdr, nfgenmsg, table, set, the element."""
+    return _Encoder(table).message(change, seq, ack)
 
 
-def encode_message(
-    change: Change,
-    table: str,
-    seq: int,
-    ack: bool = False,
-    prefixes: dict[str, bytes] | None = None,
-    userdata: dict[str, bytes] | None = None,
-) -> bytes:
-    """One NEWSETELEM / DELSETELEM: nlmsghdr, nfgenmsg, table, set, the element. `prefixes` memoises the
-    part from nfgenmsg up to the element per set name."""
-    prefix = None if prefixes is None else prefixes.get(change.set_name)
-    if prefix is None:
-        prefix = _prefix(table, change.set_name)
-        if prefixes is not None:
-            prefixes[change.set_name] = prefix
-    elem = encode_element(change, userdata)
-    if change.add:
-        kind, flags = _NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE
-    else:
-        kind, flags = _DELSETELEM, NLM_F_REQUEST
-    return b"".join(
-        (
-            _HDR.pack(20 + len(prefix) + len(elem), kind, flags | NLM_F_ACK if ack else flags, seq, 0),
-            prefix,
-            _ATTR.pack(4 + len(elem), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED),
-            elem,
-        )
-    )
+def encode_element(change: Change) -> bytes:
+    """The NFTA_LIST_ELEM attribute of `change` alone (for tests: the element as the kernel parses it)."""
+    message = encode_message(change, "t", 0)
+    return message[16 + len(_NFGEN_ELEM) + len(_strz(1, "t")) + len(_strz(2, change.set_name)) + 4 :]
 
 
 def encode_batch(changes: Sequence[Change], table: str, seq: int, ack_last: bool = True) -> bytes:
     """BATCH_BEGIN (sequence `seq`), the changes (seq+1 ...), BATCH_END. Sequence numbers wrap at 2**32."""
+    encoder = _Encoder(table)
     last = len(changes) - 1
-    prefixes: dict[str, bytes] = {}
-    userdata: dict[str, bytes] = {}
     parts = [_HDR.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq & 0xFFFFFFFF, 0), _NFGEN_BATCH]
     for i, change in enumerate(changes):
-        seq_i = (seq + 1 + i) & 0xFFFFFFFF
-        parts.append(encode_message(change, table, seq_i, ack_last and i == last, prefixes, userdata))
+        parts.append(encoder.message(change, (seq + 1 + i) & 0xFFFFFFFF, ack_last and i == last))
     parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, (seq + 1 + len(changes)) & 0xFFFFFFFF, 0))
     parts.append(_NFGEN_BATCH)
     return b"".join(parts)
