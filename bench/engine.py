@@ -4,10 +4,12 @@
 
 Per message: decode IPv4/UDP + parse SIP/SDP + decide + rewrite + encode (what the daemon does between
 reading a queued datagram and its verdict, minus the netlink calls), on an outbound INVITE with a 2-stream
-SDP, the 200 OK with SDP answering it, an un-rewritten BYE, and a REGISTER. Per transaction: one
-libnftables JSON transaction installing the 2 pinholes (4 map elements each way) of an audio stream, and
-one removing them, in a scratch network namespace. Median and p99 over n runs, all in one run of this
-script (the machine is noisy: compare numbers from the same run).
+SDP, the 200 OK with SDP answering it, an un-rewritten BYE, and a REGISTER. Per transaction: installing
+the 2 pinholes (RTP + RTCP, 4 elements each: media_snat, media_dnat and the 2 counter sets) of an audio
+stream, and removing them, in a scratch network namespace, both ways side by side: the libnftables JSON
+transaction (Nft.apply_json, the path used before) and the raw nfnetlink batch (Nft.apply, nfsip.kernel.nftnl),
+interleaved so that both see the same machine. Median and p99 over n runs, all in one run of this script
+(the machine is noisy: compare numbers from the same run).
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ NFT_CHILD = "--nft-child"
 
 
 def nft_child(n: int) -> None:
-    """Runs inside the scratch namespace: install the table, then time pinhole transactions."""
+    """Runs inside the scratch namespace: install the table, then time pinhole transactions both ways."""
     from nfsip.config import Config
     from nfsip.kernel.nft import Nft
     from nfsip.kernel.ruleset import options_from, render
@@ -194,19 +196,23 @@ def nft_child(n: int) -> None:
 
     nft = Nft("nfsip")
     nft.install(render(options_from(Config(wan_interface="lo"), native_queue=False)))
-    add, remove = [], []
+    paths = {"json": nft.apply_json, "raw": nft.apply}
+    samples: dict[str, list[float]] = {f"{path} {op}": [] for op in ("add", "remove") for path in paths}
     for i in range(n):
         holes = [
             Pinhole(Endpoint(PUBLIC, 40000 + 2 * (i % 4000) + k), Endpoint(PHONE, 6000 + k), f"c{i}", "m0", 180)
             for k in (0, 1)
         ]
-        start = time.perf_counter()
-        nft.apply(holes, ())
-        add.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        nft.apply((), holes)
-        remove.append(time.perf_counter() - start)
-    print(json.dumps({"add": stats(add), "remove": stats(remove)}))
+        # Alternate which path goes first, so neither always runs on a cache the other warmed.
+        for path in ("json", "raw") if i % 2 else ("raw", "json"):
+            apply = paths[path]
+            start = time.perf_counter()
+            apply(holes, ())
+            samples[f"{path} add"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            apply((), holes)
+            samples[f"{path} remove"].append(time.perf_counter() - start)
+    print(json.dumps({name: stats(values) for name, values in samples.items()}))
 
 
 def bench_nft(n: int) -> dict[str, tuple[float, float]] | str:
@@ -247,13 +253,17 @@ def main() -> int:
         for kind, us in roundtrip.items():
             print(f"{kind:<24}{us:>12.1f} µs CPU")
     nft = bench_nft(min(args.n, 1000))
-    print("\nnft transaction (libnftables JSON), one audio stream = 2 pinholes = 4 map elements")
+    print("\nPinhole transaction, one audio stream = 2 pinholes = 8 elements: libnftables JSON vs raw nfnetlink")
     if isinstance(nft, str):
         print(f"  {nft}")
     else:
-        print(f"{'transaction':<24}{'median µs':>12}{'p99 µs':>12}")
-        for name, (median, p99) in nft.items():
-            print(f"{name + ' 2 pinholes':<24}{median:>12.1f}{p99:>12.1f}")
+        print(f"{'transaction':<24}{'JSON median':>13}{'raw median':>12}{'JSON p99':>10}{'raw p99':>10}{'ratio':>8}")
+        for op in ("add", "remove"):
+            (json_median, json_p99), (raw_median, raw_p99) = nft[f"json {op}"], nft[f"raw {op}"]
+            print(
+                f"{op + ' 2 pinholes':<24}{json_median:>10.1f} µs{raw_median:>9.1f} µs"
+                f"{json_p99:>10.1f}{raw_p99:>10.1f}{json_median / raw_median:>7.1f}x"
+            )
     return 0
 
 
