@@ -34,6 +34,16 @@ keeps the queue far below its 4096 limit).
 
 With --profile (needs py-spy: .venv/bin/pip install py-spy) the daemon is sampled during its first
 throughput run and the top frames go into the JSON (where the daemon spends its time).
+
+    sudo .venv/bin/python bench/signalling.py --workers 1,2 [--seconds 5] [--rounds 2] [--profile]
+
+compares nfsip with 1 and with 2 worker processes (config `workers`) instead: one lab per worker count,
+both up at once, measured in alternation. The load comes from two LAN hosts, phone1 (10.0.0.2) and phone2
+(10.0.0.3), one per shard of two workers (a single host's SIP always goes to one worker): one sipload UAC
+on each, closed loop with --window calls in progress each, one UAS. Reported: messages/s crossed, the CPU
+of nfsip's processes (supervisor and workers, from /proc), of the load generator (its getrusage: it runs
+on the same 2 vCPUs) and of the whole machine. With --profile, worker 0 of the multi-worker daemon is
+sampled by py-spy during the first round (signalling_workers.json holds the top frames).
 """
 
 from __future__ import annotations
@@ -212,8 +222,17 @@ def one_run(
     pids = {"queue": pl.queue_pid} if pl.queue_pid else {}
     q0 = nfqueue_stats(lab).get(QUEUE_NUM, {})
     m0 = pl.daemon.metrics() if pl.daemon else ""
-    argv = sipload_uac_args(exe, lab, n=2_000_000, w=window, r=rate or None, t=seconds, T=5000,
-                            p=f"{tag.replace('-', '')}x{int(time.time())}", o=str(uac_file) if samples else None)
+    argv = sipload_uac_args(
+        exe,
+        lab,
+        n=2_000_000,
+        w=window,
+        r=rate or None,
+        t=seconds,
+        T=5000,
+        p=f"{tag.replace('-', '')}x{int(time.time())}",
+        o=str(uac_file) if samples else None,
+    )
     watch = CpuWatch(pids, background=background_busy()).start()
     spy = start_profile(pl.queue_pid, seconds - 0.5, profile) if profile and pl.queue_pid else None
     res = lab.run(PHONE, argv, timeout=seconds + 60)
@@ -234,14 +253,21 @@ def one_run(
     if pl.daemon is not None:
         m1 = pl.daemon.metrics()
         run.metrics = {
-            "verdict": hist_summary(parse_histogram(m1, "nfsip_verdict_seconds")
-                                    - parse_histogram(m0, "nfsip_verdict_seconds")),
-            "nft": hist_summary(parse_histogram(m1, "nfsip_nft_transaction_seconds")
-                                - parse_histogram(m0, "nfsip_nft_transaction_seconds")),
-            "verdicts": {k: v - parse_counters(m0, "nfsip_verdicts").get(k, 0.0)
-                         for k, v in parse_counters(m1, "nfsip_verdicts").items()},
-            "refusals": {k: v - parse_counters(m0, "nfsip_policy_refusals").get(k, 0.0)
-                         for k, v in parse_counters(m1, "nfsip_policy_refusals").items()},
+            "verdict": hist_summary(
+                parse_histogram(m1, "nfsip_verdict_seconds") - parse_histogram(m0, "nfsip_verdict_seconds")
+            ),
+            "nft": hist_summary(
+                parse_histogram(m1, "nfsip_nft_transaction_seconds")
+                - parse_histogram(m0, "nfsip_nft_transaction_seconds")
+            ),
+            "verdicts": {
+                k: v - parse_counters(m0, "nfsip_verdicts").get(k, 0.0)
+                for k, v in parse_counters(m1, "nfsip_verdicts").items()
+            },
+            "refusals": {
+                k: v - parse_counters(m0, "nfsip_policy_refusals").get(k, 0.0)
+                for k, v in parse_counters(m1, "nfsip_policy_refusals").items()
+            },
         }
     if samples:
         for path in (uac_file, uas_file):
@@ -281,8 +307,18 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
     result = PartResult(
         "signalling",
         "Signalling: SIP messages/s through the router, and the latency each path adds",
-        ["path", "msg/s (window 16)", "calls/s", "failed calls", "latency p50 µs", "p99 µs", "added p50 µs",
-         "queue process µs/msg", "load generator µs/msg", "machine µs/msg"],
+        [
+            "path",
+            "msg/s (window 16)",
+            "calls/s",
+            "failed calls",
+            "latency p50 µs",
+            "p99 µs",
+            "added p50 µs",
+            "queue process µs/msg",
+            "load generator µs/msg",
+            "machine µs/msg",
+        ],
     )
     result.columns[1] = f"msg/s (window {opts.window})"
     lat_all = {p: [s for r in lat[p] for s in r.samples] for p in PATHS}
@@ -318,8 +354,15 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
     result.data = {
         "options": opts.__dict__,
         "throughput": {p: [r.as_dict() for r in tput[p]] for p in PATHS},
-        "latency": {p: {"runs": [r.as_dict() for r in lat[p]], "per_kind": per_kind(lat_all[p]),
-                        "p50_us": pooled(lat_all[p], 0.5), "p99_us": pooled(lat_all[p], 0.99)} for p in PATHS},
+        "latency": {
+            p: {
+                "runs": [r.as_dict() for r in lat[p]],
+                "per_kind": per_kind(lat_all[p]),
+                "p50_us": pooled(lat_all[p], 0.5),
+                "p99_us": pooled(lat_all[p], 0.99),
+            }
+            for p in PATHS
+        },
         "ratios": {"nfsip/accept": nf / acc if acc else float("nan"), "nfsip/alg": nf / alg if alg else float("nan")},
         "queued_vs_crossed": {p: [queued[p], crossed[p]] for p in queued},
     }
@@ -367,16 +410,26 @@ def run(opts: Options, workdir: Path) -> PartResult:
         for rnd in range(1, opts.rounds + 1):
             for path, pl in labs.items():
                 prof = workdir / "nfsip-profile.txt" if opts.profile and path == "nfsip" and rnd == 1 else None
-                t = one_run(pl, exe, workdir, f"{path}-t{rnd}", seconds=opts.seconds, window=opts.window,
-                            profile=prof)
+                t = one_run(pl, exe, workdir, f"{path}-t{rnd}", seconds=opts.seconds, window=opts.window, profile=prof)
                 tput[path].append(t)
-                lr = one_run(pl, exe, workdir, f"{path}-l{rnd}", seconds=opts.seconds, window=1000,
-                             rate=opts.latency_rate, samples=True)
+                lr = one_run(
+                    pl,
+                    exe,
+                    workdir,
+                    f"{path}-l{rnd}",
+                    seconds=opts.seconds,
+                    window=1000,
+                    rate=opts.latency_rate,
+                    samples=True,
+                )
                 lat[path].append(lr)
-                print(f"round {rnd} {path:<6}: {t.msg_per_s:9,.0f} msg/s {t.calls_per_s:8,.0f} calls/s "
-                      f"failed {t.uac['calls_failed']}  queue cpu {t.cpu.get('queue', 0):.2f}s  "
-                      f"gen cpu {t.uac['cpu'] + t.uas['cpu']:.2f}s  latency p50 {pooled(lr.samples, 0.5):,.0f} µs "
-                      f"p99 {pooled(lr.samples, 0.99):,.0f} µs", flush=True)
+                print(
+                    f"round {rnd} {path:<6}: {t.msg_per_s:9,.0f} msg/s {t.calls_per_s:8,.0f} calls/s "
+                    f"failed {t.uac['calls_failed']}  queue cpu {t.cpu.get('queue', 0):.2f}s  "
+                    f"gen cpu {t.uac['cpu'] + t.uas['cpu']:.2f}s  latency p50 {pooled(lr.samples, 0.5):,.0f} µs "
+                    f"p99 {pooled(lr.samples, 0.99):,.0f} µs",
+                    flush=True,
+                )
         for pl in labs.values():
             if pl.daemon is not None and not pl.daemon.alive():
                 raise RuntimeError(f"nfsip daemon died:\n{pl.daemon.log()}")
@@ -384,6 +437,211 @@ def run(opts: Options, workdir: Path) -> PartResult:
         for pl in labs.values():
             pl.down()
     result = summarize(tput, lat, opts)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# ------------------------------------------------------------------------------------------ --workers
+WORKER_PHONES = ("phone1", "phone2")  # 10.0.0.2 and 10.0.0.3: shard 0 and shard 1 of two workers
+
+
+def daemon_pids(daemon: NfsipDaemon) -> dict[str, int]:
+    """The daemon's processes: "main" (the single daemon, or the supervisor) and "worker<i>"."""
+    assert daemon.proc is not None
+    pids = {"main": daemon.proc.pid}
+    pids.update({f"worker{i}": pid for i, pid in sorted(daemon.worker_pids().items())})
+    return pids
+
+
+@dataclass
+class WorkersRun:
+    """One run of the --workers comparison: two UACs (one per phone, one per shard) against one UAS."""
+
+    workers: int
+    uacs: list[dict[str, Any]]
+    uas: dict[str, Any]
+    cpu: dict[str, float]
+    queued: dict[int, int]
+    verdicts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return max(float(u["elapsed"]) for u in self.uacs)
+
+    @property
+    def messages(self) -> int:
+        return sum(sum(u["received"].values()) for u in self.uacs) + sum(self.uas["received"].values())
+
+    @property
+    def msg_per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def generator_cpu(self) -> float:
+        return sum(float(u["cpu"]) for u in self.uacs) + float(self.uas["cpu"])
+
+    @property
+    def daemon_cpu(self) -> float:
+        return sum(v for k, v in self.cpu.items() if k == "main" or k.startswith("worker"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "uacs": self.uacs,
+            "uas": self.uas,
+            "cpu": self.cpu,
+            "queued": self.queued,
+            "verdicts": self.verdicts,
+            "messages": self.messages,
+            "msg_per_s": self.msg_per_s,
+            "generator_cpu_s": self.generator_cpu,
+            "daemon_cpu_s": self.daemon_cpu,
+        }
+
+
+def workers_run(
+    lab: Lab,
+    daemon: NfsipDaemon,
+    exe: Path,
+    tag: str,
+    workers: int,
+    *,
+    seconds: float,
+    window: int,
+    profile: Path | None = None,
+) -> WorkersRun:
+    """Both phones load the router at once (closed loop, `window` calls in progress each) for `seconds`."""
+    uas = sipload_uas(lab, exe)
+    pids = daemon_pids(daemon)
+    q0 = nfqueue_stats(lab)
+    m0 = daemon.metrics()
+    stamp = int(time.time())
+    watch = CpuWatch(pids, background=background_busy()).start()
+    spy = None
+    if profile is not None and "worker0" in pids:
+        spy = start_profile(pids["worker0"], seconds - 0.5, profile)
+    uacs = [
+        lab.popen(
+            node,
+            sipload_uac_args(
+                exe, lab, node=node, n=2_000_000, w=window, t=seconds, T=5000, p=f"{tag.replace('-', '')}{node}x{stamp}"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in WORKER_PHONES
+    ]
+    summaries = []
+    for proc in uacs:
+        out, err = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sipload uac failed ({proc.returncode}): {err.strip()[-500:]}")
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    cpu = watch.stop()
+    time.sleep(0.1)
+    uas_summary = finish(uas)
+    if spy is not None:
+        spy.wait(timeout=30)
+    q1 = nfqueue_stats(lab)
+    m1 = daemon.metrics()
+    verdicts0 = parse_counters(m0, "nfsip_verdicts")
+    return WorkersRun(
+        workers=workers,
+        uacs=summaries,
+        uas=uas_summary,
+        cpu=cpu,
+        queued={q: q1[q]["id_sequence"] - q0.get(q, {}).get("id_sequence", 0) for q in q1},
+        verdicts={k: v - verdicts0.get(k, 0.0) for k, v in parse_counters(m1, "nfsip_verdicts").items()},
+    )
+
+
+def run_workers(opts: Options, counts: list[int], workdir: Path) -> PartResult:
+    """nfsip with 1 and with N workers side by side: one lab each (two phones, one per shard), both up at
+    once, measured in alternation."""
+    started = time.monotonic()
+    exe = build("sipload", workdir)
+    labs: dict[int, tuple[Lab, NfsipDaemon]] = {}
+    runs: dict[int, list[WorkersRun]] = {n: [] for n in counts}
+    profile_data: dict[str, list[tuple[str, float]]] | None = None
+    try:
+        for n in counts:
+            lab = Lab(phones=len(WORKER_PHONES)).up()
+            lab.masquerade()
+            labs[n] = (lab, NfsipDaemon(lab, config={**BENCH_CONFIG, "workers": n}, log_level="warning").start())
+        for rnd in range(1, opts.rounds + 1):
+            for n, (lab, daemon) in labs.items():
+                prof = workdir / f"workers{n}-profile.txt" if opts.profile and n > 1 and rnd == 1 else None
+                r = workers_run(
+                    lab, daemon, exe, f"w{n}-r{rnd}", n, seconds=opts.seconds, window=opts.window, profile=prof
+                )
+                runs[n].append(r)
+                per_process = ", ".join(f"{k} {v:.2f}s" for k, v in r.cpu.items() if k == "main" or "worker" in k)
+                print(
+                    f"round {rnd} workers {n}: {r.msg_per_s:9,.0f} msg/s  failed "
+                    f"{sum(u['calls_failed'] for u in r.uacs)}  nfsip cpu {r.daemon_cpu:.2f}s ({per_process})  "
+                    f"generator cpu {r.generator_cpu:.2f}s  machine {r.cpu['machine']:.2f}s of "
+                    f"{2 * r.cpu['wall']:.2f}s  queued {r.queued}",
+                    flush=True,
+                )
+                if prof is not None and prof.exists():
+                    profile_data = profile_summary(prof)
+        for n, (_lab, daemon) in labs.items():
+            if not daemon.alive():
+                raise RuntimeError(f"nfsip (workers {n}) died:\n{daemon.log()}")
+    finally:
+        for lab, daemon in labs.values():
+            daemon.stop()
+            lab.down()
+    result = PartResult(
+        "signalling_workers",
+        "Signalling with several workers: SIP messages/s from two LAN hosts (one per shard)",
+        [
+            "workers",
+            f"msg/s (2 x window {opts.window})",
+            "failed calls",
+            "nfsip CPU (s per s)",
+            "load generator CPU (s per s)",
+            "machine busy (of 2 CPUs)",
+            "nfsip µs/msg",
+            "generator µs/msg",
+        ],
+    )
+    base = median(r.msg_per_s for r in runs[counts[0]])
+    for n in counts:
+        rs = runs[n]
+        msg = median(r.msg_per_s for r in rs)
+        result.rows.append(
+            {
+                "workers": str(n) + ("" if n == counts[0] else f" (x{msg / base:.2f})"),
+                result.columns[1]: fmt(msg),
+                "failed calls": str(sum(u["calls_failed"] for r in rs for u in r.uacs)),
+                "nfsip CPU (s per s)": fmt(median(r.daemon_cpu / r.cpu["wall"] for r in rs), 2),
+                "load generator CPU (s per s)": fmt(median(r.generator_cpu / r.cpu["wall"] for r in rs), 2),
+                "machine busy (of 2 CPUs)": fmt(median(r.cpu["machine"] / r.cpu["wall"] for r in rs), 2),
+                "nfsip µs/msg": fmt(median(r.daemon_cpu / r.messages * 1e6 for r in rs), 1),
+                "generator µs/msg": fmt(median(r.generator_cpu / r.messages * 1e6 for r in rs), 1),
+            }
+        )
+    result.data = {"options": opts.__dict__, "runs": {n: [r.as_dict() for r in runs[n]] for n in counts}}
+    load = median(r.cpu.get("background", 0.0) for n in counts for r in runs[n])
+    result.notes += [
+        f"closed loop: phone1 (10.0.0.2, shard 0) and phone2 (10.0.0.3, shard 1) each keep {opts.window} calls "
+        f"in progress against one UAS, {opts.seconds:g} s per run, median of {opts.rounds} alternated rounds",
+        "the load generator (bench/sipload.c: two UACs and the UAS) runs on the same 2 vCPUs as the router and "
+        "nfsip; its CPU (getrusage) is in the table. The kernel's forwarding and NAT work runs in softirq on the "
+        "same CPUs and is in 'machine busy' only",
+        "nfsip CPU: the single daemon, or supervisor + workers (from /proc); per process in the JSON",
+        f"other load on the VM right before each run: median {load:.2f} CPUs"
+        + (" - **the machine was not idle**" if load > 0.2 else ""),
+        CONFIG_NOTE + "; global caps are divided by the number of workers",
+    ]
+    if profile_data:
+        result.data["profile_worker0"] = profile_data
+        result.notes.append(
+            f"py-spy of worker 0 (2 workers, first round), % of samples on stack: "
+            f"{profile_frames(profile_data, limit=12)}"
+        )
     result.seconds = time.monotonic() - started
     return result
 
@@ -404,6 +662,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s x 1 round")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during its throughput run")
     parser.add_argument("--out", type=Path, default=None, help="write signalling.json/.md here")
+    parser.add_argument(
+        "--workers",
+        default=None,
+        metavar="N,M",
+        help="instead of the path comparison: nfsip with these worker counts side by side (e.g. 1,2), load "
+        "from two LAN hosts (one per shard); with --profile, py-spy of worker 0",
+    )
     args = parser.parse_args()
     reason = reason_not_runnable()
     if reason:
@@ -417,7 +682,10 @@ def main() -> int:
     opts.profile = args.profile
     workdir = make_workdir()
     try:
-        result = run(opts, workdir)
+        if args.workers:
+            result = run_workers(opts, [int(n) for n in args.workers.split(",")], workdir)
+        else:
+            result = run(opts, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write_part(result, args.out)

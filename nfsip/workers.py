@@ -185,13 +185,22 @@ class WorkerDaemon(Daemon):
             log.info("stopped")
 
 
+PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM this worker when the supervisor dies (even by SIGKILL): an orphan would keep its queue."""
+def process_name(index: int) -> str:
+    """The worker's name in ps/top (/proc/PID/comm, at most 15 bytes): which worker is which."""
+    return f"nfsip-worker-{index}"
+
+
+def _set_up_process(parent: int, index: int) -> None:
+    """Name the process, and SIGTERM it when the supervisor dies (even by SIGKILL): an orphan would keep
+    its queue bound."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, process_name(index).encode()[:15], 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:  # it died before the prctl
@@ -201,7 +210,7 @@ def _die_with_parent(parent: int) -> None:
 def worker_main(config: Config, index: int, link: Connection, parent: int, log_format: str) -> None:
     """Entry point of a worker process (multiprocessing, "spawn": a fresh interpreter that inherits no
     netlink socket, nft context or thread of the supervisor)."""
-    _die_with_parent(parent)
+    _set_up_process(parent, index)
     logging.basicConfig(level=getattr(logging, config.log_level.upper()), format=log_format)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides

@@ -32,6 +32,7 @@ from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippCaller, SippPhone, SippUac, Sip
 from nfsip.sip.message import parse_message
 
 from .lab_support import require_lab
+from .test_lab_ops import ADMIN_CONF
 
 pytestmark = pytest.mark.lab
 
@@ -211,3 +212,24 @@ def test_call_from_the_wan_through_a_registration_reaches_the_phones_worker(
     assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[1]) >= MIN_RTP, report
     assert moved[QUEUE + 1] >= 5 and moved[QUEUE] == 0, moved
     assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()
+
+
+def test_table_reloaded_by_the_admin_comes_back_with_the_fanout_and_both_workers_pinholes(
+    lab: Lab, nfsip: NfsipDaemon, tmp_path: Path
+):
+    """`nft -f /etc/nftables.conf` (flush ruleset + include of nft/nfsip.nft) mid-call: the supervisor puts
+    the fanout back and each worker re-adds its live call's pinholes; both BYEs are then seen."""
+    conf = tmp_path / "nftables.conf"
+    conf.write_text(ADMIN_CONF)
+    uas = SippUas(lab, calls=2).start()
+    uacs = [SippUac(lab, node, pause_ms=12000).start() for node in ("phone1", "phone2")]
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 4, 5), nfsip.status()
+    lab.run(T.ROUTER, ["nft", "-f", str(conf)])
+    assert nfsip.status()["pinholes"] == 0
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 4, 8), nfsip.log()
+    assert "queue fanout was removed by another ruleset load; restoring" in nfsip.log()
+    assert nfsip.log().count("restored 2 pinholes after the table was reinstalled") == 2, nfsip.log()
+    chains = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
+    assert "queue num 5060" in chains and "queue num 5061" in chains and chains.count(" vmap ") == 2, chains
+    assert all(u.wait(60).ok for u in uacs) and uas.wait(20).ok
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()  # both BYEs went through

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -84,18 +83,23 @@ class NfsipDaemon:
         return self.notifications
 
     def worker_pids(self) -> dict[int, int]:
-        """Worker index -> pid of the live worker processes (workers > 1), from the supervisor's log lines
-        "worker I started (pid P, ...)" (the latest per index) and checked against the supervisor's children."""
+        """Worker index -> pid of the live worker processes (workers > 1): the supervisor's children named
+        nfsip-worker-<i> (nfsip.workers.process_name)."""
         if self.proc is None:
             return {}
-        pids: dict[int, int] = {}
-        for match in re.finditer(r"worker (\d+) started \(pid (\d+)", self.log()):
-            pids[int(match.group(1))] = int(match.group(2))
         try:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         except OSError:
             return {}
-        return {index: pid for index, pid in pids.items() if str(pid) in children}
+        pids = {}
+        for pid in children:
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue  # gone meanwhile
+            if name.startswith("nfsip-worker-"):
+                pids[int(name.rsplit("-", 1)[1])] = int(pid)
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
