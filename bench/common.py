@@ -78,16 +78,17 @@ class PartResult:
     data: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    extra_tables: list[Table] = field(default_factory=list)
+    """More tables of the same part, shown after the main one (media: the one-core table)."""
 
     def markdown(self) -> str:
-        """The part as a markdown section: a title, one table, its notes."""
+        """The part as a markdown section: a title, its table(s), its notes."""
         lines = [f"### {self.title}", ""]
         if self.rows:
-            lines.append("| " + " | ".join(self.columns) + " |")
-            lines.append("|" + "|".join("---" for _ in self.columns) + "|")
-            for row in self.rows:
-                lines.append("| " + " | ".join(str(row.get(c, "")) for c in self.columns) + " |")
-            lines.append("")
+            lines += markdown_table(self.columns, self.rows)
+        for table in self.extra_tables:
+            lines += [f"**{table.title}**", ""]
+            lines += markdown_table(table.columns, table.rows)
         for note in self.notes:
             lines.append(f"- {note}")
         if self.notes:
@@ -103,7 +104,24 @@ class PartResult:
             "data": self.data,
             "notes": self.notes,
             "seconds": round(self.seconds, 1),
+            "extra_tables": [t.__dict__ for t in self.extra_tables],
         }
+
+
+@dataclass
+class Table:
+    """A further table of a part (title, columns, rows as in PartResult)."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of one table (and a blank line after it)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return [*lines, ""]
 
 
 def write_part(result: PartResult, out: Path | None) -> None:
@@ -174,6 +192,95 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def per_cpu_seconds() -> list[tuple[float, float]]:
+    """(busy, softirq) CPU seconds of each CPU (cpu0, cpu1, ...) from /proc/stat.
+
+    Shows where work ran: kernel forwarding is softirq work on whichever CPU raised it (veth delivers on the
+    transmitting CPU unless RPS is set). Without CONFIG_IRQ_TIME_ACCOUNTING the softirq figure is sampled at
+    each timer tick (the tick that lands in softirq charges it), so it is statistical over short windows."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines()[1:]:
+        if not line.startswith("cpu"):
+            break
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in line.split()[1:9])
+        out.append(((user + nice + system + irq + softirq + steal) / hz, softirq / hz))
+    return out
+
+
+def softirq_counts(kind: str = "NET_RX") -> list[int]:
+    """Per-CPU count of `kind` softirqs run so far (/proc/softirqs): how often, not how long."""
+    for line in Path("/proc/softirqs").read_text().splitlines():
+        name, _, counts = line.partition(":")
+        if name.strip() == kind:
+            return [int(x) for x in counts.split()]
+    return []
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (through /proc/<pid>/task/<tid>/children), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        for tid in threads(p):
+            try:
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def threads(pid: int) -> list[int]:
+    """Thread ids of a process ([] if it is gone)."""
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
+def pin_processes(pids: Iterable[int], cpus: set[int], nice: int | None = None, policy: int | None = None) -> int:
+    """Set the CPU affinity (and, if given, the nice value) of every thread of each pid and of its descendants.
+
+    sched_setaffinity() and setpriority() act on one thread: a running multi-threaded process (rtpengine,
+    a daemon with worker processes) needs every task changed; threads created later inherit. Returns the
+    number of threads changed (threads that exit meanwhile are skipped)."""
+    changed = 0
+    for root in pids:
+        for pid in process_tree(root):
+            for tid in threads(pid):
+                try:
+                    os.sched_setaffinity(tid, cpus)
+                    if policy is not None:
+                        os.sched_setscheduler(tid, policy, os.sched_param(0))
+                    if nice is not None:
+                        os.setpriority(os.PRIO_PROCESS, tid, nice)
+                    changed += 1
+                except (ProcessLookupError, PermissionError, OSError):
+                    continue
+    return changed
+
+
+def affinity_of(pid: int) -> dict[int, list[int]]:
+    """CPU affinity of every thread of pid and its descendants (tid -> sorted CPUs): to check the pinning held."""
+    out = {}
+    for p in process_tree(pid):
+        for tid in threads(p):
+            try:
+                out[tid] = sorted(os.sched_getaffinity(tid))
+            except OSError:
+                continue
+    return out
+
+
+def background_busy_per_cpu(seconds: float = 0.4) -> list[float]:
+    """background_busy() per CPU (CPUs' worth of busy time on each CPU while the benchmark is idle)."""
+    before, t0 = per_cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    after, wall = per_cpu_seconds(), time.monotonic() - t0
+    return [(b1 - b0) / wall for (b0, _), (b1, _) in zip(before, after, strict=False)]
+
+
 def background_busy(seconds: float = 0.4) -> float:
     """CPUs' worth of busy time on the VM while the benchmark itself is idle (other processes, other tenants
     of a shared machine), measured over `seconds`: subtracted from a measurement's machine busy time."""
@@ -193,10 +300,19 @@ class CpuWatch:
         self.before: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.t0 = 0.0
+        # Per CPU, kept apart from `used` (a flat name -> seconds dict other parts iterate over): busy and softirq
+        # seconds and NET_RX softirq runs on each CPU between start() and stop(), raw (background not subtracted).
+        self.per_cpu_busy: list[float] = []
+        self.per_cpu_softirq: list[float] = []
+        self.per_cpu_net_rx: list[int] = []
+        self._cpu0: list[tuple[float, float]] = []
+        self._net_rx0: list[int] = []
 
     def start(self) -> CpuWatch:
         self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.before["machine"] = machine_busy_seconds()
+        self._cpu0 = per_cpu_seconds()
+        self._net_rx0 = softirq_counts("NET_RX")
         self.t0 = time.monotonic()
         return self
 
@@ -206,6 +322,10 @@ class CpuWatch:
         self.used["machine_raw"] = machine_busy_seconds() - self.before["machine"]
         self.used["machine"] = max(0.0, self.used["machine_raw"] - self.background * self.used["wall"])
         self.used["background"] = self.background
+        cpus = per_cpu_seconds()
+        self.per_cpu_busy = [b1 - b0 for (b0, _), (b1, _) in zip(self._cpu0, cpus, strict=False)]
+        self.per_cpu_softirq = [s1 - s0 for (_, s0), (_, s1) in zip(self._cpu0, cpus, strict=False)]
+        self.per_cpu_net_rx = [n1 - n0 for n0, n1 in zip(self._net_rx0, softirq_counts("NET_RX"), strict=False)]
         return self.used
 
 
@@ -461,8 +581,21 @@ def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
     if not py_spy_available():
         return None
     return subprocess.Popen(
-        [py_spy_exe(), "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100", "--nonblocking",
-         "-f", "raw", "-o", str(out)],
+        [
+            py_spy_exe(),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, int(seconds))),
+            "-r",
+            "100",
+            "--nonblocking",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

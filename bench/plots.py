@@ -36,10 +36,37 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _pps_bars(samples: dict[str, list[dict[str, Any]]], ladder: list[dict[str, Any]], keys: list[str]) -> tuple:
+    """Median, below/above spread (thousand packets/s) per case key; (e) is the best lossless ladder step."""
+    med, lo, hi = [], [], []
+    ok = [s for s in ladder if s["loss_pct"] <= 1.0]
+    for k in keys:
+        if k == "e":
+            best = max((s["recv_pps"] for s in ok), default=math.nan)
+            med.append(best / 1000)
+            lo.append(0)
+            hi.append(0)
+            continue
+        pps = sorted(s["recv_pps"] for s in samples.get(k, []))
+        if not pps:
+            med.append(math.nan)
+            lo.append(0)
+            hi.append(0)
+            continue
+        m = statistics.median(pps)
+        med.append(m / 1000)
+        lo.append((m - pps[0]) / 1000)
+        hi.append((pps[-1] - m) / 1000)
+    return med, lo, hi
+
+
 def media(part: dict[str, Any], out: Path) -> Path | None:
-    samples = part["data"].get("samples")
-    if not samples:
+    data = part["data"]
+    samples = data.get("samples")
+    one = data.get("one_core") or {}
+    if not samples and not one.get("samples"):
         return None
+    samples = samples or {}
     order = ["a", "a'", "n", "b", "b'", "c", "d"]
     samples_z = samples.get("z", [])
     zs = [s["cpu"]["machine"] / s["received"] * 1e6 for s in samples_z if s["received"]]
@@ -54,43 +81,76 @@ def media(part: dict[str, Any], out: Path) -> Path | None:
         "d": "(d)\nPython\nrelay",
         "e": "(e)\nrtpengine\n(paced)",
     }
-    colors = {"a": KERNEL, "a'": KERNEL, "n": KERNEL, "b": NFSIP, "b'": NFSIP, "c": ALG, "d": USERSPACE,
-              "e": USERSPACE}
-    keys = [k for k in order if k in samples]
-    med, lo, hi, cpu = [], [], [], []
-    for k in keys:
-        pps = sorted(s["recv_pps"] for s in samples[k])
-        m = statistics.median(pps)
-        med.append(m / 1000)
-        lo.append((m - pps[0]) / 1000)
-        hi.append((pps[-1] - m) / 1000)
-        per = [s["cpu"]["machine"] / s["received"] * 1e6 for s in samples[k] if s["received"]]
-        cpu.append(statistics.median(per) if per else math.nan)
-    ladder = [s for s in part["data"].get("rtpengine_ladder", []) if s["loss_pct"] <= 1.0]
-    if ladder:
-        best = max(ladder, key=lambda s: s["recv_pps"])
+    colors = {"a": KERNEL, "a'": KERNEL, "n": KERNEL, "b": NFSIP, "b'": NFSIP, "c": ALG, "d": USERSPACE, "e": USERSPACE}
+    keys = [k for k in order if k in samples or k in one.get("samples", {})]
+    if any(s["loss_pct"] <= 1.0 for s in data.get("rtpengine_ladder", []) + one.get("rtpengine_ladder", [])):
         keys.append("e")
-        med.append(best["recv_pps"] / 1000)
-        lo.append(0)
-        hi.append(0)
-        cpu.append(best["cpu"]["machine"] / best["received"] * 1e6)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-    x = range(len(keys))
-    ax1.bar(x, med, yerr=[lo, hi], color=[colors[k] for k in keys], capsize=3)
-    base = med[keys.index("a")]
-    ax1.axhline(base * 0.95, color=NFSIP, ls="--", lw=1, label="95 % of (a)")
-    ax1.set_xticks(list(x), [labels[k] for k in keys], fontsize=8)
+    cpu = []
+    for k in keys:
+        if k == "e":
+            ok = [s for s in data.get("rtpengine_ladder", []) if s["loss_pct"] <= 1.0]
+            best = max(ok, key=lambda s: s["recv_pps"]) if ok else None
+            cpu.append(best["cpu"]["machine"] / best["received"] * 1e6 if best else math.nan)
+            continue
+        per = [s["cpu"]["machine"] / s["received"] * 1e6 for s in samples.get(k, []) if s["received"]]
+        cpu.append(statistics.median(per) if per else math.nan)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    x = list(range(len(keys)))
+    # Both CPU layouts side by side: solid bars unpinned (any CPU), hatched bars one core (all on CPU 0).
+    layouts = [
+        (name, smp, lad)
+        for name, smp, lad in (
+            ("unpinned", samples, data.get("rtpengine_ladder", [])),
+            ("one core", one.get("samples", {}), one.get("rtpengine_ladder", [])),
+        )
+        if smp
+    ]
+    width = 0.8 / len(layouts)
+    for i, (name, smp, lad) in enumerate(layouts):
+        med, lo, hi = _pps_bars(smp, lad, keys)
+        pos = [p - 0.4 + width * (i + 0.5) for p in x]
+        hatched = name != "unpinned"
+        ax1.bar(
+            pos,
+            med,
+            width,
+            yerr=[lo, hi],
+            color=[colors[k] for k in keys],
+            capsize=2,
+            alpha=0.55 if hatched else 1.0,
+            hatch="//" if hatched else None,
+            edgecolor="white",
+            label=name + (" (every process on CPU 0)" if hatched else " (any CPU)"),
+        )
+        if "a" in keys and med[keys.index("a")] == med[keys.index("a")]:
+            ax1.axhline(
+                med[keys.index("a")] * 0.95,
+                color=NFSIP,
+                ls=":" if hatched else "--",
+                lw=1,
+                label=f"95 % of (a), {name}",
+            )
+    ax1.set_xticks(x, [labels[k] for k in keys], fontsize=8)
     ax1.set_ylabel("thousand packets/s received (172-byte UDP)")
     ax1.set_title("Forwarding rate (median, min-max of rounds)")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=7)
     router = [max(0.0, c - floor) for c in cpu]
-    ax2.bar(x, [c - r for c, r in zip(cpu, router, strict=True)], color="#d9d9d9",
-            label="sender + bridge + receiver (case z)")
-    ax2.bar(x, router, bottom=[c - r for c, r in zip(cpu, router, strict=True)], color=[colors[k] for k in keys],
-            label="router (estimate)")
-    ax2.set_xticks(list(x), [labels[k] for k in keys], fontsize=8)
+    ax2.bar(
+        x,
+        [c - r for c, r in zip(cpu, router, strict=True)],
+        color="#d9d9d9",
+        label="sender + bridge + receiver (case z)",
+    )
+    ax2.bar(
+        x,
+        router,
+        bottom=[c - r for c, r in zip(cpu, router, strict=True)],
+        color=[colors[k] for k in keys],
+        label="router (estimate)",
+    )
+    ax2.set_xticks(x, [labels[k] for k in keys], fontsize=8)
     ax2.set_ylabel("µs of CPU (whole VM) per forwarded packet")
-    ax2.set_title("CPU per forwarded packet")
+    ax2.set_title("CPU per forwarded packet (unpinned)")
     ax2.legend(fontsize=8)
     return _save(fig, out / "media.png")
 
@@ -138,14 +198,28 @@ def callsetup(part: dict[str, Any], out: Path) -> Path | None:
     ax.plot(asked, done, "o-", color=NFSIP, label="nfsip")
     for s in ladder:
         if s["failed"]:
-            ax.annotate(f"{s['failed']} failed", (s["rate"], s["completed_rate"]), fontsize=8,
-                        textcoords="offset points", xytext=(4, -12))
-    for path, color, label, marker, size in (("plain", KERNEL, "plain masquerade", "s", 10),
-                                              ("alg", ALG, "kernel SIP ALG", "D", 5)):
+            ax.annotate(
+                f"{s['failed']} failed",
+                (s["rate"], s["completed_rate"]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, -12),
+            )
+    for path, color, label, marker, size in (
+        ("plain", KERNEL, "plain masquerade", "s", 10),
+        ("alg", ALG, "kernel SIP ALG", "D", 5),
+    ):
         pts = [s for s in data.get("baselines", []) if s["path"] == path]
         if pts:
-            ax.plot([s["rate"] for s in pts], [s["completed_rate"] for s in pts], marker, color=color, label=label,
-                    markersize=size, linestyle="none")
+            ax.plot(
+                [s["rate"] for s in pts],
+                [s["completed_rate"] for s in pts],
+                marker,
+                color=color,
+                label=label,
+                markersize=size,
+                linestyle="none",
+            )
     top = max(asked + [s["rate"] for s in data.get("baselines", [])])
     ax.plot([1, top], [1, top], ":", color="black", lw=1, label="completed = asked")
     ax.set_xscale("log")
@@ -172,30 +246,56 @@ def scale(part: dict[str, Any], out: Path) -> Path | None:
     up = [lv for lv in levels if lv["phase"] in ("start", "up")]
     down = up[-1:] + [lv for lv in levels if lv["phase"] == "down"]
     ax1.plot([lv["calls"] for lv in up], [lv["rss_kib"] / 1024 for lv in up], "o-", color=NFSIP, label="bring up")
-    ax1.plot([lv["calls"] for lv in down], [lv["rss_kib"] / 1024 for lv in down], "s--", color=USERSPACE,
-             label="tear down")
+    ax1.plot(
+        [lv["calls"] for lv in down], [lv["rss_kib"] / 1024 for lv in down], "s--", color=USERSPACE, label="tear down"
+    )
     ax1.set_xlabel("concurrent calls (2 pinholes each)")
     ax1.set_ylabel("daemon RSS, MiB")
     ax1.set_title("Daemon memory")
     ax1.legend(fontsize=8)
     pins = [2 * lv["calls"] for lv in levels]
-    ax2.plot(pins, [lv["probe"].get("add_p50_us", math.nan) for lv in levels], "o", color=NFSIP,
-             label="probe: add 2 pinholes (p50)")
-    ax2.plot(pins, [lv["probe"].get("remove_p50_us", math.nan) for lv in levels], "s", color=ALG,
-             label="probe: remove 2 pinholes (p50)")
+    ax2.plot(
+        pins,
+        [lv["probe"].get("add_p50_us", math.nan) for lv in levels],
+        "o",
+        color=NFSIP,
+        label="probe: add 2 pinholes (p50)",
+    )
+    ax2.plot(
+        pins,
+        [lv["probe"].get("remove_p50_us", math.nan) for lv in levels],
+        "s",
+        color=ALG,
+        label="probe: remove 2 pinholes (p50)",
+    )
     stage = [lv for lv in levels if lv["nft"].get("count")]
-    ax2.plot([2 * lv["calls"] for lv in stage], [lv["nft"]["mean_us"] for lv in stage], "^", color=USERSPACE,
-             label="daemon's own transactions (mean of stage)")
+    ax2.plot(
+        [2 * lv["calls"] for lv in stage],
+        [lv["nft"]["mean_us"] for lv in stage],
+        "^",
+        color=USERSPACE,
+        label="daemon's own transactions (mean of stage)",
+    )
     ax2.set_xlabel("media pinholes in the maps (4 elements each)")
     ax2.set_ylabel("µs per nft transaction")
     ax2.set_ylim(bottom=0)
     ax2.set_title("nft transaction cost as the maps grow")
     ax2.legend(fontsize=8)
     if any("table_check_s" in lv["probe"] for lv in levels):
-        ax3.plot(pins, [lv["probe"].get("table_check_s", math.nan) for lv in levels], "o", color=NFSIP,
-                 label="table check (ensure_installed)")
-        ax3.plot(pins, [lv["probe"].get("media_counters_s", math.nan) for lv in levels], "s", color=USERSPACE,
-                 label="media counters read (sample_media)")
+        ax3.plot(
+            pins,
+            [lv["probe"].get("table_check_s", math.nan) for lv in levels],
+            "o",
+            color=NFSIP,
+            label="table check (ensure_installed)",
+        )
+        ax3.plot(
+            pins,
+            [lv["probe"].get("media_counters_s", math.nan) for lv in levels],
+            "s",
+            color=USERSPACE,
+            label="media counters read (sample_media)",
+        )
         ax3.set_xlabel("media pinholes in the maps")
         ax3.set_ylabel("seconds per read (every 5 s in the daemon's loop)")
         ax3.set_ylim(bottom=0)
