@@ -4,6 +4,7 @@ path works on this kernel (no CONFIG_NFT_QUEUE)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nfsip.config import Config
+from nfsip.kernel import ruleset
 from nfsip.kernel.ruleset import options_from, render
 
 from .lab_support import require_lab
@@ -27,6 +29,99 @@ def test_ruleset_never_flushes_and_only_replaces_its_own_table():
     assert "flush ruleset" not in text
     tables = [line for line in text.splitlines() if "table" in line and not line.startswith("#")]
     assert all("ip nfsip" in line for line in tables), tables
+
+
+# -- per-packet cost: the filter chains every forwarded packet traverses ---------------------------------
+
+_CHAIN = re.compile(r"^\tchain (\w+) \{\n(.*?)^\t\}", re.S | re.M)
+_HOOK = re.compile(r"type (\w+) hook (\w+) priority ([^;]+);")
+_PRIORITY = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+
+
+def chains(text: str) -> dict[str, tuple[tuple[str, str, int] | None, list[str]]]:
+    """name -> ((type, hook, numeric priority) or None for a regular chain, its rules without comments)."""
+    result = {}
+    for name, body in _CHAIN.findall(text):
+        lines = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        hook = None
+        if lines and (m := _HOOK.match(lines[0])):
+            base, _, offset = m.group(3).partition(" ")
+            prio = _PRIORITY[base] + (int(offset.replace(" ", "")) if offset else 0)
+            hook = (m.group(1), m.group(2), prio)
+            lines = lines[1:]
+        result[name] = (hook, lines)
+    return result
+
+
+def filter_chains(text: str) -> dict[str, tuple[tuple[str, str, int], list[str]]]:
+    return {n: (h, rules) for n, (h, rules) in chains(text).items() if h is not None and h[0] == "filter"}
+
+
+RENDERED = render(options_from(Config(wan_interface="wan0"), True))
+
+
+def test_few_filter_base_chains_and_none_on_the_forward_hook():
+    """Each filter base chain costs every forwarded packet a chain invocation (bench/ruleset_cost.py): the
+    SIP divert needs one per hook position the daemon relies on (prerouting after DNAT, postrouting before
+    and after SNAT); the media counters share the one before SNAT instead of a forward chain of their own."""
+    hooks = {name: hook for name, (hook, _rules) in filter_chains(RENDERED).items()}
+    assert hooks == {
+        ruleset.BEFORE_SNAT_CHAIN: ("filter", "postrouting", -150),
+        ruleset.SIP_TO_WAN_CHAIN: ("filter", "postrouting", 110),
+        ruleset.SIP_FROM_WAN_CHAIN: ("filter", "prerouting", -90),
+    }
+
+
+def test_every_filter_chain_tests_the_protocol_once_then_the_sip_port_first():
+    """What a media packet meets: one protocol test per chain, then in each divert rule the port bitmap
+    lookup (fails for media) before interface names, conntrack status and the FIB lookup."""
+    for name, (_hook, rules) in filter_chains(RENDERED).items():
+        assert rules[0] == "meta l4proto != udp return", name
+        for rule in rules[1:]:
+            # "udp dport" would add a hidden "meta l4proto udp" to the rule: after the first rule "th" suffices
+            assert not re.search(r"\budp [sd]port\b", rule), (name, rule)
+            if ruleset.QUEUE_CHAIN in rule:
+                assert re.match(r"th [sd]port @sip_ports ", rule), (name, rule)
+                assert rule.endswith(f"jump {ruleset.QUEUE_CHAIN}"), (name, rule)
+            else:
+                assert re.fullmatch(r"ip [sd]addr \. th [sd]port @\w+", rule), (name, rule)
+    fib = [r for _h, rules in filter_chains(RENDERED).values() for r in rules if "fib" in r]
+    assert fib and all(r.index("@sip_ports") < r.index("iifname") < r.index("fib") for r in fib), fib
+
+
+def test_sip_divert_covers_both_ports_in_every_position():
+    """Nothing lost in the reordering: each divert chain still queues SIP by source and by destination port,
+    with the conditions it had (WAN side; before SNAT only a flow's unconfirmed first packet; inbound not for
+    the router itself)."""
+    rules = {name: r for name, (_h, r) in filter_chains(RENDERED).items()}
+    divert = {name: [r for r in rs if ruleset.QUEUE_CHAIN in r] for name, rs in rules.items()}
+    want = {
+        ruleset.BEFORE_SNAT_CHAIN: ('ct status ! confirmed oifname "wan0"',),
+        ruleset.SIP_TO_WAN_CHAIN: ('oifname "wan0"',),
+        ruleset.SIP_FROM_WAN_CHAIN: ('iifname "wan0"', "fib daddr type != local"),
+    }
+    for name, conditions in want.items():
+        for port in ("sport", "dport"):
+            (rule,) = [r for r in divert[name] if r.startswith(f"th {port} @sip_ports")]
+            assert all(c in rule for c in conditions), (name, rule)
+    assert sum(len(rs) for rs in divert.values()) == 6
+
+
+def test_media_counters_see_lan_addresses_after_the_admin_filter():
+    """The counter sets are keyed by the phone's LAN address and port, so they are looked up where both
+    directions carry it in the header: after DNAT (prerouting) and forwarding (so after the admin's forward
+    filter), before any SNAT, including nfsip's own (srcnat - 10)."""
+    for key, counted in (
+        ("ip daddr . th dport", ruleset.COUNT_TO_LAN),
+        ("ip saddr . th sport", ruleset.COUNT_FROM_LAN),
+    ):
+        where = [
+            (hook, rule) for hook, rules in filter_chains(RENDERED).values() for rule in rules if f"@{counted}" in rule
+        ]
+        assert len(where) == 1, where
+        (_type, hook, prio), rule = where[0]
+        assert rule == f"{key} @{counted}"
+        assert hook == "postrouting" and prio < _PRIORITY["srcnat"] - 10
 
 
 @pytest.fixture

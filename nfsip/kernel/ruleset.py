@@ -9,6 +9,10 @@ it only replaces its own table (`table ip nfsip`). Priorities, and why:
 - SIP divert at dstnat+10 / srcnat+10, in *filter* chains (a nat chain only sees the first packet of a
   connection): there the queue sees the translated addresses, i.e. the public port masquerade chose for
   an outbound message and the LAN host an inbound one is for (LAB.md, "Where each hook sees the packet").
+  The daemon tells the directions apart by the hook (prerouting: inbound, postrouting: outbound).
+- Filter chains cost every forwarded packet, media included (bench/ruleset_cost.py): as few base chains
+  as the hooks above need (the media counters share the one before SNAT), one protocol test per chain,
+  and in each rule the port test that fails for media before interface names, ct status or fib.
 - The queue statement itself sits alone in `sip_queue`, and the daemon adds it: as `queue num N bypass`
   where the kernel has nft_queue, else as the xt NFQUEUE target through nft_compat over netlink
   (nfsip.kernel.divert), which `nft -f` cannot express. So the same table text loads with `nft -f` (or an
@@ -30,6 +34,10 @@ SIP_SNAT_MAP = "sip_snat"
 COUNT_TO_LAN = "media_to_lan"  # LAN ip . port, one counter per media pinhole: packets towards the phone
 COUNT_FROM_LAN = "media_from_lan"  # ... and from it
 QUEUE_CHAIN = "sip_queue"
+# The filter chains every forwarded packet traverses (see render() for what each does, and why in that order).
+BEFORE_SNAT_CHAIN = "before_snat"  # media counters + the first datagram of a new LAN -> WAN SIP flow
+SIP_TO_WAN_CHAIN = "sip_to_wan"
+SIP_FROM_WAN_CHAIN = "sip_from_wan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +134,7 @@ table ip {opts.table} {{
 \t}}
 
 \t# Media packet counters per pinhole (the far end -> phone and phone -> far end directions), read by
-\t# the daemon for per-call metrics and one-way-audio detection. Lookups only: no verdict here. After the
-\t# admin's forward filter (priority filter), so what it drops is not counted as delivered.
+\t# the daemon for per-call metrics and one-way-audio detection. Looked up in chain {BEFORE_SNAT_CHAIN}.
 \tset {COUNT_TO_LAN} {{
 \t\ttype ipv4_addr . inet_service
 \t\tflags timeout
@@ -140,12 +147,7 @@ table ip {opts.table} {{
 \t\tcounter
 \t}}
 
-\tchain media_count {{
-\t\ttype filter hook forward priority filter + 10; policy accept;
-\t\tmeta l4proto udp ip daddr . udp dport @{COUNT_TO_LAN}
-\t\tmeta l4proto udp ip saddr . udp sport @{COUNT_FROM_LAN}
-\t}}
-
+\t# NAT chains see only the first packet of a connection: their cost is per flow, not per packet.
 \tchain pinholes_prerouting {{
 \t\ttype nat hook prerouting priority dstnat - 10; policy accept;
 \t\t# No iifname on the media rule: a LAN phone sending to another LAN phone's public media port (a
@@ -165,30 +167,44 @@ table ip {opts.table} {{
 \t\tct status dnat meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
 \t}}
 
-\t# The first datagram of a new LAN -> WAN SIP flow, before source NAT. At srcnat+10 its conntrack entry
-\t# is not confirmed yet, so ctnetlink cannot say which LAN host sent it; the daemon notes the sender here
-\t# and recognises the same bytes when they come back through sip_to_wan (nfsip.kernel.firstpacket).
-\t# "! confirmed", not "ct state new": a UDP flow stays "new" until its first reply, and every datagram
-\t# of it would be queued twice.
-\tchain sip_new_to_wan {{
+\t# The filter chains below run for EVERY packet the router forwards, media included, so each is written
+\t# for the packet that is neither SIP nor media: one protocol test per chain (the "th" loads after it
+\t# need no protocol test of their own), then the cheapest test that fails for it (a port bitmap lookup),
+\t# and only then interface names, conntrack status or a FIB lookup. Media passes them without a verdict.
+
+\t# Before source NAT, after the admin's forward filter (what it drops is neither counted nor queued):
+\t# - the media counters: DNAT (prerouting) already put the LAN address into an inbound packet's
+\t#   destination, and SNAT has not yet replaced the LAN address in an outbound packet's source;
+\t# - the first datagram of a new LAN -> WAN SIP flow. At srcnat+10 its conntrack entry is not
+\t#   confirmed yet, so ctnetlink cannot say which LAN host sent it; the daemon notes the sender here and
+\t#   recognises the same bytes when they come back through {SIP_TO_WAN_CHAIN} (nfsip.kernel.firstpacket).
+\t#   "! confirmed", not "ct state new": a UDP flow stays "new" until its first reply, and every datagram
+\t#   of it would be queued twice.
+\tchain {BEFORE_SNAT_CHAIN} {{
 \t\ttype filter hook postrouting priority mangle; policy accept;
-\t\toifname "{wan}" ct status ! confirmed udp dport @sip_ports jump {QUEUE_CHAIN}
-\t\toifname "{wan}" ct status ! confirmed udp sport @sip_ports jump {QUEUE_CHAIN}
+\t\tmeta l4proto != udp return
+\t\tip daddr . th dport @{COUNT_TO_LAN}
+\t\tip saddr . th sport @{COUNT_FROM_LAN}
+\t\tth dport @sip_ports ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth sport @sip_ports ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
 
 \t# LAN -> WAN SIP, after source NAT: the queue sees the public address and port the server will see.
-\tchain sip_to_wan {{
+\tchain {SIP_TO_WAN_CHAIN} {{
 \t\ttype filter hook postrouting priority srcnat + 10; policy accept;
-\t\toifname "{wan}" udp dport @sip_ports jump {QUEUE_CHAIN}
-\t\toifname "{wan}" udp sport @sip_ports jump {QUEUE_CHAIN}
+\t\tmeta l4proto != udp return
+\t\tth dport @sip_ports oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth sport @sip_ports oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
 
 \t# WAN -> LAN SIP, after destination NAT: the queue sees the LAN host it is for. Datagrams for the router
-\t# itself (scans, floods of udp/5060 with no LAN flow behind them) are not queued.
-\tchain sip_from_wan {{
+\t# itself (scans, floods of udp/5060 with no LAN flow behind them) are not queued; that FIB lookup is the
+\t# dearest test here, so only SIP from the WAN gets that far.
+\tchain {SIP_FROM_WAN_CHAIN} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
-\t\tiifname "{wan}" fib daddr type != local udp sport @sip_ports jump {QUEUE_CHAIN}
-\t\tiifname "{wan}" fib daddr type != local udp dport @sip_ports jump {QUEUE_CHAIN}
+\t\tmeta l4proto != udp return
+\t\tth sport @sip_ports iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
+\t\tth dport @sip_ports iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
 \t}}
 
 \tchain {QUEUE_CHAIN} {{
