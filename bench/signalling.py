@@ -43,7 +43,8 @@ both up at once, measured in alternation. The load comes from two LAN hosts, pho
 on each, closed loop with --window calls in progress each, one UAS. Reported: messages/s crossed, the CPU
 of nfsip's processes (supervisor and workers, from /proc), of the load generator (its getrusage: it runs
 on the same 2 vCPUs) and of the whole machine. With --profile, worker 0 of the multi-worker daemon is
-sampled by py-spy during the first round (signalling_workers.json holds the top frames).
+sampled by py-spy during the first round (signalling_workers.json holds the top frames). --one-host loads
+from phone1 only: all SIP on one shard, so a second worker cannot help (the cost of the worker machinery).
 """
 
 from __future__ import annotations
@@ -509,6 +510,7 @@ def workers_run(
     seconds: float,
     window: int,
     profile: Path | None = None,
+    phones: tuple[str, ...] = WORKER_PHONES,
 ) -> WorkersRun:
     """Both phones load the router at once (closed loop, `window` calls in progress each) for `seconds`."""
     uas = sipload_uas(lab, exe)
@@ -530,7 +532,7 @@ def workers_run(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for node in WORKER_PHONES
+        for node in phones
     ]
     summaries = []
     for proc in uacs:
@@ -556,9 +558,24 @@ def workers_run(
     )
 
 
-def run_workers(opts: Options, counts: list[int], workdir: Path) -> PartResult:
+def warm_up(lab: Lab, exe: Path) -> None:
+    """One call from each phone in turn, so that each phone's SIP flow has its conntrack entry and its
+    masquerade port before the measurement. Both phones send from port 5060: when their first datagrams
+    cross the router at the same instant, both can be given public port 5060, and the kernel's UDP clash
+    resolution then sends every reply to one of them (the other's calls all fail, whatever nfsip does)."""
+    for node in WORKER_PHONES:
+        uas = sipload_uas(lab, exe)
+        res = lab.run(node, sipload_uac_args(exe, lab, node=node, n=1, w=1, t=5, T=5000, p=f"warm{node}"), timeout=30)
+        finish(uas)
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+        if summary["calls_done"] != 1:
+            raise RuntimeError(f"warm-up call from {node} failed: {summary}")
+
+
+def run_workers(opts: Options, counts: list[int], workdir: Path, phones: tuple[str, ...] = WORKER_PHONES) -> PartResult:
     """nfsip with 1 and with N workers side by side: one lab each (two phones, one per shard), both up at
-    once, measured in alternation."""
+    once, measured in alternation. `phones` = ("phone1",): load from one host only (one shard: the cost of
+    the worker machinery without its benefit)."""
     started = time.monotonic()
     exe = build("sipload", workdir)
     labs: dict[int, tuple[Lab, NfsipDaemon]] = {}
@@ -569,11 +586,20 @@ def run_workers(opts: Options, counts: list[int], workdir: Path) -> PartResult:
             lab = Lab(phones=len(WORKER_PHONES)).up()
             lab.masquerade()
             labs[n] = (lab, NfsipDaemon(lab, config={**BENCH_CONFIG, "workers": n}, log_level="warning").start())
+            warm_up(lab, exe)
         for rnd in range(1, opts.rounds + 1):
             for n, (lab, daemon) in labs.items():
                 prof = workdir / f"workers{n}-profile.txt" if opts.profile and n > 1 and rnd == 1 else None
                 r = workers_run(
-                    lab, daemon, exe, f"w{n}-r{rnd}", n, seconds=opts.seconds, window=opts.window, profile=prof
+                    lab,
+                    daemon,
+                    exe,
+                    f"w{n}-r{rnd}",
+                    n,
+                    seconds=opts.seconds,
+                    window=opts.window,
+                    profile=prof,
+                    phones=phones,
                 )
                 runs[n].append(r)
                 per_process = ", ".join(f"{k} {v:.2f}s" for k, v in r.cpu.items() if k == "main" or "worker" in k)
@@ -595,7 +621,7 @@ def run_workers(opts: Options, counts: list[int], workdir: Path) -> PartResult:
             lab.down()
     result = PartResult(
         "signalling_workers",
-        "Signalling with several workers: SIP messages/s from two LAN hosts (one per shard)",
+        f"Signalling with several workers: SIP messages/s from {len(phones)} LAN host(s)",
         [
             "workers",
             f"msg/s (2 x window {opts.window})",
@@ -626,8 +652,10 @@ def run_workers(opts: Options, counts: list[int], workdir: Path) -> PartResult:
     result.data = {"options": opts.__dict__, "runs": {n: [r.as_dict() for r in runs[n]] for n in counts}}
     load = median(r.cpu.get("background", 0.0) for n in counts for r in runs[n])
     result.notes += [
-        f"closed loop: phone1 (10.0.0.2, shard 0) and phone2 (10.0.0.3, shard 1) each keep {opts.window} calls "
-        f"in progress against one UAS, {opts.seconds:g} s per run, median of {opts.rounds} alternated rounds",
+        f"closed loop: {' and '.join(phones)} (phone1 10.0.0.2 is shard 0, phone2 10.0.0.3 shard 1) each keep "
+        f"{opts.window} calls "
+        f"in progress against one UAS, {opts.seconds:g} s per run, median of {opts.rounds} alternated rounds; "
+        "one warm-up call per phone first (both phones send from port 5060: see warm_up())",
         "the load generator (bench/sipload.c: two UACs and the UAS) runs on the same 2 vCPUs as the router and "
         "nfsip; its CPU (getrusage) is in the table. The kernel's forwarding and NAT work runs in softirq on the "
         "same CPUs and is in 'machine busy' only",
@@ -663,6 +691,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during its throughput run")
     parser.add_argument("--out", type=Path, default=None, help="write signalling.json/.md here")
     parser.add_argument(
+        "--one-host", action="store_true", help="with --workers: load from phone1 only (all SIP on one shard)"
+    )
+    parser.add_argument(
         "--workers",
         default=None,
         metavar="N,M",
@@ -683,7 +714,8 @@ def main() -> int:
     workdir = make_workdir()
     try:
         if args.workers:
-            result = run_workers(opts, [int(n) for n in args.workers.split(",")], workdir)
+            phones = WORKER_PHONES[:1] if args.one_host else WORKER_PHONES
+            result = run_workers(opts, [int(n) for n in args.workers.split(",")], workdir, phones)
         else:
             result = run(opts, workdir)
     finally:
