@@ -185,10 +185,11 @@ class Supervisor:
         return self.log_format.replace("%(message)s", f"worker {index}: %(message)s")
 
     def _send(self, slot: WorkerSlot, message: tuple[Any, ...]) -> None:
+        if slot.link is None:
+            return
         try:
-            assert slot.link is not None
             slot.link.send(message)
-        except (OSError, AssertionError):
+        except OSError:
             pass  # it is dying; its exit is handled through its sentinel
 
     def _on_link(self, slot: WorkerSlot) -> None:

@@ -29,7 +29,7 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,7 +40,7 @@ from .kernel.fanout import shard
 from .kernel.netinfo import AddressWatcher
 from .kernel.nft import NftError
 from .kernel.queue import Queue
-from .model import Pinhole
+from .model import CallEnded, Pinhole
 from .sdnotify import Notifier
 
 log = logging.getLogger("nfsip")
@@ -157,7 +157,7 @@ class WorkerDaemon(Daemon):
         super().sample_media(now)
         self._send(("media", self.index, self._media_snapshot))
 
-    def _log_ended(self, ended: Any) -> None:
+    def _log_ended(self, ended: Sequence[CallEnded]) -> None:
         super()._log_ended(ended)
         self._gone.extend((end.call_id, end.lan_ip) for end in ended)
 
