@@ -47,8 +47,9 @@ from .workers import EXIT_MISSING, worker_main
 log = logging.getLogger("nfsip")
 
 CHECK_TABLE_SECONDS = 5.0
-# A worker that has not beaten for this long is considered hung: no more watchdog pings.
-STALE_SECONDS = 10.0
+# A worker that has not beaten (nfsip.workers.HEARTBEAT_SECONDS) for this long, or for systemd's ping
+# interval if that is longer, is considered hung: no more watchdog pings, and systemd restarts the service.
+STALE_SECONDS = 3.0
 START_SECONDS = 30.0
 RESTART_DELAY = 1.0
 # More deaths than this within RESTART_WINDOW: something is wrong that restarting does not fix.
@@ -322,7 +323,8 @@ class Supervisor:
                     self.ensure_installed()
                 except (NftError, OSError, RuntimeError) as exc:
                     log.error("cannot restore table ip %s: %s", self.config.table_name, exc)
-            healthy = all(s.ready and now - s.last_beat < STALE_SECONDS for s in self.slots)
+            stale = max(STALE_SECONDS, notifier.watchdog_interval)
+            healthy = all(s.ready and now - s.last_beat < stale for s in self.slots)
             if notifier.watchdog_interval and healthy:
                 notifier.watchdog()
 

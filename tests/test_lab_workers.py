@@ -135,13 +135,23 @@ def test_each_phone_is_handled_by_its_own_worker_and_a_killed_worker_is_restarte
         assert any(ip in line for line in own), log  # the call setup line names the phone
         assert not any(phones["phone2" if worker == 0 else "phone1"] in line for line in own), log
 
-    # Kill worker 1: the supervisor restarts it, the next call of phone2 works, and goes to the new worker.
+    # Kill worker 1 in the middle of a call of phone2: the supervisor restarts it, the new worker adopts the
+    # call's pinholes from the kernel, and the BYE at the end of the call removes them.
     opened = nfsip.metric("nfsip_pinholes_opened_total")
-    os.kill(pids[1], signal.SIGKILL)
-    restarted = wait_for(lambda: (p := nfsip.worker_pids()).get(1) not in (None, pids[1]) and p, 10)
-    assert restarted and restarted[0] == pids[0], nfsip.log()
-    assert wait_for(lambda: nfsip.log().count("worker 1 ready") == 2, 10), nfsip.log()
+    uas = SippUas(lab).start()
+    with Capture(lab, "phone2", "eth0") as at_phone:
+        uac = SippUac(lab, "phone2", pause_ms=10000).start()
+        assert wait_for(lambda: nfsip.status()["pinholes"] == 2, 5), nfsip.status()
+        os.kill(pids[1], signal.SIGKILL)
+        restarted = wait_for(lambda: (p := nfsip.worker_pids()).get(1) not in (None, pids[1]) and p, 10)
+        assert restarted and restarted[0] == pids[0], nfsip.log()
+        assert wait_for(lambda: nfsip.log().count("worker 1 ready") == 2, 10), nfsip.log()
+        assert "worker 1: took over 2 pinholes of 1 calls" in nfsip.log(), nfsip.log()
+        assert uac.wait(60).ok and uas.wait(20).ok
+    assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[1]) >= MIN_RTP
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()  # the new worker saw the BYE
     assert nfsip.alive()
+    # The next call goes to the new worker as well.
     before = queued(lab)
     public_port, _ = call_from(lab, "phone2")
     moved = delta(before, queued(lab))
@@ -149,8 +159,32 @@ def test_each_phone_is_handled_by_its_own_worker_and_a_killed_worker_is_restarte
     assert SLICES[1][0] <= public_port <= SLICES[1][1]
     assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()
     # Counters of the dead worker are kept: totals do not go back.
-    assert nfsip.metric("nfsip_pinholes_opened_total") >= opened + 2
+    assert nfsip.metric("nfsip_pinholes_opened_total") >= opened + 4
     assert "exited with -9; restarting it" in nfsip.log()
+
+
+def test_watchdog_pings_only_while_every_worker_beats(lab: Lab):
+    """WATCHDOG=1 comes from the supervisor (the main pid, NotifyAccess=main) while all workers are alive and
+    beating; a hung worker (SIGSTOP) stops the pings, so systemd would restart the service."""
+    daemon = NfsipDaemon(lab, workers=2, watchdog_usec=2_000_000).start()
+    try:
+        pids = daemon.worker_pids()
+
+        def pings(seconds: float) -> int:
+            seen = len(daemon.read_notifications())
+            time.sleep(seconds)
+            return sum(1 for n in daemon.read_notifications()[seen:] if n == "WATCHDOG=1")
+
+        assert pings(3) >= 2
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            time.sleep(3.5)  # STALE_SECONDS: the last beat ages out
+            assert pings(3) == 0
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        assert wait_for(lambda: pings(1.5) >= 1, 5)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
 
 
 def test_one_metrics_endpoint_with_per_call_media_passes_promtool(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
