@@ -17,6 +17,8 @@ variants:
   new -before_snat      new without before_snat (media counters + first SIP datagram before NAT)
   new -sip divert       new without sip_to_wan and sip_from_wan
   new nat only          new with none of its filter chains (the nat chains see only a flow's first packet)
+  new emptied           new with its three filter base chains still hooked but without rules: what the
+                        chains cost by being there, whatever their rules
 
 and flows (172-byte UDP, bench/udpblast.c for --seconds, counted at the receiver as in bench/media.py):
 
@@ -66,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "a94ecf1"  # the last commit with the four-filter-chain table (media_count, sip_new_to_wan, ...)
 OLD_SIP = ["sip_new_to_wan", "sip_to_wan", "sip_from_wan"]
 NEW_FILTER = [ruleset.BEFORE_SNAT_CHAIN, ruleset.SIP_TO_WAN_CHAIN, ruleset.SIP_FROM_WAN_CHAIN]
+EMPTIED = "="  # a chain name with this prefix is flushed but kept: its rules go, the base chain stays hooked
 # name -> (which table, chains deleted from it); table None: no nfsip table at all
 VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "none": (None, []),
@@ -76,6 +79,7 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "new -before_snat": ("new", [ruleset.BEFORE_SNAT_CHAIN]),
     "new -sip divert": ("new", [ruleset.SIP_TO_WAN_CHAIN, ruleset.SIP_FROM_WAN_CHAIN]),
     "new nat only": ("new", NEW_FILTER),
+    "new emptied": ("new", [EMPTIED + c for c in NEW_FILTER]),
 }
 
 
@@ -143,7 +147,10 @@ def load(lab: Lab, table: str | None, drop: list[str]) -> None:
         return
     lab.nft(T.ROUTER, table)
     for chain in drop:
-        lab.nft(T.ROUTER, f"flush chain ip nfsip {chain}\ndelete chain ip nfsip {chain}\n")
+        if chain.startswith(EMPTIED):
+            lab.nft(T.ROUTER, f"flush chain ip nfsip {chain.removeprefix(EMPTIED)}\n")
+        else:
+            lab.nft(T.ROUTER, f"flush chain ip nfsip {chain}\ndelete chain ip nfsip {chain}\n")
     lab.nft(T.ROUTER, PINHOLE_ELEMENTS)
 
 
@@ -192,8 +199,9 @@ def run(seconds: float, rounds: int, old_rev: str, variants: list[str], flows: l
     }
     for variant in variants:
         which, drop = VARIANTS[variant]
-        if which is not None and not set(drop) <= chains_of(tables[which]):
-            raise SystemExit(f"{variant}: {which} table has no chain {sorted(set(drop) - chains_of(tables[which]))}")
+        missing = {c.removeprefix(EMPTIED) for c in drop} - chains_of(tables[which]) if which else set()
+        if missing:
+            raise SystemExit(f"{variant}: {which} table has no chain {sorted(missing)}")
     pps: dict[str, dict[str, list[float]]] = {v: {f: [] for f in flows if runs(v, f)} for v in variants}
     load_before: list[float] = []
     with Lab(phones=1) as lab:

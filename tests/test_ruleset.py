@@ -81,12 +81,12 @@ def test_every_filter_chain_tests_the_protocol_once_then_the_sip_port_first():
             # "udp dport" would add a hidden "meta l4proto udp" to the rule: after the first rule "th" suffices
             assert not re.search(r"\budp [sd]port\b", rule), (name, rule)
             if ruleset.QUEUE_CHAIN in rule:
-                assert re.match(r"th [sd]port @sip_ports ", rule), (name, rule)
+                assert re.match(r"th [sd]port 5060 ", rule), (name, rule)
                 assert rule.endswith(f"jump {ruleset.QUEUE_CHAIN}"), (name, rule)
             else:
                 assert re.fullmatch(r"ip [sd]addr \. th [sd]port @\w+", rule), (name, rule)
     fib = [r for _h, rules in filter_chains(RENDERED).values() for r in rules if "fib" in r]
-    assert fib and all(r.index("@sip_ports") < r.index("iifname") < r.index("fib") for r in fib), fib
+    assert fib and all(r.index(" 5060 ") < r.index("iifname") < r.index("fib") for r in fib), fib
 
 
 def test_sip_divert_covers_both_ports_in_every_position():
@@ -102,9 +102,20 @@ def test_sip_divert_covers_both_ports_in_every_position():
     }
     for name, conditions in want.items():
         for port in ("sport", "dport"):
-            (rule,) = [r for r in divert[name] if r.startswith(f"th {port} @sip_ports")]
+            (rule,) = [r for r in divert[name] if r.startswith(f"th {port} 5060 ")]
             assert all(c in rule for c in conditions), (name, rule)
     assert sum(len(rs) for rs in divert.values()) == 6
+
+
+def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
+    """One port is compared inline (no set lookup per packet); several are an anonymous set. The named set
+    keeps the configured ports either way."""
+    text = render(options_from(Config(wan_interface="wan0", sip_ports=(5060, 5080)), True))
+    divert = [r for _h, rules in filter_chains(text).values() for r in rules if ruleset.QUEUE_CHAIN in r]
+    assert len(divert) == 6 and all(re.match(r"th [sd]port \{ 5060, 5080 \} ", r) for r in divert), divert
+    assert "elements = { 5060, 5080 }" in text
+    assert "elements = { 5060 }" in RENDERED
+    assert "@sip_ports" not in RENDERED
 
 
 def test_media_counters_see_lan_addresses_after_the_admin_filter():

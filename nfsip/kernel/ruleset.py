@@ -12,7 +12,8 @@ it only replaces its own table (`table ip nfsip`). Priorities, and why:
   The daemon tells the directions apart by the hook (prerouting: inbound, postrouting: outbound).
 - Filter chains cost every forwarded packet, media included (bench/ruleset_cost.py): as few base chains
   as the hooks above need (the media counters share the one before SNAT), one protocol test per chain,
-  and in each rule the port test that fails for media before interface names, ct status or fib.
+  and in each rule the port test that fails for media (a literal, not a set lookup) before interface
+  names, ct status or fib.
 - The queue statement itself sits alone in `sip_queue`, and the daemon adds it: as `queue num N bypass`
   where the kernel has nft_queue, else as the xt NFQUEUE target through nft_compat over netlink
   (nfsip.kernel.divert), which `nft -f` cannot express. So the same table text loads with `nft -f` (or an
@@ -71,6 +72,10 @@ def render(opts: RulesetOptions) -> str:
     """The table as nft text. Loaded by `nft -f` it replaces an older nfsip table atomically."""
     wan = opts.wan_interface
     ports = ", ".join(str(p) for p in opts.sip_ports)
+    # The divert rules carry the ports themselves rather than "@sip_ports": one port is a plain compare,
+    # evaluated inline by the kernel, where a set lookup is a call into the set backend, and each of the six
+    # port tests runs for every forwarded UDP packet (bench/ruleset_cost.py: about 5 % of forwarding).
+    sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
     bypass = " bypass" if opts.bypass else ""
     if opts.native_queue:
         queue_line = f"queue num {opts.queue_num}{bypass}"
@@ -169,8 +174,9 @@ table ip {opts.table} {{
 
 \t# The filter chains below run for EVERY packet the router forwards, media included, so each is written
 \t# for the packet that is neither SIP nor media: one protocol test per chain (the "th" loads after it
-\t# need no protocol test of their own), then the cheapest test that fails for it (a port bitmap lookup),
-\t# and only then interface names, conntrack status or a FIB lookup. Media passes them without a verdict.
+\t# need no protocol test of their own), then the cheapest test that fails for it (the SIP port, compared
+\t# as a literal), and only then interface names, conntrack status or a FIB lookup. Media passes them
+\t# without a verdict; its cost here is the protocol tests, the port compares and the two counter lookups.
 
 \t# Before source NAT, after the admin's forward filter (what it drops is neither counted nor queued):
 \t# - the media counters: DNAT (prerouting) already put the LAN address into an inbound packet's
@@ -185,16 +191,16 @@ table ip {opts.table} {{
 \t\tmeta l4proto != udp return
 \t\tip daddr . th dport @{COUNT_TO_LAN}
 \t\tip saddr . th sport @{COUNT_FROM_LAN}
-\t\tth dport @sip_ports ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
-\t\tth sport @sip_ports ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth dport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth sport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
 
 \t# LAN -> WAN SIP, after source NAT: the queue sees the public address and port the server will see.
 \tchain {SIP_TO_WAN_CHAIN} {{
 \t\ttype filter hook postrouting priority srcnat + 10; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth dport @sip_ports oifname "{wan}" jump {QUEUE_CHAIN}
-\t\tth sport @sip_ports oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth dport {sip} oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth sport {sip} oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
 
 \t# WAN -> LAN SIP, after destination NAT: the queue sees the LAN host it is for. Datagrams for the router
@@ -203,8 +209,8 @@ table ip {opts.table} {{
 \tchain {SIP_FROM_WAN_CHAIN} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth sport @sip_ports iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
-\t\tth dport @sip_ports iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
+\t\tth sport {sip} iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
+\t\tth dport {sip} iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
 \t}}
 
 \tchain {QUEUE_CHAIN} {{
