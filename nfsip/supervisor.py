@@ -16,6 +16,13 @@ the queue fanout (nfsip.kernel.fanout), starts one worker process per queue (nfs
 - on SIGTERM/SIGINT removes the table (rules first, as the single daemon does), then stops the workers,
   which give a verdict to whatever was still queued.
 Each worker follows the WAN address itself (rtnetlink events): no message needed on an address change.
+
+Why "spawn" and not "fork": a forked worker would inherit the supervisor's metrics HTTP thread (forking a
+threaded process can leave a lock held forever in the child), its libnftables context and netlink
+sockets, and prometheus-client's value class, which is chosen when the module is first imported (before
+PROMETHEUS_MULTIPROC_DIR is set, so a forked worker would count into private memory nobody scrapes). The
+price, measured in the lab: READY after 0.65 s with 2 workers instead of 0.30 s, about 42 MB resident per
+worker (as much as the single daemon) plus multiprocessing's resource tracker (13 MB).
 """
 
 from __future__ import annotations
