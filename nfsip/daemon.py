@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config
 from .engine import Engine, Timeouts
@@ -48,6 +48,25 @@ _KINDS = frozenset(
 
 def _media_count(holes: Sequence[Pinhole]) -> int:
     return sum(1 for h in holes if h.kind != "sip")
+
+
+def _changes_kernel(decision: Decision) -> bool:
+    return bool(decision.install or decision.remove or decision.recreate)
+
+
+# Verdicts held back for one transaction at most this many datagrams (the rest of a long drain waits for the
+# next): bounds the delay a busy queue adds to the first of them.
+BATCH_MAX = 32
+
+
+class _Held(NamedTuple):
+    """A datagram decided on, waiting for its verdict (nfsip.daemon.Daemon.flush)."""
+
+    pkt: Any
+    started: float
+    raw: bytes
+    outcome: str
+    decision: Decision | None
 
 
 NF_INET_PRE_ROUTING = 0
@@ -88,6 +107,7 @@ class Daemon:
         self.first_packets = FirstPackets()
         self.native_queue = False
         self._stop = False
+        self._held: list[_Held] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -193,7 +213,7 @@ class Daemon:
             selector.close()
             try:
                 self.uninstall()
-                queue.drain()  # what was queued before the rules went away still gets its verdict
+                self.drain(queue)  # what was queued before the rules went away still gets its verdict
                 log.info("table ip %s removed; stopped", self.config.table_name)
             finally:
                 queue.close()
@@ -212,7 +232,7 @@ class Daemon:
             timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
             for key, _ in selector.select(timeout=timeout):
                 if key.data == "queue":
-                    queue.drain()
+                    self.drain(queue)
                 elif key.data == "address":
                     if watcher is not None and watcher.changed():
                         self.readdress()
@@ -303,31 +323,76 @@ class Daemon:
 
     # -- per packet -----------------------------------------------------------------------------------
     def on_packet(self, pkt: Any) -> None:
+        """Decide now, give the verdict at flush(): the pinhole changes of every datagram read in one drain
+        of the queue (at most BATCH_MAX) go to the kernel as one nft transaction, before any of their
+        verdicts. One transaction costs about the same for 1 or 30 messages' elements (the kernel's commit
+        and the syscall dominate), and under load one drain holds many datagrams."""
         started = time.perf_counter()
-        remove: tuple[Pinhole, ...] = ()
-        fresh: tuple[Pinhole, ...] = ()
         try:
             raw = pkt.get_payload()
-            outcome, new_raw, remove, fresh = self._process(pkt.hook, raw)
-            if new_raw is not None:
-                pkt.set_payload(new_raw)
+            outcome, decision = self._process(pkt.hook, raw)
         except Exception:  # never leave a packet without a verdict, never crash the loop
             log.exception("internal error; datagram passed unchanged")
+            raw, outcome, decision = b"", "internal-error", None
+        self._held.append(_Held(pkt, started, raw, outcome, decision))
+        if len(self._held) >= BATCH_MAX:
+            self.flush()
+
+    def drain(self, queue: Queue) -> None:
+        """Handle everything waiting on the queue, then give the held verdicts."""
+        try:
+            queue.drain()
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the held datagrams' pinhole changes in one transaction, then give their verdicts in the
+        order they came: rewritten where the changes they needed are in place, else unchanged."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        changing = [h.decision for h in held if h.decision is not None and _changes_kernel(h.decision)]
+        failed: set[int] = set()
+        if changing:
+            try:
+                failed = self._apply(changing)
+            except Exception:  # whatever happened, every datagram still gets its verdict
+                log.exception("internal error applying pinhole changes; datagrams passed unchanged")
+                failed = {id(d) for d in changing}
+        for h in held:
+            self._verdict(h, h.decision is not None and id(h.decision) in failed)
+
+    def _verdict(self, h: _Held, failed: bool) -> None:
+        outcome, remove, fresh = h.outcome, (), ()
+        decision = h.decision
+        try:
+            if decision is not None:
+                remove = decision.remove
+                if failed:
+                    outcome = "nft-error"  # the SDP would name ports without pinholes: pass it unchanged
+                else:
+                    fresh = decision.opened
+                    if decision.payload is not None:
+                        try:
+                            h.pkt.set_payload(encode_ipv4_udp(h.raw, decision.payload))
+                        except PacketError as exc:  # a rewrite that no longer fits in one IPv4 datagram
+                            outcome, fresh = exc.reason, ()
+        except Exception:
+            log.exception("internal error; datagram passed unchanged")
             outcome = "internal-error"
-        pkt.accept()
-        log.debug("hook %d: %s", pkt.hook, outcome)
+        h.pkt.accept()
         self.metrics.verdicts.labels(outcome).inc()
-        self.metrics.verdict_seconds.observe(time.perf_counter() - started)
+        self.metrics.verdict_seconds.observe(time.perf_counter() - h.started)
         self._after_verdict(remove, fresh)
 
-    def _process(self, hook: int, raw: bytes) -> tuple[str, bytes | None, tuple[Pinhole, ...], tuple[Pinhole, ...]]:
+    def _process(self, hook: int, raw: bytes) -> tuple[str, Decision | None]:
         try:
             dgram = decode_ipv4_udp(raw)
         except PacketError as exc:
-            return exc.reason, None, (), ()
+            return exc.reason, None
         flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload)
         if isinstance(flow, str):
-            return flow, None, (), ()
+            return flow, None
         decision = self.engine.handle(flow, dgram.payload, self.clock())
         kind = decision.kind if decision.kind in _KINDS or decision.kind.endswith("xx") else "other"
         self.metrics.sip_messages.labels(flow.direction.value, kind if decision.kind else "unparsed").inc()
@@ -341,15 +406,7 @@ class Daemon:
             self._log_refusal(reason, flow.lan.ip, decision.detail)
         if decision.detail and decision.outcome != "parse-error":
             log.debug("%s %s: %s", flow.direction.value, decision.kind, decision.detail)
-        if not self._apply(decision):
-            return "nft-error", None, decision.remove, ()
-        new_raw = None
-        if decision.payload is not None:
-            try:
-                new_raw = encode_ipv4_udp(raw, decision.payload)
-            except PacketError as exc:  # a rewrite that no longer fits in one IPv4 datagram
-                return exc.reason, None, decision.remove, ()
-        return decision.outcome, new_raw, decision.remove, decision.opened
+        return decision.outcome, decision
 
     def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
         if not self.public_ip:
@@ -376,28 +433,40 @@ class Daemon:
             return Flow(Direction.INBOUND, Endpoint(dst, dport), Endpoint(self.public_ip, 0), Endpoint(src, sport))
         return "unexpected-hook"
 
-    def _apply(self, decision: Decision) -> bool:
-        """Put the decision's pinhole changes into the kernel before the verdict. False: install failed."""
-        if not decision.install and not decision.remove and not decision.recreate:
-            return True
+    def _apply(self, decisions: list[Decision]) -> set[int]:
+        """Put the decisions' pinhole changes into the kernel, in order, as one transaction. Returns the ids
+        of the decisions whose installs failed (their datagrams must pass unchanged)."""
         started = time.perf_counter()
+        failed: set[int] = set()
+        try:
+            self.nft.apply_batch([(d.install, d.remove, d.recreate) for d in decisions])
+        except NftError as exc:
+            # Nothing of the transaction was applied: each decision again on its own, and one whose own
+            # transaction fails, element by element (one bad element costs only itself).
+            self.metrics.nft_errors.inc()
+            log.warning("nft transaction failed (%s); retrying message by message, element by element", exc)
+            for d in decisions:
+                if not self._apply_one(d):
+                    failed.add(id(d))
+        self.metrics.nft_seconds.observe(time.perf_counter() - started)
+        closed = sum(_media_count(d.remove) for d in decisions)
+        opened = sum(_media_count(d.opened) for d in decisions if id(d) not in failed)
+        if closed:
+            self.metrics.pinholes_closed.inc(closed)
+        if opened:
+            self.metrics.pinholes_opened.inc(opened)
+        self._update_gauges()
+        return failed
+
+    def _apply_one(self, decision: Decision) -> bool:
         try:
             self.nft.apply(decision.install, decision.remove, decision.recreate)
-            ok = True
-        except NftError as exc:
-            self.metrics.nft_errors.inc()
-            log.warning("nft transaction failed (%s); retrying element by element", exc)
+            return True
+        except NftError:
             errors = self.nft.apply_each([*decision.install, *decision.recreate], decision.remove)
             for error in errors:
                 log.warning("nft: %s", error)
-            ok = not any(e.startswith("install") for e in errors)
-        self.metrics.nft_seconds.observe(time.perf_counter() - started)
-        if decision.remove:
-            self.metrics.pinholes_closed.inc(_media_count(decision.remove))
-        if decision.opened:
-            self.metrics.pinholes_opened.inc(_media_count(decision.opened))
-        self._update_gauges()
-        return ok
+            return not any(e.startswith("install") for e in errors)
 
     def _after_verdict(self, remove: tuple[Pinhole, ...], fresh: tuple[Pinhole, ...]) -> None:
         """Queue the conntrack purge: removed pinholes lose their flows; new ones lose the flows that went

@@ -177,7 +177,7 @@ class WorkerDaemon(Daemon):
         finally:
             selector.close()
             try:
-                queue.drain()  # what was queued before the supervisor removed the rules still gets a verdict
+                self.drain(queue)  # what was queued before the supervisor removed the rules still gets a verdict
             finally:
                 queue.close()
                 if watcher is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,8 +200,16 @@ class Nft:
     def apply(self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()) -> None:
         """One transaction: remove, then install/refresh (and delete + add `recreate`). Raises NftError and
         changes nothing on failure. Sent as a raw nfnetlink batch (nfsip.kernel.nftnl)."""
+        self.apply_batch([(install, remove, recreate)])
+
+    def apply_batch(self, parts: Sequence[tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]]) -> None:
+        """Several messages' (install, remove, recreate) in one transaction, each part's changes in the order
+        `apply` gives them and the parts in order: the same end state as one `apply` per part, all or
+        nothing, for the cost of one commit."""
+        changes: list[nftnl.Change] = []
+        for install, remove, recreate in parts:
+            changes.extend(self._changes(install, remove, recreate))
         try:
-            changes = self._changes(install, remove, recreate)
             if changes:
                 self._nfnl.send(changes, self.table)
         except nftnl.BatchError as exc:

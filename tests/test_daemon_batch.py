@@ -1,0 +1,190 @@
+"""The daemon's held verdicts: the pinhole changes of one drain of the queue go to the kernel as one
+transaction, before any verdict, in message order; a failed transaction falls back message by message and a
+datagram whose pinholes could not be installed passes unchanged. Real SIP messages, a real engine; the
+queue's packets and the nft adapter are stand-ins that record what the daemon does with them."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from nfsip import daemon as daemon_module
+from nfsip.config import Config
+from nfsip.daemon import BATCH_MAX, NF_INET_POST_ROUTING, Daemon
+from nfsip.kernel.nft import NftError
+from nfsip.model import Endpoint
+from nfsip.packet import decode_ipv4_udp, internet_checksum
+
+PUBLIC, PHONE, SERVER = "198.51.100.1", "10.0.0.2", "198.51.100.2"
+
+
+def sip(method: str, call: str, body: str = "") -> bytes:
+    cseq = "1 INVITE" if method == "INVITE" else f"2 {method}"
+    totag = "" if method == "INVITE" else ";tag=b1"
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (
+        f"{method} sip:bob@{SERVER} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE}:5060;branch=z9hG4bK{call}{method}\r\n"
+        f"From: <sip:alice@example.org>;tag=a1\r\nTo: <sip:bob@example.org>{totag}\r\nCall-ID: {call}\r\n"
+        f"CSeq: {cseq}\r\nContact: <sip:alice@{PHONE}:5060>\r\n{ctype}Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def sdp(port: int) -> str:
+    return f"v=0\r\no=- 1 1 IN IP4 {PHONE}\r\ns=-\r\nc=IN IP4 {PHONE}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+
+
+def datagram(payload: bytes) -> bytes:
+    """The datagram as queued after source NAT: public address -> server."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 1, 0x4000, 64, 17, 0, socket.inet_aton(PUBLIC),
+        socket.inet_aton(SERVER),
+    )  # fmt: skip
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    return header + struct.pack("!HHHH", 5060, 5060, 8 + len(payload), 0) + payload
+
+
+class QueuedPacket:
+    def __init__(self, payload: bytes, verdicts: list[QueuedPacket]) -> None:
+        self.hook = NF_INET_POST_ROUTING
+        self.raw = datagram(payload)
+        self.new: bytes | None = None
+        self._verdicts = verdicts
+
+    def get_payload(self) -> bytes:
+        return self.raw
+
+    def set_payload(self, data: bytes) -> None:
+        self.new = data
+
+    def accept(self) -> None:
+        self._verdicts.append(self)
+
+    @property
+    def sent_sip(self) -> bytes:
+        return decode_ipv4_udp(self.new or self.raw).payload
+
+
+class RecordingNft:
+    """Records transactions; `fail_batches` makes apply_batch fail, `fail_alone` names Call-IDs whose own
+    transaction fails too."""
+
+    def __init__(self, verdicts: list[QueuedPacket]) -> None:
+        self.batches: list[list[tuple]] = []
+        self.verdicts_before: list[int] = []
+        self.fail_batches = False
+        self.fail_alone: set[str] = set()
+        self._verdicts = verdicts
+
+    def apply_batch(self, parts) -> None:
+        self.verdicts_before.append(len(self._verdicts))
+        parts = [tuple(tuple(x) for x in part) for part in parts]
+        if self.fail_batches and len(parts) > 1:
+            raise NftError("EEXIST")
+        self.batches.append(parts)
+
+    def apply(self, install, remove, recreate=()) -> None:
+        if any(h.call_id in self.fail_alone for h in [*install, *recreate]):
+            raise NftError("EEXIST")
+        self.apply_batch([(install, remove, recreate)])
+
+    def apply_each(self, install, remove) -> list[str]:
+        return [f"install {h.call_id}: EEXIST" for h in install if h.call_id in self.fail_alone]
+
+
+class KnownConntrack:
+    def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint:
+        return Endpoint(PHONE, 5060)
+
+    def schedule(self, removed, fresh) -> None:
+        pass
+
+
+@pytest.fixture
+def daemon(monkeypatch):
+    monkeypatch.setattr(daemon_module, "Conntrack", lambda clock: KnownConntrack())
+    d = Daemon(
+        Config(
+            wan_interface="lo",
+            public_address=PUBLIC,
+            max_calls_per_host=100,
+            max_pinholes_per_host=1000,
+            pinhole_burst_per_host=1000,
+        )
+    )
+    d.verdicts: list[QueuedPacket] = []
+    d.nft = RecordingNft(d.verdicts)
+    return d
+
+
+def queue(d: Daemon, *payloads: bytes) -> list[QueuedPacket]:
+    packets = [QueuedPacket(p, d.verdicts) for p in payloads]
+    for pkt in packets:
+        d.on_packet(pkt)
+    return packets
+
+
+def test_one_transaction_for_a_drain_before_any_verdict_then_verdicts_in_order(daemon):
+    packets = queue(
+        daemon,
+        sip("INVITE", "c1", sdp(6000)),
+        sip("OPTIONS", "c9"),
+        sip("INVITE", "c2", sdp(6002)),
+        sip("INVITE", "c3", sdp(6004)),
+    )
+    assert daemon.verdicts == []  # held until the drain ends
+    daemon.flush()
+    assert daemon.verdicts == packets
+    assert daemon.nft.verdicts_before == [0]  # the one transaction came before every verdict
+    (batch,) = daemon.nft.batches
+    assert [{h.call_id for h in install} for install, _remove, _recreate in batch] == [{"c1"}, {"c2"}, {"c3"}]
+    for pkt in (packets[0], packets[2], packets[3]):
+        assert f"c=IN IP4 {PUBLIC}".encode() in pkt.sent_sip and pkt.new is not None
+    # The OPTIONS needed no pinhole: its Via and Contact are rewritten all the same.
+    assert f"Contact: <sip:alice@{PUBLIC}:5060>".encode() in packets[1].sent_sip
+    samples = {s.name: s.value for m in daemon.metrics.registry.collect() for s in m.samples}
+    assert samples["nfsip_nft_transaction_seconds_count"] == 1
+
+
+def test_changes_of_one_call_keep_their_order_in_the_transaction(daemon):
+    queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("BYE", "c1"))
+    daemon.flush()
+    (batch,) = daemon.nft.batches
+    (install, remove1, _), (install2, remove2, _) = batch
+    assert {h.call_id for h in install} == {"c1"} and not remove1
+    assert not install2 and {h.call_id for h in remove2} == {"c1"}  # the removal after the install
+
+
+def test_failed_transaction_falls_back_per_message_and_passes_only_the_failed_one_unchanged(daemon):
+    daemon.nft.fail_batches = True
+    daemon.nft.fail_alone = {"c2"}
+    packets = queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("INVITE", "c2", sdp(6002)))
+    daemon.flush()
+    assert daemon.verdicts == packets
+    assert f"c=IN IP4 {PUBLIC}".encode() in packets[0].sent_sip
+    assert packets[1].new is None  # its SDP would name a port without a pinhole: unchanged
+    samples = {(s.name, tuple(s.labels.items())): s.value for m in daemon.metrics.registry.collect() for s in m.samples}
+    assert samples[("nfsip_verdicts_total", (("outcome", "nft-error"),))] == 1
+    assert samples[("nfsip_verdicts_total", (("outcome", "rewritten"),))] == 1
+    assert samples[("nfsip_nft_errors_total", ())] == 1
+
+
+def test_an_unexpected_error_still_gives_every_datagram_its_verdict(daemon):
+    def broken(parts) -> None:
+        raise RuntimeError("bug")
+
+    daemon.nft.apply_batch = broken
+    packets = queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("OPTIONS", "c9"))
+    daemon.flush()
+    assert daemon.verdicts == packets
+    assert packets[0].new is None  # the INVITE's pinholes may be missing: its SDP passes unchanged
+    assert packets[1].new is not None  # the OPTIONS depended on nothing in the kernel
+
+
+def test_a_long_drain_is_cut_into_transactions_of_at_most_batch_max(daemon):
+    queue(daemon, *(sip("INVITE", f"c{i}", sdp(6000 + 2 * i)) for i in range(BATCH_MAX + 3)))
+    assert len(daemon.verdicts) == BATCH_MAX  # the first BATCH_MAX got theirs without waiting for the rest
+    daemon.flush()
+    assert len(daemon.verdicts) == BATCH_MAX + 3
+    assert [len(b) for b in daemon.nft.batches] == [BATCH_MAX, 3]
