@@ -88,10 +88,10 @@ def _is_private(address: str) -> bool:
 
 
 def _session_expires(msg: SipMessage) -> int | None:
-    header = msg.header("session-expires")
-    if header is None:
+    value = msg.session_expires_value()
+    if value is None:
         return None
-    digits = header.value.split(";", 1)[0].strip()
+    digits = value.split(";", 1)[0].strip()
     return int(digits) if digits.isdigit() and 0 < int(digits) < 1 << 31 else None
 
 

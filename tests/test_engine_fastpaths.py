@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nfsip.engine import _stream_ports
+from nfsip.sip.errors import SipParseError
 from nfsip.sip.message import parse_message
 from nfsip.sip.sdp import parse_sdp
 
@@ -88,3 +90,50 @@ def test_to_tag_is_found_without_parsing_only_when_it_cannot_be_there():
         assert msg.to_has_tag() is expected, value
         if expected:
             assert msg.to.tag is not None
+
+
+def session_expires_by_lookup(msg) -> str | None:
+    header = msg.header("session-expires")
+    return None if header is None else header.value
+
+
+SESSION_TIMER_HEADERS = [
+    "Session-Expires: 1800;refresher=uac\r\n",
+    "x: 90\r\n",
+    "SESSION-EXPIRES :  600 \r\n",
+    "Session-Expires: 1800\r\nSession-Expires: 90\r\n",  # the first one counts, as with header()
+    "X-Session-Expires: 5\r\n",  # another header: no Session-Expires at all
+    "Min-SE: 90\r\n",
+    "",
+]
+
+
+def test_session_expires_from_the_header_scan_equals_the_header_lookup():
+    for extra in SESSION_TIMER_HEADERS:
+        raw = message_with_to("<sip:bob@example.org>;tag=b1").replace(
+            b"Content-Length", extra.encode() + b"Content-Length"
+        )
+        msg = parse_message(raw)
+        assert msg.session_expires_value() == session_expires_by_lookup(msg), extra
+    folded = parse_message(message_with_to("<sip:bob@example.org>").replace(b"CSeq", b"x:\r\n 120\r\nCSeq"))
+    assert folded.session_expires_value() == "120"  # a folded block takes the generic path
+
+
+def test_session_expires_on_every_captured_message():
+    """All SIP in the real captures and vendor messages: the scan and the lookup agree."""
+    from .corpus import CORPUS, pcap_udp_sip, vendor_messages
+
+    payloads = [p.read_bytes() for p in vendor_messages()]
+    for path in sorted((CORPUS / "pcap").glob("*.pcap*")):
+        payloads.extend(payload for _packet, payload in pcap_udp_sip(path))
+    if not payloads:
+        pytest.skip("SIP corpus not found beside the project (../shared/corpus)")
+    seen = 0
+    for payload in payloads:
+        try:
+            msg = parse_message(payload)
+        except SipParseError:
+            continue
+        assert msg.session_expires_value() == session_expires_by_lookup(msg)
+        seen += msg.session_expires_value() is not None
+    assert seen > 0  # the corpus has session timers: the comparison was not vacuous
