@@ -25,7 +25,7 @@ from .kernel.netinfo import AddressWatcher, InterfaceError, primary_ipv4
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .mediastats import CallMedia, MediaStats
-from .metrics import Metrics
+from .metrics import Metrics, QueueCollector
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .policy import policy_from
@@ -83,7 +83,7 @@ class Daemon:
         self._last_check = 0.0
         self._last_sweep = 0.0
         self._last_tick = 0.0
-        self.metrics = Metrics(lambda: self._media_snapshot)
+        self.metrics = Metrics(lambda: self._media_snapshot, QueueCollector(config.table_name, (config.queue_num,)))
         # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
         # monotonic clock, which does not jump with NTP.
         self.nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (self.clock() - t))
@@ -475,10 +475,8 @@ class Daemon:
         self.conntrack.schedule(removed=remove, fresh=fresh)
 
     def sweep_conntrack(self) -> None:
-        try:
-            self.metrics.conntrack_purged.inc(self.conntrack.sweep())
-        except Exception:
-            log.exception("conntrack purge failed")
+        """Purge the scheduled media flows from conntrack, in the sweeper thread (nfsip.kernel.conntrack)."""
+        self.conntrack.sweep_in_background(self.metrics.conntrack_purged.inc)
 
     def sample_media(self, now: float) -> None:
         calls = list(self.engine.calls.calls.values())

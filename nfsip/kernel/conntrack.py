@@ -8,13 +8,18 @@ target - is on the other side of the conntrack entry the datagram belongs to.
 Costs (measured here, see nfsip.kernel.ctnetlink for why not pyroute2): a GET is about 30 µs; a dump walks
 the whole conntrack hash in the kernel, about 9 ms with this VM's 262144 buckets whatever the filter (a
 router with a few thousand buckets walks it in well under a millisecond). So lookups are exact GETs,
-cached for a few seconds per tuple, and purges are batched: `schedule()` after the verdict, `sweep()` from
-the daemon's housekeeping at most once a second, one dump per address involved.
+cached for a few seconds per tuple, and purges are batched: `schedule()` after the verdict, and from the
+daemon's housekeeping at most twice a second `sweep_in_background()`, one dump per address involved, in
+a thread of its own with its own netlink socket. In the queue's thread the dumps held up every SIP message
+behind them: p99 latency 20 ms at 10 calls/s (docs/performance.md). The kernel walks the hash inside
+recv(), with the GIL released, so the packet loop runs on meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -34,8 +39,14 @@ class Conntrack:
         self._cache: dict[tuple[str, int, str, int], tuple[Endpoint, float]] = {}
         self._gone: list[Pinhole] = []  # removed pinholes: every flow of theirs goes
         self._fresh: list[Pinhole] = []  # new pinholes: only flows that bypassed them go
+        self._jobs: queue.SimpleQueue[tuple[list[Pinhole], list[Pinhole]] | None] = queue.SimpleQueue()
+        self._sweeper: threading.Thread | None = None
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._jobs.put(None)
+            self._sweeper.join(timeout=5)
+            self._sweeper = None
         self._ct.close()
 
     def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint | None:
@@ -76,16 +87,43 @@ class Conntrack:
     def pending(self) -> bool:
         return bool(self._gone or self._fresh)
 
+    def sweep_in_background(self, done: Callable[[int], None]) -> None:
+        """Hand what is scheduled to the sweeper thread (started on first use); `done(deleted)` is called
+        from that thread after each sweep. The hand-over is one put on a SimpleQueue, no lock taken here."""
+        gone, fresh = self._gone, self._fresh
+        self._gone, self._fresh = [], []
+        if not gone and not fresh:
+            return
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep_jobs, args=(done,), name="nfsip-conntrack", daemon=True)
+            self._sweeper.start()
+        self._jobs.put((gone, fresh))
+
+    def _sweep_jobs(self, done: Callable[[int], None]) -> None:
+        ct = CtNetlink()  # its own socket: the queue's thread keeps using self._ct for lookups
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    done(self._purge(ct, *job))
+                except Exception:
+                    log.exception("conntrack purge failed")
+        finally:
+            ct.close()
+
     def sweep(self) -> int:
-        """Delete the conntrack entries of scheduled pinholes; returns how many were deleted.
+        """Delete the conntrack entries of scheduled pinholes now; returns how many were deleted."""
+        gone, fresh = self._gone, self._fresh
+        self._gone, self._fresh = [], []
+        return self._purge(self._ct, gone, fresh)
+
+    def _purge(self, ct: CtNetlink, gone: list[Pinhole], fresh: list[Pinhole]) -> int:
+        """Delete the conntrack entries of these pinholes; returns how many were deleted.
 
         Removed pinholes: every UDP flow on their LAN port (the phone started it: original source = LAN
         ip:port) or on their public port (the far end started it: original destination = public ip:port).
         Fresh pinholes: only flows that went around them - the phone's media masqueraded to another port
         because it raced ahead of the map entry, or a far end that sent before the entry existed and left
         an entry that is not DNATed to the phone - since such an entry would keep its NAT binding."""
-        gone, fresh = self._gone, self._fresh
-        self._gone, self._fresh = [], []
         if not gone and not fresh:
             return 0
         by_lan: dict[Endpoint, tuple[Pinhole, bool]] = {}
@@ -98,7 +136,7 @@ class Conntrack:
             by_public[hole.public] = (hole, False)
         doomed: list[Entry] = []
         for ip in {ep.ip for ep in by_lan}:
-            for entry in self._dump(src=ip):
+            for entry in _dump(ct, src=ip):
                 match = by_lan.get(Endpoint(entry.orig.src, entry.orig.sport))
                 if match is None:
                     continue
@@ -107,7 +145,7 @@ class Conntrack:
                     continue
                 doomed.append(entry)
         for ip in {ep.ip for ep in by_public}:
-            for entry in self._dump(dst=ip):
+            for entry in _dump(ct, dst=ip):
                 match = by_public.get(Endpoint(entry.orig.dst, entry.orig.dport))
                 if match is None:
                     continue
@@ -118,7 +156,7 @@ class Conntrack:
         deleted = 0
         for entry in doomed:
             try:
-                deleted += self._ct.delete(entry.orig)
+                deleted += ct.delete(entry.orig)
             except OSError as exc:
                 log.debug("conntrack delete %s: %s", entry.orig, exc)
         return deleted
@@ -128,9 +166,10 @@ class Conntrack:
         self.schedule(removed=pinholes)
         return self.sweep()
 
-    def _dump(self, **filters: str) -> list[Entry]:
-        try:
-            return self._ct.dump(**filters)
-        except OSError as exc:
-            log.warning("conntrack dump %s failed: %s", filters, exc)
-            return []
+
+def _dump(ct: CtNetlink, **filters: str) -> list[Entry]:
+    try:
+        return ct.dump(**filters)
+    except OSError as exc:
+        log.warning("conntrack dump %s failed: %s", filters, exc)
+        return []
