@@ -11,6 +11,7 @@ media series reach the supervisor as snapshots over each worker's pipe (nfsip.su
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -54,12 +55,68 @@ class MediaCollector:
         yield one_way
 
 
+class QueueCollector:
+    """What reached the daemon of what the kernel diverted, read from the kernel at scrape time (its own
+    libnftables context, in the HTTP thread; nothing on the packet path): the `sip_queue` chain's counter
+    and the queues' own counters. Diverted minus enqueued passed nfsip by unchanged - failed open on a full
+    queue (an overloaded daemon) or found no daemon bound - and was not rewritten."""
+
+    def __init__(self, table: str, queue_nums: tuple[int, ...]) -> None:
+        self._table = table
+        self._queue_nums = queue_nums
+        self._nft: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        from .kernel.nft import Nft, NftError
+        from .kernel.queue import queue_stats
+
+        try:
+            if self._nft is None:
+                self._nft = Nft(self._table)
+            diverted = self._nft.diverted_packets()
+        except (NftError, OSError):
+            diverted = None
+        yield from self.families(diverted, queue_stats(self._queue_nums))
+
+    @staticmethod
+    def families(diverted: int | None, stats: dict[str, int] | None) -> Iterator[Metric]:
+        """The families for these kernel values (a family whose value the kernel did not give is left out)."""
+        if diverted is not None:
+            family = CounterMetricFamily(
+                "nfsip_sip_diverted_packets",
+                "SIP datagrams the divert chains sent to nfsip's queue chain (kernel counter; restarts with the table)",
+            )
+            family.add_metric([], diverted)
+            yield family
+        if stats is not None:
+            enqueued = CounterMetricFamily(
+                "nfsip_queue_enqueued_packets",
+                "Of those, datagrams the kernel put on nfsip's queue(s) (restarts when a queue is bound anew)",
+            )
+            enqueued.add_metric([], stats["enqueued"])
+            dropped = CounterMetricFamily(
+                "nfsip_queue_dropped_packets",
+                "Datagrams the kernel dropped at nfsip's queue(s): full without fail-open, or not deliverable",
+                labels=["reason"],
+            )
+            dropped.add_metric(["queue-full"], stats["queue_dropped"])
+            dropped.add_metric(["socket"], stats["user_dropped"])
+            yield enqueued
+            yield dropped
+
+
 class Metrics:
-    def __init__(self, media_snapshot: Callable[[], list[CallMedia]] | None = None) -> None:
+    def __init__(
+        self,
+        media_snapshot: Callable[[], list[CallMedia]] | None = None,
+        queues: QueueCollector | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         if media_snapshot is not None:
             r.register(MediaCollector(media_snapshot))
+        if queues is not None:
+            r.register(queues)
         self.sip_messages = Counter(
             "nfsip_sip_messages",
             "SIP messages seen, by direction and method or status class",
@@ -129,7 +186,9 @@ def serve(registry: CollectorRegistry, listen: str) -> None:
     start_http_server(int(port), addr=host.strip("[]"), registry=registry)
 
 
-def supervisor_registry(multiproc_dir: str, media_snapshot: Callable[[], list[CallMedia]]) -> CollectorRegistry:
+def supervisor_registry(
+    multiproc_dir: str, media_snapshot: Callable[[], list[CallMedia]], queues: QueueCollector | None = None
+) -> CollectorRegistry:
     """The registry the supervisor of several workers serves: the workers' multiprocess files, summed, and
     the per-call media series of their latest snapshots."""
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -137,4 +196,6 @@ def supervisor_registry(multiproc_dir: str, media_snapshot: Callable[[], list[Ca
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=multiproc_dir)
     registry.register(MediaCollector(media_snapshot))
+    if queues is not None:
+        registry.register(queues)
     return registry

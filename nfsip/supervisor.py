@@ -46,7 +46,7 @@ from .kernel import ruleset
 from .kernel.fanout import Fanout
 from .kernel.nft import Nft, NftError
 from .mediastats import CallMedia
-from .metrics import serve, supervisor_registry
+from .metrics import QueueCollector, serve, supervisor_registry
 from .model import Pinhole
 from .sdnotify import Notifier
 from .workers import EXIT_MISSING, worker_main
@@ -275,7 +275,15 @@ class Supervisor:
         try:
             if self.config.metrics_listen:
                 serve(
-                    supervisor_registry(self._multiproc_dir, lambda: self._media_snapshot), self.config.metrics_listen
+                    supervisor_registry(
+                        self._multiproc_dir,
+                        lambda: self._media_snapshot,
+                        QueueCollector(
+                            self.config.table_name,
+                            tuple(range(self.config.queue_num, self.config.queue_num + self.config.workers)),
+                        ),
+                    ),
+                    self.config.metrics_listen,
                 )
             self.install()
             signal.signal(signal.SIGTERM, self.stop)

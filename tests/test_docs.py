@@ -19,7 +19,7 @@ from nfsip import config as configmod
 from nfsip.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_MISSING, EXIT_OK, build_parser
 from nfsip.config import Config
 from nfsip.kernel import ruleset
-from nfsip.metrics import Metrics
+from nfsip.metrics import Metrics, QueueCollector
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -98,7 +98,8 @@ def test_every_toml_example_in_the_docs_is_a_valid_configuration():
 def scraped_families() -> dict[str, str]:
     """Metric families as scraped (counters with `_total`) -> type."""
     families = {}
-    for family in Metrics(lambda: []).registry.collect():
+    kernel = QueueCollector.families(0, {"enqueued": 0, "queue_dropped": 0, "user_dropped": 0})
+    for family in [*Metrics(lambda: []).registry.collect(), *kernel]:
         name = family.name + "_total" if family.type == "counter" else family.name
         families[name] = family.type
     return families

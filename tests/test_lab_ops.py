@@ -4,7 +4,9 @@ from an admin's nftables.conf beside a policy-drop firewall, and survives the ad
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +91,9 @@ def test_metrics_follow_a_call_and_pass_promtool(lab: Lab):
         assert daemon.metric("nfsip_sip_messages_total", direction="out", kind="INVITE") == 1
         assert daemon.metric("nfsip_sip_messages_total", direction="in", kind="2xx") >= 2
         assert daemon.metric("nfsip_verdict_seconds_count") >= 7
+        # Every datagram the kernel diverted reached the daemon (none failed open).
+        diverted = daemon.metric("nfsip_sip_diverted_packets_total")
+        assert diverted >= 7 and daemon.metric("nfsip_queue_enqueued_packets_total") == diverted
         assert "nfsip_call_media_packets_total{" not in after  # the ended call's series are gone
         if shutil.which("promtool") is None:
             pytest.fail("promtool missing (Debian package prometheus; scripts/setup installs it)")
@@ -100,6 +105,43 @@ def test_metrics_follow_a_call_and_pass_promtool(lab: Lab):
     assert "ended: 200 to BYE" in daemon.log() or "ended: BYE" in daemon.log()
     ended = [ln for ln in daemon.log().splitlines() if " ended: " in ln]
     assert len(ended) == 1 and "media to phone" in ended[0], ended
+
+
+# 1.5 x the queue's length (nfsip.kernel.queue.Queue: max_len 4096)
+_FLOOD = 6000
+_FLOOD_SENDER = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5062))
+for i in range({_FLOOD}):
+    s.sendto(b"OPTIONS sip:x@{T.SERVER_IP} SIP/2.0\\r\\n\\r\\n", ("{T.SERVER_IP}", 5060))
+"""
+
+
+def test_overload_fails_open_and_the_datagrams_that_passed_unseen_are_counted(lab: Lab):
+    """A stalled daemon: the queue fills, the kernel lets the rest through unchanged (fail-open, SIP keeps
+    flowing), and the metrics say how many passed nfsip by: diverted minus enqueued."""
+    lab.masquerade()
+    daemon = NfsipDaemon(lab).start()
+    try:
+        assert daemon.proc is not None
+        before = daemon.metric("nfsip_sip_diverted_packets_total")
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            lab.run("phone1", [sys.executable, "-c", _FLOOD_SENDER])
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while daemon.metric("nfsip_verdicts_total", outcome="parse-error") < 4000 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        diverted = daemon.metric("nfsip_sip_diverted_packets_total") - before
+        enqueued = daemon.metric("nfsip_queue_enqueued_packets_total")
+        assert diverted >= _FLOOD
+        assert 4096 <= enqueued < diverted  # the queue took what fit, the rest failed open
+        assert diverted - enqueued >= _FLOOD - 4096 - 50
+        assert daemon.metric("nfsip_queue_dropped_packets_total", reason="queue-full") == 0  # nothing lost
+    finally:
+        assert daemon.stop() == 0, daemon.log()
 
 
 def test_shipped_table_included_beside_a_drop_policy_firewall(lab: Lab, tmp_path: Path):

@@ -342,6 +342,18 @@ class Nft:
                     return True
         return False
 
+    def diverted_packets(self) -> int | None:
+        """The packet count of `sip_queue`'s counter: every datagram the divert chains sent towards the queue
+        (None without the table)."""
+        rc, out, _err = self._nft.cmd(f"list chain ip {self.table} {QUEUE_CHAIN}")
+        if rc != 0:
+            return None
+        for item in json.loads(out).get("nftables", []):
+            for expr in (item.get("rule") or {}).get("expr", []):
+                if "counter" in expr and isinstance(expr["counter"], dict):
+                    return int(expr["counter"].get("packets", 0))
+        return None
+
     def media_counters(self) -> dict[Endpoint, tuple[int, int, int, int]]:
         """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it)."""
         result: dict[Endpoint, list[int]] = {}

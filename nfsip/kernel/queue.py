@@ -22,7 +22,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 NETLINK_NETFILTER = 12
@@ -124,3 +124,31 @@ class Queue:
     def close(self) -> None:
         self._reader.close()
         self._nfq.unbind()
+
+
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+
+
+def queue_stats(queue_nums: Iterable[int], path: str = PROC_QUEUES) -> dict[str, int] | None:
+    """The kernel's counters of these queues in this network namespace, summed: `enqueued` (packets put on
+    the queue: its id_sequence), `queue_dropped` (dropped for a full queue without fail-open) and
+    `user_dropped` (dropped on the way to the socket). None when no such queue is bound.
+
+    Packets that fail open (a full queue with NFQA_CFG_F_FAIL_OPEN) or find no listener (`bypass`) are in
+    none of these: they are the difference between the divert chain's counter and `enqueued`."""
+    wanted = set(queue_nums)
+    totals = {"enqueued": 0, "queue_dropped": 0, "user_dropped": 0}
+    found = False
+    try:
+        with open(path) as proc:
+            for line in proc:
+                fields = line.split()
+                # queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+                if len(fields) >= 8 and fields[0].isdigit() and int(fields[0]) in wanted:
+                    found = True
+                    totals["queue_dropped"] += int(fields[5])
+                    totals["user_dropped"] += int(fields[6])
+                    totals["enqueued"] += int(fields[7])
+    except OSError:
+        return None
+    return totals if found else None
