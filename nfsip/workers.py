@@ -40,7 +40,7 @@ from .kernel.fanout import shard
 from .kernel.netinfo import AddressWatcher
 from .kernel.nft import NftError
 from .kernel.queue import Queue
-from .model import CallEnded, Pinhole
+from .model import CallEnded, Endpoint, Pinhole
 from .sdnotify import Notifier
 
 log = logging.getLogger("nfsip")
@@ -82,6 +82,8 @@ def worker_config(config: Config, index: int) -> Config:
 
 class WorkerDaemon(Daemon):
     """Daemon's packet loop, without the table duties (the supervisor's) and with a link to the supervisor."""
+
+    checks_table = False
 
     def __init__(self, config: Config, index: int, link: Connection, clock: Callable[[], float] = time.monotonic):
         super().__init__(worker_config(config, index), clock)
@@ -153,8 +155,8 @@ class WorkerDaemon(Daemon):
             self._send(("gone", self.index, self._gone))
             self._gone = []
 
-    def sample_media(self, now: float) -> None:
-        super().sample_media(now)
+    def sample_media(self, now: float, counters: dict[Endpoint, tuple[int, int, int, int]]) -> None:
+        super().sample_media(now, counters)
         self._send(("media", self.index, self._media_snapshot))
 
     def _log_ended(self, ended: Sequence[CallEnded]) -> None:
@@ -178,6 +180,7 @@ class WorkerDaemon(Daemon):
             selector.close()
             try:
                 self.drain(queue)  # what was queued before the supervisor removed the rules still gets a verdict
+                self.finish_purges()
             finally:
                 queue.close()
                 if watcher is not None:

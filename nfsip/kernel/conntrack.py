@@ -42,6 +42,15 @@ class Conntrack:
         self._jobs: queue.SimpleQueue[tuple[list[Pinhole], list[Pinhole]] | None] = queue.SimpleQueue()
         self._sweeper: threading.Thread | None = None
 
+    def finish(self) -> int:
+        """At stop: wait for the purges handed to the sweeper, then do what is still scheduled, so that a
+        call ended just before the stop loses its media flows as it would have with the daemon running."""
+        if self._sweeper is not None:
+            self._jobs.put(None)
+            self._sweeper.join(timeout=10)
+            self._sweeper = None
+        return self.sweep()
+
     def close(self) -> None:
         if self._sweeper is not None:
             self._jobs.put(None)

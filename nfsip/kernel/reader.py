@@ -1,0 +1,69 @@
+"""Reads of nfsip's table that are slow when the table is big, off the queue's thread.
+
+At 20,000 pinholes (bench/scale.py) checking that the table and its queue rule are still in place took
+1.0 s and reading the media counters 0.8 s - libnftables fetches every set with its elements into its cache
+before answering - every 5 s, in the packet loop's thread: SIP waited behind them, or failed open past a
+full queue. Here a thread of its own, with its own libnftables context, does those reads when asked; the
+packet loop asks from its housekeeping and picks the answers up there. One SimpleQueue each way: nothing
+the packet path touches, no lock. (libnftables is called through ctypes, which releases the GIL; parsing
+its JSON does not, so a scrape of a big table still takes a little time from the packet loop.)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from .nft import Nft
+
+log = logging.getLogger(__name__)
+
+TABLE = "table"  # answer: True when the table and its queue rule are in place
+COUNTERS = "counters"  # answer: Nft.media_counters()
+
+
+class KernelReader:
+    def __init__(self, table: str) -> None:
+        self._table = table
+        self._requests: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._asked: set[str] = set()  # the asking thread's own bookkeeping: one request of a kind at a time
+
+    def ask(self, what: str) -> None:
+        """Request a read (TABLE or COUNTERS) unless one of that kind is still under way."""
+        if what in self._asked:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="nfsip-kernel-reader", daemon=True)
+            self._thread.start()
+        self._asked.add(what)
+        self._requests.put(what)
+
+    def answers(self) -> list[tuple[str, Any]]:
+        """The reads done since the last call: (kind, value or the exception the read raised)."""
+        out = []
+        while True:
+            try:
+                answer = self._answers.get_nowait()
+            except queue.Empty:
+                return out
+            self._asked.discard(answer[0])
+            out.append(answer)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _serve(self) -> None:
+        nft = Nft(self._table)
+        while (what := self._requests.get()) is not None:
+            try:
+                value: Any = nft.table_exists() and nft.has_queue_rule() if what == TABLE else nft.media_counters()
+            except Exception as exc:  # handed to the asking thread, which logs it
+                value = exc
+            self._answers.put((what, value))
