@@ -11,7 +11,6 @@ media series reach the supervisor as snapshots over each worker's pipe (nfsip.su
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,16 +63,14 @@ class QueueCollector:
     def __init__(self, table: str, queue_nums: tuple[int, ...]) -> None:
         self._table = table
         self._queue_nums = queue_nums
-        self._nft: Any = None
 
     def collect(self) -> Iterator[Metric]:
         from .kernel.nft import Nft, NftError
         from .kernel.queue import queue_stats
 
         try:
-            if self._nft is None:
-                self._nft = Nft(self._table)
-            diverted = self._nft.diverted_packets()
+            # A fresh libnftables context per scrape: one kept alive keeps its cache of every set element.
+            diverted = Nft(self._table).diverted_packets()
         except (NftError, OSError):
             diverted = None
         yield from self.families(diverted, queue_stats(self._queue_nums))
