@@ -347,7 +347,8 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         f"{after.get('rss_kib', 0) / 1024:.1f} MiB",
         "table check / counters read: Nft.table_exists() + has_queue_rule() (the daemon's ensure_installed, "
         "every 5 s) and Nft.media_counters() (sample_media, every media_sample_interval = 5 s), timed once at "
-        "each level in the router: the daemon's packet loop waits while its tick runs them",
+        "each level in the router; the daemon runs them in its reader thread (nfsip.kernel.reader), off the "
+        "packet loop",
         "probe: one extra audio stream (2 pinholes = 8 elements) added and removed by nfsip's Nft.apply() "
         f"{opts.probe} times at each level, in the daemon's table; daemon nft tx mean: the daemon's own "
         "transactions during the stage that led to the level (INVITE install + 200 re-create, or BYE removal)",
