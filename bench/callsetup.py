@@ -157,8 +157,9 @@ class SippLab:
         return self
 
     def start_uas(self) -> None:
-        self.uas = SippCallee(self.lab, kind="nomedia", calls=10_000_000, timeout_s=None,
-                              workdir=self.workdir / "uas").start()
+        self.uas = SippCallee(
+            self.lab, kind="nomedia", calls=10_000_000, timeout_s=None, workdir=self.workdir / "uas"
+        ).start()
 
     def stop_uas(self) -> None:
         if self.uas is not None:
@@ -172,8 +173,16 @@ class SippLab:
         q0 = nfqueue_stats(self.lab).get(QUEUE_NUM, {})
         chain0 = queue_chain_packets(self.lab) if self.daemon is not None else 0
         caller = SippCaller(
-            self.lab, PHONE, kind="nomedia", calls=calls, rate=rate, pause_ms=PAUSE_MS, media_port=20000,
-            timeout_s=int(seconds) + 30, trace_msg=False, workdir=self.workdir / f"uac-{rate}",
+            self.lab,
+            PHONE,
+            kind="nomedia",
+            calls=calls,
+            rate=rate,
+            pause_ms=PAUSE_MS,
+            media_port=20000,
+            timeout_s=int(seconds) + 30,
+            trace_msg=False,
+            workdir=self.workdir / f"uac-{rate}",
             extra_args=("-recv_timeout", "5000"),
         )
         watch = CpuWatch(pids).start()
@@ -193,17 +202,32 @@ class SippLab:
             left = int(self.daemon.metric("nfsip_calls_active"))
             m1 = self.daemon.metrics()
             decided = sum(parse_counters(m1, "nfsip_verdicts").values()) - sum(
-                parse_counters(m0, "nfsip_verdicts").values())
+                parse_counters(m0, "nfsip_verdicts").values()
+            )
             bypassed = int(chain - decided - dropped)
-            verdict = hist_summary(parse_histogram(m1, "nfsip_verdict_seconds")
-                                   - parse_histogram(m0, "nfsip_verdict_seconds"))
-            nft = hist_summary(parse_histogram(m1, "nfsip_nft_transaction_seconds")
-                               - parse_histogram(m0, "nfsip_nft_transaction_seconds"))
+            verdict = hist_summary(
+                parse_histogram(m1, "nfsip_verdict_seconds") - parse_histogram(m0, "nfsip_verdict_seconds")
+            )
+            nft = hist_summary(
+                parse_histogram(m1, "nfsip_nft_transaction_seconds")
+                - parse_histogram(m0, "nfsip_nft_transaction_seconds")
+            )
         step = Step(
-            self.path, rate, calls, res.successful_calls, res.failed_calls + max(0, calls - res.successful_calls
-                                                                                 - res.failed_calls),
-            res.duration_s, hhmmss_ms(stats.get("ResponseTime1(C)", "")), cpu, verdict, nft,
-            left=left, queued=queued, drain_s=drain, bypassed=bypassed, dropped=dropped,
+            self.path,
+            rate,
+            calls,
+            res.successful_calls,
+            res.failed_calls + max(0, calls - res.successful_calls - res.failed_calls),
+            res.duration_s,
+            hhmmss_ms(stats.get("ResponseTime1(C)", "")),
+            cpu,
+            verdict,
+            nft,
+            left=left,
+            queued=queued,
+            drain_s=drain,
+            bypassed=bypassed,
+            dropped=dropped,
         )
         caller.cleanup()
         return step
@@ -219,7 +243,9 @@ def zero_loss(sl: SippLab, exe: Path, opts: Options) -> dict[str, Any]:
     """sipload calls whose far end sends RTP the instant it has the SDP; count what reaches the phone."""
     lab = sl.lab
     wait_queue_idle(lab)  # a backlog from the ladder's last (overloaded) step must not reach this test
-    lab.nft(PHONE, f"""\
+    lab.nft(
+        PHONE,
+        f"""\
 add table ip bench
 delete table ip bench
 table ip bench {{
@@ -229,11 +255,21 @@ table ip bench {{
     ip saddr {SERVER_IP} ip daddr {PHONE_IP} udp sport 7000 udp dport 10000-65000 counter name rtp drop
   }}
 }}
-""")
+""",
+    )
     lab.flush_conntrack(T.ROUTER)
     uas = sipload_uas(lab, exe, rtp_before=RTP_BEFORE, rtp_after=RTP_AFTER)
-    argv = sipload_uac_args(exe, lab, n=opts.zero_loss_calls, w=1000, r=opts.zero_loss_rate, T=5000,
-                            p=f"zl{sl.path}{int(time.time())}", m=30000, s=10000)
+    argv = sipload_uac_args(
+        exe,
+        lab,
+        n=opts.zero_loss_calls,
+        w=1000,
+        r=opts.zero_loss_rate,
+        T=5000,
+        p=f"zl{sl.path}{int(time.time())}",
+        m=30000,
+        s=10000,
+    )
     res = lab.run(PHONE, argv, timeout=opts.zero_loss_calls / opts.zero_loss_rate + 60)
     time.sleep(0.3)
     uas_summary = finish(uas)
@@ -271,8 +307,20 @@ def summarize(ladder: list[Step], baselines: list[Step], losses: list[dict[str, 
     result = PartResult(
         "callsetup",
         "Call setup: sipp calls/s through nfsip, pinhole time, media at call start",
-        ["path", "asked calls/s", "calls", "ok", "failed", "completed calls/s", "INVITE->200 ms (sipp mean)",
-         "nfsip CPU %", "queue drained after s", "SIP bypassing nfsip", "calls left in nfsip", "passed"],
+        [
+            "path",
+            "asked calls/s",
+            "calls",
+            "ok",
+            "failed",
+            "completed calls/s",
+            "INVITE->200 ms (sipp mean)",
+            "nfsip CPU %",
+            "queue drained after s",
+            "SIP bypassing nfsip",
+            "calls left in nfsip",
+            "passed",
+        ],
     )
     for step in ladder + baselines:
         result.rows.append(
@@ -287,7 +335,8 @@ def summarize(ladder: list[Step], baselines: list[Step], losses: list[dict[str, 
                 "nfsip CPU %": fmt(100 * step.cpu["nfsip"] / step.cpu["wall"]) if "nfsip" in step.cpu else "-",
                 "queue drained after s": fmt(step.drain_s, 1) if step.path == "nfsip" else "-",
                 "SIP bypassing nfsip": f"{step.bypassed:,}" + (f" (+{step.dropped:,} dropped)" if step.dropped else "")
-                if step.path == "nfsip" else "-",
+                if step.path == "nfsip"
+                else "-",
                 "calls left in nfsip": str(step.left) if step.path == "nfsip" else "-",
                 "passed": "yes" if step.passed else "NO",
             }
@@ -358,17 +407,22 @@ def run(opts: Options, workdir: Path) -> PartResult:
         for path in ("nfsip", "alg"):
             loss = zero_loss(labs[path], exe, opts)
             losses.append(loss)
-            print(f"zero-loss {path}: sent {loss['rtp_sent']} received {loss['rtp_received']} lost {loss['lost']}",
-                  flush=True)
+            print(
+                f"zero-loss {path}: sent {loss['rtp_sent']} received {loss['rtp_received']} lost {loss['lost']}",
+                flush=True,
+            )
         nf = labs["nfsip"]
         nf.start_uas()
         for rate in opts.ladder:
             step = nf.step(rate, opts.step_seconds)
             ladder.append(step)
-            print(f"nfsip {rate:>4} calls/s: ok {step.ok} failed {step.failed} completed "
-                  f"{step.completed_rate:.1f}/s response {step.response_ms:.0f} ms nft p50 "
-                  f"{step.nft.get('p50_us', 0):.0f} µs; queue drained {step.drain_s:.1f} s after sipp, "
-                  f"{step.left} calls left in nfsip", flush=True)
+            print(
+                f"nfsip {rate:>4} calls/s: ok {step.ok} failed {step.failed} completed "
+                f"{step.completed_rate:.1f}/s response {step.response_ms:.0f} ms nft p50 "
+                f"{step.nft.get('p50_us', 0):.0f} µs; queue drained {step.drain_s:.1f} s after sipp, "
+                f"{step.left} calls left in nfsip",
+                flush=True,
+            )
             if not step.passed:
                 break
         nf.stop_uas()
@@ -378,8 +432,11 @@ def run(opts: Options, workdir: Path) -> PartResult:
             for rate in opts.baseline_rates:
                 step = sl.step(rate, opts.step_seconds)
                 baselines.append(step)
-                print(f"{path} {rate:>4} calls/s: ok {step.ok} failed {step.failed} completed "
-                      f"{step.completed_rate:.1f}/s", flush=True)
+                print(
+                    f"{path} {rate:>4} calls/s: ok {step.ok} failed {step.failed} completed "
+                    f"{step.completed_rate:.1f}/s",
+                    flush=True,
+                )
             sl.stop_uas()
         if nf.daemon is not None and not nf.daemon.alive():
             raise RuntimeError(f"nfsip daemon died:\n{nf.daemon.log()}")

@@ -111,8 +111,13 @@ def probe_child(n: int) -> None:
     for i in range(n):
         port = PROBE_PORT + 2 * (i % 500)
         holes = [
-            Pinhole(Endpoint(T.ROUTER_WAN_IP, port + k), Endpoint(PROBE_LAN_IP, port + k), f"probe-{i}",
-                    f"m0.{'rtcp' if k else 'rtp'}", 60)
+            Pinhole(
+                Endpoint(T.ROUTER_WAN_IP, port + k),
+                Endpoint(PROBE_LAN_IP, port + k),
+                f"probe-{i}",
+                f"m0.{'rtcp' if k else 'rtp'}",
+                60,
+            )
             for k in (0, 1)
         ]
         t0 = time.perf_counter()
@@ -140,11 +145,20 @@ def probe_child(n: int) -> None:
         v = sorted(v)
         return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] * 1e6
 
-    print(json.dumps({
-        "add_p50_us": statistics.median(add) * 1e6, "add_p99_us": pct(add, 0.99),
-        "remove_p50_us": statistics.median(remove) * 1e6, "remove_p99_us": pct(remove, 0.99),
-        "snat_elements": elements, "list_snat_s": list_s, "table_check_s": check_s, "media_counters_s": counters_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "add_p50_us": statistics.median(add) * 1e6,
+                "add_p99_us": pct(add, 0.99),
+                "remove_p50_us": statistics.median(remove) * 1e6,
+                "remove_p99_us": pct(remove, 0.99),
+                "snat_elements": elements,
+                "list_snat_s": list_s,
+                "table_check_s": check_s,
+                "media_counters_s": counters_s,
+            }
+        )
+    )
 
 
 def probe(lab: Lab, n: int) -> dict[str, float]:
@@ -190,8 +204,9 @@ def run(opts: Options, workdir: Path) -> PartResult:
         assert daemon.proc is not None
         pid = daemon.proc.pid
         uas = sipload_uas(lab, exe)
-        argv = sipload_uac_args(exe, lab, n=n, w=opts.window, H=True, T=30000, m=10000, s=25000,
-                                p=f"scale{int(time.time())}")
+        argv = sipload_uac_args(
+            exe, lab, n=n, w=opts.window, H=True, T=30000, m=10000, s=25000, p=f"scale{int(time.time())}"
+        )
         uac = lab.popen(PHONE, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         time.sleep(0.2)
         levels.append(Level("start", 0, 0.0, 0, rss_kib(pid), probe=probe(lab, opts.probe)))
@@ -224,11 +239,19 @@ def run(opts: Options, workdir: Path) -> PartResult:
                     data["profile_second_up_stage"] = profile_summary(workdir / "scale-profile.txt")
             now_metrics = daemon.metrics()
             level = Level(
-                phase, up, secs, failed, rss_kib(pid),
-                nft=hist_summary(parse_histogram(now_metrics, "nfsip_nft_transaction_seconds")
-                                 - parse_histogram(metrics, "nfsip_nft_transaction_seconds")),
-                verdict=hist_summary(parse_histogram(now_metrics, "nfsip_verdict_seconds")
-                                     - parse_histogram(metrics, "nfsip_verdict_seconds")),
+                phase,
+                up,
+                secs,
+                failed,
+                rss_kib(pid),
+                nft=hist_summary(
+                    parse_histogram(now_metrics, "nfsip_nft_transaction_seconds")
+                    - parse_histogram(metrics, "nfsip_nft_transaction_seconds")
+                ),
+                verdict=hist_summary(
+                    parse_histogram(now_metrics, "nfsip_verdict_seconds")
+                    - parse_histogram(metrics, "nfsip_verdict_seconds")
+                ),
                 daemon_cpu=cpu_seconds(pid) - cpu0,
             )
             metrics = now_metrics
@@ -240,9 +263,12 @@ def run(opts: Options, workdir: Path) -> PartResult:
                     plan = [peak // 2, peak // 4, 0]
             level.probe = probe(lab, opts.probe)
             levels.append(level)
-            print(f"{phase} -> {up} calls in {secs:.1f} s ({failed} failed), RSS {level.rss_kib / 1024:.1f} MiB, "
-                  f"nft mean {level.nft.get('mean_us', 0):.0f} µs, probe add p50 {level.probe['add_p50_us']:.0f} µs "
-                  f"({level.probe['snat_elements']} snat elements)", flush=True)
+            print(
+                f"{phase} -> {up} calls in {secs:.1f} s ({failed} failed), RSS {level.rss_kib / 1024:.1f} MiB, "
+                f"nft mean {level.nft.get('mean_us', 0):.0f} µs, probe add p50 {level.probe['add_p50_us']:.0f} µs "
+                f"({level.probe['snat_elements']} snat elements)",
+                flush=True,
+            )
             if phase == "down" and up == 0:
                 break
         uac_summary = _quit(uac)
@@ -276,8 +302,11 @@ def peak_status(daemon: NfsipDaemon, data: dict[str, Any]) -> None:
     """`nfsip status --json` at the peak (how long it takes, what it lists) and the daemon's gauges."""
     t0 = time.monotonic()
     status = daemon.status()
-    data["status_at_top"] = {"seconds": time.monotonic() - t0, "calls": len(status.get("calls", [])),
-                             "pinholes": status.get("pinholes")}
+    data["status_at_top"] = {
+        "seconds": time.monotonic() - t0,
+        "calls": len(status.get("calls", [])),
+        "pinholes": status.get("pinholes"),
+    }
     data["gauges_at_top"] = {
         "calls_active": daemon.metric("nfsip_calls_active"),
         "pinholes_active": daemon.metric("nfsip_pinholes_active"),
@@ -295,8 +324,20 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
     result = PartResult(
         "scale",
         f"Scale: {opts.calls:,} concurrent calls through nfsip, held and torn down",
-        ["stage", "calls up", "pinholes", "stage s", "calls/s", "failed", "daemon CPU ms/call", "daemon RSS MiB",
-         "daemon nft tx mean µs", "probe add p50/p99 µs", "probe remove p50/p99 µs", "table check / counters read s"],
+        [
+            "stage",
+            "calls up",
+            "pinholes",
+            "stage s",
+            "calls/s",
+            "failed",
+            "daemon CPU ms/call",
+            "daemon RSS MiB",
+            "daemon nft tx mean µs",
+            "probe add p50/p99 µs",
+            "probe remove p50/p99 µs",
+            "table check / counters read s",
+        ],
     )
     prev = 0
     for lv in levels:
@@ -313,10 +354,12 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
                 "daemon RSS MiB": fmt(lv.rss_kib / 1024, 1),
                 "daemon nft tx mean µs": fmt(lv.nft.get("mean_us"), 0) if lv.nft.get("count") else "-",
                 "probe add p50/p99 µs": f"{lv.probe.get('add_p50_us', 0):.0f} / {lv.probe.get('add_p99_us', 0):.0f}",
-                "probe remove p50/p99 µs": (f"{lv.probe.get('remove_p50_us', 0):.0f} / "
-                                            f"{lv.probe.get('remove_p99_us', 0):.0f}"),
-                "table check / counters read s": (f"{lv.probe.get('table_check_s', 0):.3f} / "
-                                                  f"{lv.probe.get('media_counters_s', 0):.3f}"),
+                "probe remove p50/p99 µs": (
+                    f"{lv.probe.get('remove_p50_us', 0):.0f} / {lv.probe.get('remove_p99_us', 0):.0f}"
+                ),
+                "table check / counters read s": (
+                    f"{lv.probe.get('table_check_s', 0):.3f} / {lv.probe.get('media_counters_s', 0):.3f}"
+                ),
             }
         )
         prev = lv.calls
@@ -330,9 +373,11 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         result.notes.append(f"**{stopped_early}**")
     prof = data.get("profile_second_up_stage")
     if prof:
-        result.notes.append(f"py-spy, daemon during the second stage up ({levels[1].calls if len(levels) > 1 else 0:,}"
-                            f" -> {levels[2].calls if len(levels) > 2 else 0:,} calls; % of samples on stack): "
-                            f"{profile_frames(prof)}")
+        result.notes.append(
+            f"py-spy, daemon during the second stage up ({levels[1].calls if len(levels) > 1 else 0:,}"
+            f" -> {levels[2].calls if len(levels) > 2 else 0:,} calls; % of samples on stack): "
+            f"{profile_frames(prof)}"
+        )
     result.notes += [
         f"peak: {top.calls:,} calls up = {2 * top.calls:,} media pinholes ({8 * top.calls:,} nft elements: "
         f"media_snat, media_dnat and the two counter sets); daemon RSS {levels[0].rss_kib / 1024:.1f} MiB at "
@@ -374,8 +419,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=None, help="concurrent calls at the peak (default 10000)")
     parser.add_argument("--quick", action="store_true", help="2500 calls, 60 s budget")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole part (default 300); bringing calls up stops at half of it")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole part (default 300); bringing calls up stops at half of it",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during the second stage up")
     parser.add_argument("--out", type=Path, default=None, help="write scale.json/.md here")
     args = parser.parse_args()

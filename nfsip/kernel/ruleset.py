@@ -86,6 +86,8 @@ def render(opts: RulesetOptions) -> str:
         "\t\t# The daemon appends the queue rule at start, in the form this kernel supports (native\n"
         "\t\t# nft_queue, or the xt NFQUEUE target through nft_compat, which `nft -f` cannot express):\n"
         f"\t\t#   {queue_line}\n"
+        "\t\t# With `workers` > 1 it appends instead a dispatch by LAN host to chains sip_queue_<i>, one queue\n"
+        "\t\t# each (`nfsip ruleset` shows them; nfsip.kernel.fanout).\n"
         "\t\t# Until then, or with no daemon running, SIP crosses the router unchanged.\n"
     )
     return f"""\
