@@ -157,16 +157,19 @@ class Daemon:
         else:
             divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num, bypass=self.config.queue_bypass)
 
-    def ensure_installed(self) -> None:
+    def ensure_installed(self, state: str | None = None) -> None:
         """Put nfsip's table, queue rule and pinholes back if someone else's ruleset load removed them: an
         admin's `nft -f /etc/nftables.conf` starts with `flush ruleset`, and where it includes
-        nft/nfsip.nft it recreates the table empty and without the queue rule (which nft -f cannot hold)."""
-        if self.nft.table_exists() and self.nft.has_queue_rule():
+        nft/nfsip.nft it recreates the table empty and without the queue rule (which nft -f cannot hold).
+        `state`: what reader.table_state() found already (the reader's thread reads it; read here if None)."""
+        if state is None:
+            state = reader.table_state(self.nft)
+        if state == reader.INSTALLED:
             return
         log.warning(
             "table ip %s or its queue rule was removed by another ruleset load; restoring", self.config.table_name
         )
-        if not self.nft.table_exists():
+        if state == reader.NO_TABLE:
             self.nft.install(ruleset.render(self._ruleset_options()))
         self._add_queue_rule()
         holes = self.engine.live_pinholes(self.clock())
@@ -221,6 +224,7 @@ class Daemon:
                 log.info("table ip %s removed; stopped", self.config.table_name)
             finally:
                 queue.close()
+                self.reader.close()
                 if watcher is not None:
                     watcher.close()
                 notifier.close()
@@ -316,9 +320,9 @@ class Daemon:
         for what, value in self.reader.answers():
             if isinstance(value, Exception):
                 log.warning("reading table ip %s (%s) failed: %s", self.config.table_name, what, value)
-            elif what == reader.TABLE and not value:
+            elif what == reader.TABLE:
                 try:
-                    self.ensure_installed()
+                    self.ensure_installed(value)
                 except (NftError, OSError) as exc:
                     log.error("cannot restore table ip %s: %s", self.config.table_name, exc)
             elif what == reader.COUNTERS:

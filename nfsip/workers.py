@@ -83,7 +83,7 @@ def worker_config(config: Config, index: int) -> Config:
 class WorkerDaemon(Daemon):
     """Daemon's packet loop, without the table duties (the supervisor's) and with a link to the supervisor."""
 
-    checks_table = False
+    checks_table = False  # the supervisor checks the table and sends "restore" when it had to put it back
 
     def __init__(self, config: Config, index: int, link: Connection, clock: Callable[[], float] = time.monotonic):
         super().__init__(worker_config(config, index), clock)
@@ -110,9 +110,6 @@ class WorkerDaemon(Daemon):
 
     def owns(self, hole: Pinhole) -> bool:
         return shard(hole.lan.ip, self.workers) == self.index
-
-    def ensure_installed(self) -> None:
-        """The supervisor checks the table and sends "restore" when it had to put it back."""
 
     def uninstall(self) -> None:
         """The supervisor removes the table once every worker stopped."""
@@ -183,6 +180,7 @@ class WorkerDaemon(Daemon):
                 self.finish_purges()
             finally:
                 queue.close()
+                self.reader.close()
                 if watcher is not None:
                     watcher.close()
             log.info("stopped")

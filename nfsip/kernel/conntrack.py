@@ -45,18 +45,19 @@ class Conntrack:
     def finish(self) -> int:
         """At stop: wait for the purges handed to the sweeper, then do what is still scheduled, so that a
         call ended just before the stop loses its media flows as it would have with the daemon running."""
+        self._stop_sweeper()
+        return self.sweep()
+
+    def close(self) -> None:
+        self._stop_sweeper()
+        self._ct.close()
+
+    def _stop_sweeper(self) -> None:
+        """Let the sweeper finish the jobs handed to it, then end it."""
         if self._sweeper is not None:
             self._jobs.put(None)
             self._sweeper.join(timeout=10)
             self._sweeper = None
-        return self.sweep()
-
-    def close(self) -> None:
-        if self._sweeper is not None:
-            self._jobs.put(None)
-            self._sweeper.join(timeout=5)
-            self._sweeper = None
-        self._ct.close()
 
     def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint | None:
         """The LAN ip:port behind an outbound datagram seen after NAT as public -> remote.

@@ -20,8 +20,20 @@ from .nft import Nft
 
 log = logging.getLogger(__name__)
 
-TABLE = "table"  # answer: True when the table and its queue rule are in place
+TABLE = "table"  # answer: table_state()
 COUNTERS = "counters"  # answer: Nft.media_counters()
+
+# What table_state() finds.
+INSTALLED = "installed"
+NO_TABLE = "no-table"
+NO_QUEUE_RULE = "no-queue-rule"
+
+
+def table_state(nft: Nft) -> str:
+    """Whether nfsip's table and its queue rule are in place (INSTALLED), or which of them is gone."""
+    if not nft.table_exists():
+        return NO_TABLE
+    return INSTALLED if nft.has_queue_rule() else NO_QUEUE_RULE
 
 
 class KernelReader:
@@ -66,7 +78,7 @@ class KernelReader:
             # bench/scale.py). A fresh one per read frees it after each read.
             nft = Nft(self._table)
             try:
-                value: Any = nft.table_exists() and nft.has_queue_rule() if what == TABLE else nft.media_counters()
+                value: Any = table_state(nft) if what == TABLE else nft.media_counters()
             except Exception as exc:  # handed to the asking thread, which logs it
                 value = exc
             del nft
