@@ -55,14 +55,13 @@ from common import (
     finish,
     fmt,
     hist_summary,
-    make_workdir,
     nfqueue_stats,
     parse_counters,
     parse_histogram,
+    run_part,
     sipload_uac_args,
     sipload_uas,
     wait_queue_idle,
-    write_part,
 )
 from media_forwarding import queue_chain_packets, read_counter
 
@@ -465,20 +464,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2.5 s steps, a shorter ladder, fewer zero-loss calls")
     parser.add_argument("--out", type=Path, default=None, help="write callsetup.json/.md here")
     args = parser.parse_args()
-    reason = reason_not_runnable()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     opts = Options.quick() if args.quick else Options()
     if args.step_seconds:
         opts.step_seconds = args.step_seconds
-    workdir = make_workdir()
-    try:
-        result = run(opts, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_part(result, args.out)
-    return 0
+    return run_part(reason_not_runnable(), lambda workdir: run(opts, workdir), args.out)
 
 
 if __name__ == "__main__":

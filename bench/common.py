@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,21 @@ def write_part(result: PartResult, out: Path | None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{result.name}.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
         (out / f"{result.name}.md").write_text(result.markdown() + "\n")
+
+
+def run_part(reason: str | None, measure: Callable[[Path], PartResult], out: Path | None) -> int:
+    """The end of a part's main(): exit 2 saying why when it cannot run (`reason`), else measure in a
+    scratch folder (removed afterwards) and print the result, also writing it to `out` if given."""
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    workdir = make_workdir()
+    try:
+        result = measure(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_part(result, out)
+    return 0
 
 
 def fmt(value: float | None, digits: int = 0, unit: str = "") -> str:

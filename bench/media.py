@@ -105,10 +105,9 @@ from common import (
     background_busy_per_cpu,
     build,
     fmt,
-    make_workdir,
     median,
     pin_processes,
-    write_part,
+    run_part,
 )
 from media_forwarding import (
     PHONE_MEDIA_PORT,
@@ -1027,10 +1026,6 @@ def main() -> int:
     parser.add_argument("--cases", default="", help="only these case keys, comma-separated (e.g. a,b,d,z)")
     parser.add_argument("--out", type=Path, default=None, help="write media.json/media.md here")
     args = parser.parse_args()
-    reason = reason_not_runnable()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     opts = Options.quick() if args.quick else Options()
     if args.seconds:
         opts.seconds = args.seconds
@@ -1044,13 +1039,7 @@ def main() -> int:
         opts.forwarder_nice = args.forwarder_nice
     opts.forwarder_batch = args.forwarder_sched == "batch"
     opts.cases = tuple(k.strip() for k in args.cases.split(",") if k.strip())
-    workdir = make_workdir()
-    try:
-        result = run(opts, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_part(result, args.out)
-    return 0
+    return run_part(reason_not_runnable(), lambda workdir: run(opts, workdir), args.out)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,8 @@ from common import (
     PartResult,
     background_busy,
     build,
-    make_workdir,
     median,
-    write_part,
+    run_part,
 )
 from media_forwarding import PHONE_MEDIA_PORT, PHONE_PLAIN_PORT, PUBLIC_PORT, SERVER_PORT, read_counter
 
@@ -321,17 +320,10 @@ def main() -> int:
     unknown = [v for v in variants if v not in VARIANTS] + [f for f in flows if f not in FLOWS]
     if unknown:
         parser.error(f"unknown variant or flow: {', '.join(unknown)}")
-    reason = can_run()
-    if reason or shutil.which("gcc") is None:
-        print(f"cannot run: {reason or 'needs gcc'}", file=sys.stderr)
-        return 2
-    workdir = make_workdir()
-    try:
-        result = run(args.seconds, args.rounds, args.old_rev, variants, flows, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_part(result, args.out)
-    return 0
+    reason = can_run() or (None if shutil.which("gcc") else "needs gcc")
+    return run_part(
+        reason, lambda workdir: run(args.seconds, args.rounds, args.old_rev, variants, flows, workdir), args.out
+    )
 
 
 if __name__ == "__main__":

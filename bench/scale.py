@@ -53,15 +53,14 @@ from common import (
     finish,
     fmt,
     hist_summary,
-    make_workdir,
     parse_histogram,
     profile_frames,
     profile_summary,
     rss_kib,
+    run_part,
     sipload_uac_args,
     sipload_uas,
     start_profile,
-    write_part,
 )
 
 from nfsip.lab import topology as T
@@ -428,23 +427,13 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during the second stage up")
     parser.add_argument("--out", type=Path, default=None, help="write scale.json/.md here")
     args = parser.parse_args()
-    reason = reason_not_runnable()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     opts = Options.quick() if args.quick else Options()
     if args.calls:
         opts.calls = args.calls
     if args.budget:
         opts.budget_s = args.budget
     opts.profile = args.profile
-    workdir = make_workdir()
-    try:
-        result = run(opts, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_part(result, args.out)
-    return 0
+    return run_part(reason_not_runnable(), lambda workdir: run(opts, workdir), args.out)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,6 @@ from common import (
     finish,
     fmt,
     hist_summary,
-    make_workdir,
     median,
     messages_crossed,
     nfqueue_stats,
@@ -80,10 +79,10 @@ from common import (
     parse_histogram,
     profile_frames,
     profile_summary,
+    run_part,
     sipload_uac_args,
     sipload_uas,
     start_profile,
-    write_part,
 )
 
 from nfsip.lab import topology as T
@@ -701,27 +700,17 @@ def main() -> int:
         "from two LAN hosts (one per shard); with --profile, py-spy of worker 0",
     )
     args = parser.parse_args()
-    reason = reason_not_runnable()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     opts = Options.quick() if args.quick else Options()
     if args.seconds:
         opts.seconds = args.seconds
     if args.rounds:
         opts.rounds = args.rounds
     opts.profile = args.profile
-    workdir = make_workdir()
-    try:
-        if args.workers:
-            phones = WORKER_PHONES[:1] if args.one_host else WORKER_PHONES
-            result = run_workers(opts, [int(n) for n in args.workers.split(",")], workdir, phones)
-        else:
-            result = run(opts, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_part(result, args.out)
-    return 0
+    if args.workers:
+        phones = WORKER_PHONES[:1] if args.one_host else WORKER_PHONES
+        counts = [int(n) for n in args.workers.split(",")]
+        return run_part(reason_not_runnable(), lambda workdir: run_workers(opts, counts, workdir, phones), args.out)
+    return run_part(reason_not_runnable(), lambda workdir: run(opts, workdir), args.out)
 
 
 if __name__ == "__main__":
