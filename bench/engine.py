@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -216,22 +214,7 @@ def nft_child(n: int) -> None:
 
 
 def bench_nft(n: int) -> dict[str, tuple[float, float]] | str:
-    if os.geteuid() != 0:
-        return "skipped (needs root)"
-    ns = f"nfsip-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, __file__, NFT_CHILD, str(n)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            return f"failed: {proc.stderr.strip()[-300:]}"
-        return json.loads(proc.stdout)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    return queue_roundtrip.in_scratch_netns([__file__, NFT_CHILD, str(n)])
 
 
 def main() -> int:

@@ -122,17 +122,20 @@ def child(n: int, rounds: int, payload: bytes) -> None:
 
 def measure(n: int = 20000, rounds: int = 3, payload: bytes = b"x" * 700) -> dict[str, float] | str:
     """µs of CPU per packet, median over rounds, measured in a scratch netns; a string saying why not."""
+    return in_scratch_netns([__file__, CHILD, str(n), str(rounds)], payload)
+
+
+def in_scratch_netns(argv: list[str], stdin: bytes = b"") -> Any:
+    """Run `python argv...` in a network namespace of its own (loopback up) and return the JSON it prints;
+    a string saying why not when it could not run or failed. Used here and by bench/engine.py."""
     if os.geteuid() != 0:
         return "skipped (needs root)"
-    ns = f"nfsip-qrt-{os.getpid()}"
+    ns = f"nfsip-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, __file__, CHILD, str(n), str(rounds)],
-            input=payload,
-            capture_output=True,
-            check=False,
+            ["ip", "netns", "exec", ns, sys.executable, *argv], input=stdin, capture_output=True, check=False
         )
         if proc.returncode != 0:
             return f"failed: {proc.stderr.decode(errors='replace').strip()[-300:]}"
