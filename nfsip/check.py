@@ -65,6 +65,10 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
     else:
         results.append(_compat_queue_check())
 
+    features = nft.element_features()
+    # Both are speed only: without them nfsip sends more messages per transaction (nfsip.kernel.nft).
+    results.append(CheckResult("elements", "ok", features.describe()))
+
     try:
         from .kernel.conntrack import Conntrack
 

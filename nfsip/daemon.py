@@ -122,12 +122,13 @@ class Daemon:
         self._add_queue_rule()
         self._adopt(left_behind, reapply=True)
         log.info(
-            "table ip %s installed; WAN %s public address %s; queue %d via %s",
+            "table ip %s installed; WAN %s public address %s; queue %d via %s; %s",
             self.config.table_name,
             self.config.wan_interface,
             self.public_ip,
             self.config.queue_num,
             "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
+            self.nft.element_features().describe(),
         )
 
     def _adopt(self, left_behind: list[Pinhole], *, reapply: bool) -> None:

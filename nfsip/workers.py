@@ -101,11 +101,12 @@ class WorkerDaemon(Daemon):
         mine = [h for h in self._kernel_pinholes() if self.owns(h)]
         self._adopt(mine, reapply=False)
         log.info(
-            "queue %d; public address %s; media ports %d-%d",
+            "queue %d; public address %s; media ports %d-%d; %s",
             self.config.queue_num,
             self.public_ip,
             self.config.media_port_min,
             self.config.media_port_max,
+            self.nft.element_features().describe(),  # asked now, not at the first SIP message
         )
 
     def owns(self, hole: Pinhole) -> bool:

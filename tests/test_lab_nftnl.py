@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 
 from nfsip.config import Config
-from nfsip.kernel.nft import Nft, NftError
+from nfsip.kernel.nft import CONSERVATIVE, Nft, NftError
 from nfsip.kernel.ruleset import (
     COUNT_FROM_LAN,
     COUNT_TO_LAN,
@@ -242,3 +242,55 @@ def test_large_batches_both_ways(tables):
     with pytest.raises(NftError) as info:
         raw.apply(holes, ())
     assert info.value.errno == errno.ENOENT
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+def test_probe_says_what_this_kernel_does_and_leaves_nothing(tables):
+    raw, _ref = tables
+    features = raw.element_features()
+    assert features.destroy == _kernel_at_least(6, 3)  # NFT_MSG_DESTROYSETELEM
+    assert features.timeout_update == _kernel_at_least(6, 12)  # a re-add sets the new timeout
+    rc, out, err = raw._nft.cmd("list tables ip")
+    assert rc == 0, err
+    assert [t["table"]["name"] for t in json.loads(out)["nftables"] if "table" in t] == ["nfsip", "nfsipref"]
+
+
+def test_path_for_old_kernels_leaves_the_same_tables(tables):
+    """What runs on Linux < 6.3 (no destroy, re-adds keep the old timeout), against this kernel: removals as
+    add + delete, every install deleted and added again. Step by step the same tables as the JSON path
+    (which uses what this kernel can do), and refreshes that really change the timeout."""
+    raw, ref = tables
+    raw._features = CONSERVATIVE
+    attempt = hole(40000, 6000, timeout=5)
+    steps = [
+        (MIXED, (), ()),
+        ([replace(attempt, timeout=300)], (), ()),  # refresh: a new timeout, same comment
+        ((), (), [replace(attempt, timeout=7200, established=True)]),  # the 200 OK
+        ((), MIXED[2:], ()),
+        ((), MIXED, ()),  # most of them gone already
+    ]
+    raw.apply([attempt], ())
+    ref.apply_json([attempt], ())
+    recreated = False
+    for install, remove, recreate in steps:
+        raw.apply(install, remove, recreate)
+        ref.apply_json(install, remove, recreate)
+        got, want = listing(raw), listing(ref)
+        recreated = recreated or bool(recreate)
+        if recreated:  # the counter elements were re-created with the new comment; there they were kept
+            for name in SETS:
+                got[name] = [
+                    (*row[:3], want_row[3], row[4]) for row, want_row in zip(got[name], want[name], strict=True)
+                ]
+        assert got == want
+        if recreate:
+            assert [row[2:4] for row in listing(raw)[SNAT_MAP] if "6000]" in row[0]] == [
+                (7200, "m40000 e 1700000000 call-1@10.0.0.2")
+            ]
+            # Re-created too, so that its timeout follows the call's (its count starts again).
+            assert [row[2] for row in listing(raw)[COUNT_TO_LAN] if "6000]" in row[0]] == [7200]
+    assert all(rows == [] for rows in listing(raw).values())

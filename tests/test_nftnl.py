@@ -17,7 +17,7 @@ import struct
 import pytest
 
 from nfsip.kernel import nftnl
-from nfsip.kernel.nft import Nft
+from nfsip.kernel.nft import ElementFeatures, Nft
 from nfsip.model import Endpoint, Pinhole
 
 CAPTURED = {
@@ -119,9 +119,57 @@ def messages(batch: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
+# What libnftables 1.0.6 sends (the captures): removals as add + delete, refreshes as plain re-adds.
+LIBNFTABLES = ElementFeatures(destroy=False, timeout_update=True)
+NEW_KERNEL = ElementFeatures(destroy=True, timeout_update=True)  # Linux >= 6.12
+OLD_KERNEL = ElementFeatures(destroy=False, timeout_update=False)  # Linux < 6.3
+
+
 @pytest.fixture(scope="module")
 def nft() -> Nft:
-    return Nft("nfsip")  # no kernel access: only the element changes are built
+    nft = Nft("nfsip")  # no kernel access: only the element changes are built
+    nft._features = LIBNFTABLES  # never probe the machine's kernel from a unit test
+    return nft
+
+
+def ops(changes: list[nftnl.Change]) -> list[tuple[str, str]]:
+    """(operation, set) per change: add / delete / destroy."""
+    return [("add" if c.add else "destroy" if c.destroy else "delete", c.set_name) for c in changes]
+
+
+MEDIA_SETS = ["media_snat", "media_to_lan", "media_from_lan", "media_dnat"]
+
+
+def test_destroy_removes_each_element_with_one_message(nft):
+    changes = nft._changes([], [MEDIA], (), NEW_KERNEL)
+    assert ops(changes) == [("destroy", name) for name in MEDIA_SETS]
+    plain = nft._changes([], [MEDIA], (), LIBNFTABLES)
+    assert ops(plain) == [op for name in MEDIA_SETS for op in (("add", name), ("delete", name))]
+
+
+def test_destroy_message_is_the_delete_message_with_another_type():
+    delete = nftnl.encode_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000)), "nfsip", 5)
+    destroy = nftnl.encode_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000), destroy=True), "nfsip", 5)
+    assert struct.unpack_from("=H", destroy, 4)[0] == nftnl.NFNL_SUBSYS_NFTABLES << 8 | 30
+    assert destroy[:4] + destroy[6:] == delete[:4] + delete[6:]
+
+
+def test_recreate_keeps_counter_elements_where_timeouts_update(nft):
+    changes = nft._changes([], [], [MEDIA], NEW_KERNEL)
+    assert ops(changes) == [("destroy", "media_snat"), ("destroy", "media_dnat")] + [("add", n) for n in MEDIA_SETS]
+
+
+def test_old_kernel_deletes_before_every_add(nft):
+    """Through Linux 6.11 a re-add leaves the old timeout: installs and state changes delete first, the
+    counters too (their timeout must follow the call's)."""
+    cleared_then_added = [op for n in MEDIA_SETS for op in (("add", n), ("delete", n))] + [
+        ("add", n) for n in MEDIA_SETS
+    ]
+    assert ops(nft._changes([MEDIA], [], (), OLD_KERNEL)) == cleared_then_added
+    assert ops(nft._changes([], [], [MEDIA], OLD_KERNEL)) == cleared_then_added
+    refresh = nft._changes([MEDIA], [], (), OLD_KERNEL)
+    assert all(c.timeout_ms == 1000 for c in refresh[:8] if c.add)  # the guard add before the delete
+    assert {c.timeout_ms for c in refresh[8:]} == {MEDIA.timeout * 1000}
 
 
 @pytest.mark.parametrize(
@@ -131,7 +179,7 @@ def nft() -> Nft:
 def test_batch_is_what_libnftables_sends(nft, name, install, remove):
     captured = CAPTURED[name]
     assert normalise(captured) != captured  # the capture really has a set id / dirty padding to drop
-    ours = nftnl.encode_batch(nft._changes(install, remove), "nfsip", 0, ack_last=False)
+    ours = nftnl.encode_batch(nft._changes(install, remove, (), LIBNFTABLES), "nfsip", 0, ack_last=False)
     assert ours == normalise(captured)
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..model import Endpoint, Pinhole, element_comment, parse_comment
@@ -78,6 +79,29 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
+@dataclass(frozen=True, slots=True)
+class ElementFeatures:
+    """What the running kernel does with set elements, asked once per process (Nft.element_features)."""
+
+    # NFT_MSG_DESTROYSETELEM (Linux >= 6.3): a removal is one message. Without it, removing an element the
+    # kernel already expired fails the whole transaction with ENOENT, so each removal is an add (same value,
+    # 1 s) followed by the delete: two messages.
+    destroy: bool
+    # Re-adding an existing element sets the new timeout (Linux >= 6.12, "set element timeout update
+    # support"). Through 6.11 the kernel accepts the re-add and changes nothing: a refresh must delete
+    # and add the element again (which also restarts a counter element's count).
+    timeout_update: bool
+
+    def describe(self) -> str:
+        destroy = "yes" if self.destroy else "no (Linux < 6.3): removals are add + delete"
+        update = "yes" if self.timeout_update else "no (Linux < 6.12): refreshes re-create elements"
+        return f"element destroy {destroy}; timeout update on re-add {update}"
+
+
+# Assumed when the kernel cannot be asked: correct on every kernel, at the cost of more messages.
+CONSERVATIVE = ElementFeatures(destroy=False, timeout_update=False)
+
+
 class Nft:
     def __init__(self, table: str, epoch_of: Callable[[float], float] | None = None) -> None:
         """`epoch_of` turns the engine's clock into wall-clock seconds, for the start time kept in each
@@ -88,6 +112,7 @@ class Nft:
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
         self._nfnl = nftnl.NfnlSocket()
+        self._features: ElementFeatures | None = None
 
     # -- whole table ----------------------------------------------------------------------------------
     def run_text(self, script: str, *, dry_run: bool = False) -> None:
@@ -154,29 +179,91 @@ class Nft:
             entries.append((DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan))
         return entries
 
+    # -- what the kernel can do -------------------------------------------------------------------------
+    def element_features(self) -> ElementFeatures:
+        """Asked of the running kernel on first use, in a throwaway table of this process."""
+        if self._features is None:
+            self._features = self._probe_elements()
+        return self._features
+
+    def _probe_elements(self) -> ElementFeatures:
+        table = f"nfsip_probe_{os.getpid()}"
+        key = ("127.0.0.1", 1)
+        try:
+            self.run_text(
+                f"add table ip {table}\nadd set ip {table} s {{ type ipv4_addr . inet_service; flags timeout; }}\n"
+            )
+        except NftError as exc:
+            log.warning("cannot ask the kernel about set elements (%s); assuming %s", exc, CONSERVATIVE.describe())
+            return CONSERVATIVE
+        try:
+            try:
+                # An element that does not exist: success only where DESTROYSETELEM is known.
+                self._nfnl.send([nftnl.Change(False, "s", key, destroy=True)], table)
+                destroy = True
+            except (nftnl.BatchError, OSError):
+                destroy = False
+            try:
+                self._nfnl.send([nftnl.Change(True, "s", key, None, 60_000)], table)
+                self._nfnl.send([nftnl.Change(True, "s", key, None, 120_000)], table)
+                rc, out, _err = self._nft.cmd(f"list set ip {table} s")
+                timeouts = [
+                    entry.get("elem", {}).get("timeout")
+                    for item in json.loads(out or "{}").get("nftables", [])
+                    for entry in (item.get("set") or {}).get("elem", [])
+                    if isinstance(entry, dict)
+                ]
+                timeout_update = rc == 0 and timeouts == [120]
+            except (nftnl.BatchError, OSError, ValueError):
+                timeout_update = False
+        finally:
+            try:
+                self.run_text(f"delete table ip {table}")
+            except NftError as exc:
+                log.warning("could not delete the probe table %s: %s", table, exc)
+        return ElementFeatures(destroy, timeout_update)
+
+    # -- pinholes -------------------------------------------------------------------------------------
     def _changes(
-        self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
+        self,
+        install: Iterable[Pinhole],
+        remove: Iterable[Pinhole],
+        recreate: Iterable[Pinhole] = (),
+        features: ElementFeatures | None = None,
     ) -> list[nftnl.Change]:
         """The element changes of one transaction, in order. `apply` sends exactly these as nfnetlink
         messages, `apply_json` as libnftables JSON commands (one command per element)."""
+        features = features or self.element_features()
+        destroy, timeout_update = features.destroy, features.timeout_update
         changes: list[nftnl.Change] = []
+        install = list(install)
         recreate = list(recreate)
-        for hole, recreating in [*((h, False) for h in remove), *((h, True) for h in recreate)]:
-            # nft 1.0.6 has no "destroy": deleting an element the kernel already expired fails the whole
-            # transaction with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
+        # (pinhole, whether its counter elements go too) for every pinhole whose elements are deleted first.
+        # A state change (recreate) renews the map elements' comments; a packet counter keeps its element
+        # and its count, unless the kernel cannot update timeouts: then the counter follows, count restarted.
+        cleared = [*((h, True) for h in remove), *((h, not timeout_update) for h in recreate)]
+        if not timeout_update:
+            # A re-add would leave the old timeout: every element is deleted before it is added again.
+            cleared.extend((h, True) for h in install)
+        for hole, with_counters in cleared:
             for map_name, key, value in self._entries(hole):
-                if recreating and map_name in (COUNT_TO_LAN, COUNT_FROM_LAN):
-                    continue  # a packet counter keeps its element (and its count) across a state change
+                if not with_counters and map_name in (COUNT_TO_LAN, COUNT_FROM_LAN):
+                    continue
                 key_fields = tuple(key)
-                value_fields = None if value is None else (value.ip, value.port)
-                changes.append(nftnl.Change(True, map_name, key_fields, value_fields, 1000))
                 # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
+                value_fields = None if value is None else (value.ip, value.port)
+                if destroy:
+                    changes.append(nftnl.Change(False, map_name, key_fields, value_fields, destroy=True))
+                    continue
+                # No destroy: deleting an element the kernel already expired fails the whole transaction
+                # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
+                changes.append(nftnl.Change(True, map_name, key_fields, value_fields, 1000))
                 changes.append(nftnl.Change(False, map_name, key_fields, value_fields))
         for hole in [*install, *recreate]:
             timeout_ms = int(max(1, hole.timeout) * 1000)
             comment = element_comment(hole, self._epoch_of(hole.since))
-            # Re-adding an element with the same value refreshes its timeout (LAB.md); a changed mapping is
-            # always preceded by its removal in the same transaction.
+            # Re-adding an element with the same value refreshes its timeout (Linux >= 6.12; before, it was
+            # deleted above); a changed mapping is always preceded by its removal in the same transaction.
             for map_name, key, value in self._entries(hole):
                 value_fields = None if value is None else (value.ip, value.port)
                 changes.append(nftnl.Change(True, map_name, tuple(key), value_fields, timeout_ms, comment))
@@ -187,7 +274,9 @@ class Nft:
     ) -> list[dict]:
         """`_changes` as libnftables JSON commands."""
         cmds: list[dict] = []
-        for change in self._changes(install, remove, recreate):
+        # nft 1.0.6 has no destroy command: removals as add + delete.
+        features = replace(self.element_features(), destroy=False)
+        for change in self._changes(install, remove, recreate, features):
             extra: dict[str, Any] = {}
             if change.add:
                 extra["timeout"] = (change.timeout_ms or 0) // 1000

@@ -49,6 +49,10 @@ NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
+# Linux 6.3 added the DESTROY messages: a delete that is not an error when the element is already gone (the
+# kernel expired it). Not in Debian 12's 6.1 headers; the value is its place in enum nf_tables_msg_types,
+# and Nft.element_features() asks the running kernel whether it knows it.
+NFT_MSG_DESTROYSETELEM = 30
 NFPROTO_IPV4 = 2
 
 NFTA_SET_ELEM_LIST_TABLE = 1
@@ -64,7 +68,11 @@ NFTA_DATA_VALUE = 1
 NFTNL_UDATA_SET_ELEM_COMMENT = 0
 NFTNL_UDATA_COMMENT_MAXLEN = 128  # libnftables refuses longer comments; so do we
 
-MSG_NAMES = {NFT_MSG_NEWSETELEM: "NEWSETELEM", NFT_MSG_DELSETELEM: "DELSETELEM"}
+MSG_NAMES = {
+    NFT_MSG_NEWSETELEM: "NEWSETELEM",
+    NFT_MSG_DELSETELEM: "DELSETELEM",
+    NFT_MSG_DESTROYSETELEM: "DESTROYSETELEM",
+}
 
 _HDR = struct.Struct("=IHHII")  # struct nlmsghdr
 _ATTR = struct.Struct("=HH")  # struct nlattr
@@ -116,7 +124,8 @@ class Change(NamedTuple):
     """One element change, one message of the batch (as libnftables sends one command per element): add
     (NLM_F_CREATE without NLM_F_EXCL, so an existing element with the same value is refreshed, not refused)
     or delete the element `key` of set or map `set_name`. `value` only for a map add; `timeout_ms` and
-    `comment` only for an add. (A NamedTuple: built 8 times per SIP message; a frozen dataclass is slower.)"""
+    `comment` only for an add. `destroy` makes a delete a DESTROYSETELEM (no error for a missing element;
+    Linux >= 6.3). (A NamedTuple: built 8 times per SIP message; a frozen dataclass is slower.)"""
 
     add: bool
     set_name: str
@@ -124,6 +133,7 @@ class Change(NamedTuple):
     value: tuple[Field, ...] | None = None
     timeout_ms: int | None = None
     comment: str | None = None
+    destroy: bool = False
 
     def describe(self) -> str:
         text = " . ".join(str(f) for f in self.key)
@@ -134,6 +144,7 @@ class Change(NamedTuple):
 
 _NEWSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
 _DELSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM
+_DESTROYSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DESTROYSETELEM
 _ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
 _LIST_ELEM = NFTA_LIST_ELEM | NLA_F_NESTED
 _KEY = NFTA_SET_ELEM_KEY | NLA_F_NESTED
@@ -183,9 +194,9 @@ class _Encoder:
         return packed
 
     def message(self, change: Change, seq: int, ack: bool) -> bytes:
-        """One NEWSETELEM / DELSETELEM holding one element, in libnftables' attribute order: timeout, key,
-        data, userdata (a delete: key only)."""
-        add, set_name, key_fields, value_fields, timeout_ms, comment = change
+        """One NEWSETELEM / DELSETELEM / DESTROYSETELEM holding one element, in libnftables' attribute order:
+        timeout, key, data, userdata (a delete or destroy: key only)."""
+        add, set_name, key_fields, value_fields, timeout_ms, comment, destroy = change
         prefix = self.prefixes.get(set_name)
         if prefix is None:
             prefix = self.prefixes[set_name] = (
@@ -195,7 +206,8 @@ class _Encoder:
         if not add:
             elem = 12 + len(key)
             return _shape(len(prefix), len(key), 0, False).pack(
-                20 + len(prefix) + elem, _DELSETELEM, NLM_F_REQUEST | NLM_F_ACK if ack else NLM_F_REQUEST,
+                20 + len(prefix) + elem, _DESTROYSETELEM if destroy else _DELSETELEM,
+                NLM_F_REQUEST | NLM_F_ACK if ack else NLM_F_REQUEST,
                 seq, 0, prefix, 4 + elem, _ELEMENTS, elem, _LIST_ELEM,
                 8 + len(key), _KEY, 4 + len(key), NFTA_DATA_VALUE, key,
             )  # fmt: skip
