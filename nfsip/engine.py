@@ -35,25 +35,31 @@ from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .policy import Policy
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
-from .sip.edit import Edit, apply_edits
+from .sip.edit import apply_splices
 from .sip.errors import SipParseError
 from .sip.message import HostPort, SipMessage, parse_message
-from .sip.sdp import Sdp, SdpMedia
+from .sip.sdp import Sdp, SdpAddress, SdpMedia
 from .sip.spans import fast_ctor
 
 # Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
 # (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
 
-# Positional constructors that skip the frozen dataclasses' __init__ (nfsip.sip.spans.fast_ctor): a
-# decision makes one Decision and several Edits per message.
-_edit = fast_ctor(Edit)
+# Positional constructor that skips the frozen dataclass' __init__ (nfsip.sip.spans.fast_ctor): a decision
+# makes one Decision per message.
 _decision = fast_ctor(Decision)
+
+# An edit of msg.raw as (start, end, replacement), for nfsip.sip.edit.apply_splices. The engine reads the
+# offsets straight from the parsed values' slots (HostPort _hs/_pe, Param _vs/_ve, SdpAddress and SdpRtcp
+# _s/_e, SdpMedia _ps/_pe: what their span properties are made of): a Span and an Edit object per change
+# cost more than the splice itself (bench/engine.py).
+_Splice = tuple[int, int, bytes]
 
 TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
 _TRANSACTION_SECONDS = 64.0
 _TRANSACTION_LIMIT = 20000
+_PUBLIC_SIP_CACHED = 4096  # public SIP ports whose Endpoint and text are kept (Engine._public_sip_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,10 @@ def _is_udp_media(media: SdpMedia) -> bool:
 
 def _hostport_bytes(ep: Endpoint) -> bytes:
     return f"{ep.ip}:{ep.port}".encode()
+
+
+def _address_splice(address: SdpAddress, replacement: bytes) -> _Splice:
+    return (address._s, address._e, replacement)
 
 
 def _message_kind(msg: SipMessage) -> str:
@@ -119,6 +129,27 @@ class Engine:
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
 
+    @property
+    def public_ip(self) -> str:
+        return self._public_ip
+
+    @public_ip.setter
+    def public_ip(self, ip: str) -> None:
+        # The daemon sets a new address when the WAN address changes: the texts made from the old one go.
+        self._public_ip = ip
+        self._public_ip_bytes = ip.encode()
+        # public SIP port -> (Endpoint, "ip:port" bytes): made once per port, not per message.
+        self._public_sip: dict[int, tuple[Endpoint, bytes]] = {}
+
+    def _public_sip_of(self, port: int) -> tuple[Endpoint, bytes]:
+        entry = self._public_sip.get(port)
+        if entry is None:
+            if len(self._public_sip) >= _PUBLIC_SIP_CACHED:
+                self._public_sip.clear()
+            endpoint = Endpoint(self._public_ip, port)
+            entry = self._public_sip[port] = (endpoint, _hostport_bytes(endpoint))
+        return entry
+
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, flow: Flow, payload: bytes, now: float) -> Decision:
         if not self.policy.server_allowed(flow.remote.ip):
@@ -138,84 +169,100 @@ class Engine:
 
     # -- LAN -> WAN ----------------------------------------------------------------------------------
     def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
-        edits: list[Edit] = []
+        splices: list[_Splice] = []
         lan_ip = flow.lan.ip
-        public_sip = Endpoint(self.public_ip, flow.public.port)
+        public_sip, public_sip_text = self._public_sip_of(flow.public.port)
         if msg.is_request:
             # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.sip.message).
             via = msg.top_via
-            if via.sent_by.host == lan_ip:
-                edits.append(_edit(via.sent_by.span, _hostport_bytes(public_sip)))
-                if via.branch:
-                    self._remember_via(via.branch, lan_ip, via.sent_by.span.slice(msg.raw), now)
+            sent_by = via.sent_by
+            if sent_by.host == lan_ip:
+                splices.append((sent_by._hs, sent_by._pe, public_sip_text))
+                branch = via.branch
+                if branch:
+                    self._remember_via(branch, lan_ip, msg.raw[sent_by._hs : sent_by._pe], now)
                     if msg.method == "REGISTER":
                         try:
                             aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
                         except SipParseError:
                             aor = "?"
                         pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
-                        self.registrations.request(via.branch, pending)
+                        self.registrations.request(branch, pending)
         change = _Change()
         for contact in msg.contacts:
             hp = contact.uri.hostport
-            if hp is not None and hp.host == lan_ip:
-                edits.append(_edit(hp.span, _hostport_bytes(public_sip)))
-            elif hp is not None and _is_private(hp.host):
-                change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
+            if hp is not None:
+                if hp.host == lan_ip:
+                    splices.append((hp._hs, hp._pe, public_sip_text))
+                elif _is_private(hp.host):
+                    change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
-            edits.extend(self._outbound_sdp(flow, msg, msg.sdp, now, change))
-        self._transitions(msg, lan_ip, flow.direction, now, change)
-        return self._finish(msg, edits, change, now)
+            call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, splices)
+        else:
+            call = self.calls.get(msg.call_id, lan_ip)
+        self._transitions(msg, call, flow.direction, now, change)
+        return self._finish(msg, splices, change, now)
 
-    def _outbound_sdp(self, flow: Flow, msg: SipMessage, sdp: Sdp, now: float, change: _Change) -> list[Edit]:
-        lan_ip = flow.lan.ip
-        edits: list[Edit] = []
+    def _outbound_sdp(
+        self, lan_ip: str, msg: SipMessage, sdp: Sdp, now: float, change: _Change, splices: list[_Splice]
+    ) -> Call | None:
+        """Rewrite and bind the streams of the LAN host's SDP; adds to `splices`, or leaves them alone when the
+        whole message must pass unchanged (change.pass_unchanged). Returns the call as it stands afterwards
+        (None when there is none), which _transitions would otherwise look up again."""
+        edits: list[_Splice] = []
         wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
         disabled: list[int] = []
         held: list[tuple[int, SdpMedia]] = []
+        session_conn = sdp.connection
+        port_allowed = self.policy.media_port_allowed
         for index, media in enumerate(sdp.media):
-            conn = sdp.media_connection(media)
+            conn = media.connection
+            if conn is None:
+                conn = session_conn  # RFC 8866 §5.7 (Sdp.media_connection)
             if media.port == 0:
                 disabled.append(index)  # RFC 3264 §8.2: a stream removed from the session
                 continue
-            if conn is None or not _is_udp_media(media):
+            if conn is None or not media.proto.lower().startswith(_UDP_PROTO_PREFIXES):
                 continue
-            if conn.address == "0.0.0.0":
+            address = conn.address
+            if address == "0.0.0.0":
                 held.append((index, media))  # RFC 3264 §8.4 (old-style hold): the stream keeps its ports
                 continue
-            if conn.address != lan_ip:
-                if _is_private(conn.address):
+            if address != lan_ip:
+                if _is_private(address):
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
-                    change.refuse("foreign-address", f"SDP names {conn.address}, sender is {lan_ip}")
+                    change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
             lan_ports, labels = _stream_ports(index, media)
-            if not all(self.policy.media_port_allowed(p) for p in lan_ports):
+            if not all(map(port_allowed, lan_ports)):
                 change.refuse("media-port", f"SDP asks for port {media.port} of {lan_ip}")
                 continue
             wanted.append((index, media, lan_ports, labels))
-        call = self.calls.get(msg.call_id, lan_ip)
+        calls = self.calls
+        call = calls.get(msg.call_id, lan_ip)
         if call is not None:
             for index in disabled:
-                change.remove.extend(self.calls.drop_stream(call, index, now))
+                change.remove.extend(calls.drop_stream(call, index, now))
             for index, media in held:
                 binding = call.streams.get(index)
                 if binding is not None and binding.lan_ports == _stream_ports(index, media)[0]:
-                    edits.extend(self._port_edits(media, binding))
+                    _port_splices(media, binding, edits)
         if not wanted:
-            return edits
-        new_pinholes = sum(
-            len(lan_ports)
-            for index, _media, lan_ports, _labels in wanted
-            if call is None or index not in call.streams or call.streams[index].lan_ports != lan_ports
-        )
+            splices.extend(edits)
+            return call
+        new_pinholes = 0
+        streams = call.streams if call is not None else None
+        for index, _media, lan_ports, _labels in wanted:
+            if streams is None or index not in streams or streams[index].lan_ports != lan_ports:
+                new_pinholes += len(lan_ports)
         over = self._over_limit(lan_ip, new_pinholes, call is None, now)
         if over:
             # Beyond a limit the whole message passes unchanged: no half-rewritten SDP, no pinhole.
             change.refuse(over, f"{lan_ip}: {over} limit reached")
             change.pass_unchanged = True
-            return []
+            return call
         if call is None:
-            call = self.calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+            call = calls.get_or_create(msg.call_id, lan_ip, self._public_ip, now)
             call.strict = self.media_from_sdp
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
@@ -227,29 +274,33 @@ class Engine:
         try:
             bindings = []
             for index, media, lan_ports, labels in wanted:
-                binding, replaced, is_new = self.calls.bind_stream(call, index, lan_ports, labels, now)
-                change.remove.extend(replaced)
+                binding, replaced, is_new = calls.bind_stream(call, index, lan_ports, labels, now)
+                if replaced:
+                    change.remove.extend(replaced)
                 bindings.append((media, binding))
                 if is_new:
-                    change.new_lan_ports.update(binding.lan_ports)
+                    change.new_lan_ports.update(lan_ports)
         except PortsExhausted:
             if not call.streams:
-                self.calls.end(call, now)
+                calls.end(call, now)
+                call = None
             change.detail = "media ports exhausted"
-            return []
+            return call
         change.install_call = call
+        public_ip = self._public_ip_bytes
         for media, binding in bindings:
-            edits.extend(self._port_edits(media, binding))
-            if media.rtcp is not None and media.rtcp.address is not None:
-                if media.rtcp.address.address == lan_ip:
-                    edits.append(_edit(media.rtcp.address.address_span, self.public_ip.encode()))
+            _port_splices(media, binding, edits)
+            rtcp = media.rtcp
+            if rtcp is not None and rtcp.address is not None and rtcp.address.address == lan_ip:
+                edits.append(_address_splice(rtcp.address, public_ip))
             if media.connection is not None and media.connection.address == lan_ip:
-                edits.append(_edit(media.connection.address_span, self.public_ip.encode()))
-        if sdp.connection is not None and sdp.connection.address == lan_ip:
-            edits.append(_edit(sdp.connection.address_span, self.public_ip.encode()))
+                edits.append(_address_splice(media.connection, public_ip))
+        if session_conn is not None and session_conn.address == lan_ip:
+            edits.append(_address_splice(session_conn, public_ip))
         if sdp.origin is not None and sdp.origin.address == lan_ip:
-            edits.append(_edit(sdp.origin.address_span, self.public_ip.encode()))
-        return edits
+            edits.append(_address_splice(sdp.origin, public_ip))
+        splices.extend(edits)
+        return call
 
     def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
         limits = self.policy.limits
@@ -268,40 +319,33 @@ class Engine:
 
     # -- WAN -> LAN ----------------------------------------------------------------------------------
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
-        edits: list[Edit] = []
+        splices: list[_Splice] = []
         lan_sip = flow.lan
+        public_ip = self._public_ip
         change = _Change()
         if not msg.is_request:
             via = msg.top_via
             if msg.cseq_method == "REGISTER":
                 self._registered(msg, via.branch, now, change)
-            if via.sent_by.host == self.public_ip:
+            sent_by = via.sent_by
+            if sent_by.host == public_ip:
                 original = self._recall_via(via.branch, lan_sip.ip)
-                edits.append(_edit(via.sent_by.span, original or _hostport_bytes(lan_sip)))
+                splices.append((sent_by._hs, sent_by._pe, original or _hostport_bytes(lan_sip)))
                 received = via.param("received")
-                if received is not None and received.value_span is not None:
-                    if received.value == self.public_ip:
-                        edits.append(_edit(received.value_span, lan_sip.ip.encode()))
+                if received is not None and received._vs >= 0:  # a value (Param.value_span)
+                    if received.value == public_ip:
+                        splices.append((received._vs, received._ve, lan_sip.ip.encode()))
                 rport = via.param("rport")
-                if rport is not None and rport.value_span is not None:
-                    edits.append(_edit(rport.value_span, str(lan_sip.port).encode()))
+                if rport is not None and rport._vs >= 0:
+                    splices.append((rport._vs, rport._ve, str(lan_sip.port).encode()))
         if msg.is_request and msg.request_uri is not None:
             hp: HostPort | None = msg.request_uri.hostport
-            if hp is not None and hp.host == self.public_ip:
-                edits.append(_edit(hp.span, _hostport_bytes(lan_sip)))
+            if hp is not None and hp.host == public_ip:
+                splices.append((hp._hs, hp._pe, _hostport_bytes(lan_sip)))
         if msg.sdp is not None:
             self._far_end_sdp(msg, msg.sdp, lan_sip.ip, change)
-        self._transitions(msg, lan_sip.ip, flow.direction, now, change)
-        return self._finish(msg, edits, change, now)
-
-    @staticmethod
-    def _port_edits(media: SdpMedia, binding: StreamBinding) -> list[Edit]:
-        """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
-        edits = [_edit(media.port_span, str(binding.public_ports[0]).encode())]
-        if media.rtcp is not None and not media.rtcp_mux and media.rtcp.port in binding.lan_ports:
-            rtcp_public = binding.public_ports[binding.lan_ports.index(media.rtcp.port)]
-            edits.append(_edit(media.rtcp.port_span, str(rtcp_public).encode()))
-        return edits
+        self._transitions(msg, self.calls.get(msg.call_id, lan_sip.ip), flow.direction, now, change)
+        return self._finish(msg, splices, change, now)
 
     def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
         """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""
@@ -372,8 +416,10 @@ class Engine:
             change.events.append(event)
 
     # -- call state ----------------------------------------------------------------------------------
-    def _transitions(self, msg: SipMessage, lan_ip: str, direction: Direction, now: float, change: _Change) -> None:
-        call = self.calls.get(msg.call_id, lan_ip)
+    def _transitions(
+        self, msg: SipMessage, call: Call | None, direction: Direction, now: float, change: _Change
+    ) -> None:
+        """`call`: the message's call (Call-ID, LAN host) as it stands after the SDP steps, or None."""
         if call is None:
             return
         if msg.is_request:
@@ -393,7 +439,15 @@ class Engine:
                 call.confirmed = True
                 self._refresh(call, now, change, _session_expires(msg), force=first)
                 if first:
-                    ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in call.pinholes()) or "-"
+                    # The ports of call.pinholes(), in the same order, without building the pinholes.
+                    ports = (
+                        ",".join(
+                            f"{public}->{lan}"
+                            for binding in call.streams.values()
+                            for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
+                        )
+                        or "-"
+                    )
                     change.events.append(f"call {call.call_id} established: phone {call.lan_ip}; ports {ports}")
             elif status >= 300 and not call.confirmed:
                 self._end(call, now, f"INVITE failed with {status}", change)
@@ -489,7 +543,7 @@ class Engine:
         entry = self._vias.get((branch, lan_ip))
         return entry[0] if entry else None
 
-    def _finish(self, msg: SipMessage, edits: list[Edit], change: _Change, now: float) -> Decision:
+    def _finish(self, msg: SipMessage, splices: list[_Splice], change: _Change, now: float) -> Decision:
         payload = None
         if change.pass_unchanged:
             return Decision(
@@ -501,8 +555,8 @@ class Engine:
                 events=tuple(change.events),
                 refusals=tuple(change.refusals),
             )
-        if edits:
-            new = apply_edits(msg, edits)
+        if splices:
+            new = apply_splices(msg, splices)
             if new != msg.raw or msg.trailing:
                 payload = new
         install = list(change.install)
@@ -577,6 +631,15 @@ class _Change:
     def refuse(self, reason: str, detail: str) -> None:
         self.refusals.append(reason)
         self.detail = detail
+
+
+def _port_splices(media: SdpMedia, binding: StreamBinding, splices: list[_Splice]) -> None:
+    """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
+    splices.append((media._ps, media._pe, str(binding.public_ports[0]).encode()))
+    rtcp = media.rtcp
+    if rtcp is not None and not media.rtcp_mux and rtcp.port in binding.lan_ports:
+        rtcp_public = binding.public_ports[binding.lan_ports.index(rtcp.port)]
+        splices.append((rtcp._s, rtcp._e, str(rtcp_public).encode()))
 
 
 def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from nfsip.sip.message import SipMessage
 from nfsip.sip.spans import Span
 
-__all__ = ["Edit", "apply_edits"]
+__all__ = ["Edit", "apply_edits", "apply_splices"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +41,20 @@ def apply_edits(msg: SipMessage, edits: Iterable[Edit]) -> bytes:
       not part of the message (RFC 3261 §18.3) and forwarding them would let a
       sender smuggle a second message past the helper (RFC 4475 dblreq).
     """
+    return apply_splices(msg, [(ed.span.start, ed.span.end, ed.replacement) for ed in edits])
+
+
+def apply_splices(msg: SipMessage, splices: list[tuple[int, int, bytes]]) -> bytes:
+    """:func:`apply_edits` for plain ``(start, end, replacement)`` tuples, same rules; sorts ``splices`` in
+    place. The engine builds its edits this way: a Span and an Edit object per change cost more than the
+    splice itself (bench/engine.py)."""
     raw = msg.raw
     n = len(raw)
-    bs, be = msg.body_span.start, msg.body_span.end
+    body = msg.body_span
+    bs, be = body.start, body.end
     # Plain (start, end, bytes) tuples sort natively: a per-edit key function cost more than the splice.
-    ordered = sorted([(ed.span.start, ed.span.end, ed.replacement) for ed in edits])
+    splices.sort()
+    ordered = splices
     delta = 0
     prev_end = 0
     for s, e, replacement in ordered:
@@ -58,9 +67,9 @@ def apply_edits(msg: SipMessage, edits: Iterable[Edit]) -> bytes:
         prev_end = e
         if s >= bs:  # not straddling, so the edit lies inside the body
             delta += len(replacement) - (e - s)
-    if delta and msg.content_length_spans:
+    if delta and msg._clen_at:  # the offsets behind msg.content_length_spans, without building Spans
         new_len = str(be - bs + delta).encode("ascii")
-        cl_edits = [(sp.start, sp.end, new_len) for sp in msg.content_length_spans]
+        cl_edits = [(cs, ce, new_len) for cs, ce in msg._clen_at]
         for cs, ce, _ in cl_edits:
             for s, e, _ in ordered:
                 if s < ce and cs < e:
