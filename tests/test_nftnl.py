@@ -250,7 +250,7 @@ DEL = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_DELSETELEM
 
 def check(answers: list[bytes], begin: int = 100, overrun: bool = False) -> None:
     parsed = [a for data in answers for a in nftnl.parse_acks(data)]
-    nftnl._check(parsed, overrun, CHANGES, "nfsip", begin)
+    nftnl._check(parsed, overrun, nftnl.runs(CHANGES), "nfsip", begin)
 
 
 def test_ack_of_the_last_message_confirms_the_batch():
@@ -297,3 +297,64 @@ def test_lost_answers_fail_the_batch():
 def test_several_answers_in_one_datagram():
     data = _answer(0, NEW, 101) + _answer(errno.EINVAL, DEL, 102)
     assert nftnl.parse_acks(data) == [(0, NEW, 101), (errno.EINVAL, DEL, 102)]
+
+
+def parse_messages(batch: bytes) -> list[tuple[int, str, list[bytes]]]:
+    """(type, set, NFTA_LIST_ELEM payloads) of every element message of a batch, parsed the kernel's way."""
+    out, offset = [], 0
+    while offset < len(batch):
+        size, kind = struct.unpack_from("=IH", batch, offset)
+        if kind >> 8 == nftnl.NFNL_SUBSYS_NFTABLES:
+            attrs, set_name, elements = batch[offset + 20 : offset + size], "", []
+            for attr_type, payload in _attrs(attrs):
+                attr_type &= ~nftnl.NLA_F_NESTED
+                if attr_type == nftnl.NFTA_SET_ELEM_LIST_SET:
+                    set_name = payload.rstrip(b"\0").decode()
+                elif attr_type == nftnl.NFTA_SET_ELEM_LIST_ELEMENTS:
+                    elements = [elem for _t, elem in _attrs(payload)]
+            out.append((kind & 0xFF, set_name, elements))
+        offset += (size + 3) & ~3
+    return out
+
+
+SECOND = Pinhole(Endpoint("198.51.100.1", 40002), Endpoint("10.0.0.2", 6002), "c1@x", "m1.rtp", 180, since=1700000000)
+
+
+def test_one_message_per_set_holds_every_element_of_that_set(nft):
+    """Two pinholes installed: 4 messages (one per set) of 2 elements each, the same element bytes as one
+    message per element would carry."""
+    changes = nft._changes([MEDIA, SECOND], [], (), NEW_KERNEL)
+    msgs = parse_messages(nftnl.encode_batch(changes, "nfsip", 0))
+    assert [(kind, name, len(elems)) for kind, name, elems in msgs] == [
+        (nftnl.NFT_MSG_NEWSETELEM, name, 2) for name in MEDIA_SETS
+    ]
+    singles = [elem for change in changes for elem in parse_messages(nftnl.encode_message(change, "nfsip", 1))[0][2]]
+    assert [elem for _kind, _name, elems in msgs for elem in elems] == singles
+
+
+def test_a_run_is_cut_at_the_message_limit():
+    changes = [nftnl.Change(False, "media_snat", ("10.0.0.2", port), destroy=True) for port in range(300)]
+    assert [len(run) for run in nftnl.runs(changes)] == [nftnl.RUN_MAX, nftnl.RUN_MAX, 300 - 2 * nftnl.RUN_MAX]
+
+
+def test_parts_merge_into_deletions_then_additions(nft):
+    ended, started = MEDIA, SECOND
+    changes = nft._batch_changes([([started], [], ()), ((), [ended], ()), ((), [ended], ())], NEW_KERNEL)
+    assert ops(changes) == [("destroy", n) for n in MEDIA_SETS] + [("add", n) for n in MEDIA_SETS]
+    assert {c.key for c in changes if c.add and c.set_name == "media_dnat"} == {("198.51.100.1", 40002)}
+
+
+def test_parts_keep_their_order_when_one_deletes_what_another_added(nft):
+    """A call set up and ended in one drain: its elements must be gone at the end, so the deletion stays
+    after the addition."""
+    parts = [([MEDIA], [], ()), ((), [MEDIA], ())]
+    changes = nft._batch_changes(parts, NEW_KERNEL)
+    assert ops(changes) == [("add", n) for n in MEDIA_SETS] + [("destroy", n) for n in MEDIA_SETS]
+
+
+def test_a_failed_run_is_described_by_its_first_elements():
+    run = [nftnl.Change(True, "media_snat", ("10.0.0.2", port), ("198.51.100.1", port), 1000) for port in range(5)]
+    with pytest.raises(nftnl.BatchError) as info:
+        nftnl._check([(errno.EEXIST, NEW, 101)], False, [run], "nfsip", 100)
+    assert "media_snat { 10.0.0.2 . 0 : 198.51.100.1 . 0 }" in str(info.value)
+    assert "and 2 more in this message" in str(info.value)

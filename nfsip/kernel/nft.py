@@ -79,6 +79,32 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
+_COUNTERS = (COUNT_TO_LAN, COUNT_FROM_LAN)
+
+
+def _change(fields: tuple) -> nftnl.Change:
+    """A Change from all seven fields in order, without NamedTuple.__new__'s keyword handling (up to a
+    dozen per SIP message)."""
+    return tuple.__new__(nftnl.Change, fields)
+
+
+# One message's pinhole changes: (install, remove, recreate).
+Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
+
+
+def _grouped_by_set(changes: list[nftnl.Change]) -> list[nftnl.Change]:
+    """The changes of each set together (sets in the order they first appear; within a set, in order), so
+    that nftnl.runs() sends each set's as one message."""
+    groups: dict[str, list[nftnl.Change]] = {}
+    for change in changes:
+        group = groups.get(change.set_name)
+        if group is None:
+            groups[change.set_name] = [change]
+        else:
+            group.append(change)
+    return changes if len(groups) <= 1 else [change for group in groups.values() for change in group]
+
+
 @dataclass(frozen=True, slots=True)
 class ElementFeatures:
     """What the running kernel does with set elements, asked once per process (Nft.element_features)."""
@@ -158,25 +184,27 @@ class Nft:
         }
 
     @staticmethod
-    def _entries(hole: Pinhole) -> list[tuple[str, list, Endpoint | None]]:
-        """The elements that make one pinhole: inbound DNAT and outbound SNAT map entries (and, for media,
-        its two packet counters)."""
+    def _entries(hole: Pinhole) -> list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]]:
+        """The elements that make one pinhole, as (set, key, value): inbound DNAT and outbound SNAT map
+        entries (and, for media, its two packet counters)."""
+        public, lan = hole.public, hole.lan
         if hole.kind == "sip":
             if hole.remote_ip:
-                dnat = (SIP_DNAT_MAP, [hole.remote_ip, hole.public.ip, hole.public.port], hole.lan)
+                dnat = (SIP_DNAT_MAP, (hole.remote_ip, public.ip, public.port), (lan.ip, lan.port))
             else:
-                dnat = (SIP_DNAT_ANY_MAP, [hole.public.ip, hole.public.port], hole.lan)
-            return [dnat, (SIP_SNAT_MAP, [hole.lan.ip, hole.lan.port], hole.public)]
-        lan_key = [hole.lan.ip, hole.lan.port]
-        entries: list[tuple[str, list, Endpoint | None]] = [
-            (SNAT_MAP, lan_key, hole.public),
+                dnat = (SIP_DNAT_ANY_MAP, (public.ip, public.port), (lan.ip, lan.port))
+            return [dnat, (SIP_SNAT_MAP, (lan.ip, lan.port), (public.ip, public.port))]
+        lan_key = (lan.ip, lan.port)
+        public_key = (public.ip, public.port)
+        entries: list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]] = [
+            (SNAT_MAP, lan_key, public_key),
             (COUNT_TO_LAN, lan_key, None),
             (COUNT_FROM_LAN, lan_key, None),
         ]
         if hole.kind == "media" and hole.remote_ip:
-            entries.append((DNAT_STRICT_MAP, [hole.remote_ip, hole.public.ip, hole.public.port], hole.lan))
+            entries.append((DNAT_STRICT_MAP, (hole.remote_ip, public.ip, public.port), lan_key))
         elif hole.kind == "media":
-            entries.append((DNAT_MAP, [hole.public.ip, hole.public.port], hole.lan))
+            entries.append((DNAT_MAP, public_key, lan_key))
         return entries
 
     # -- what the kernel can do -------------------------------------------------------------------------
@@ -231,13 +259,50 @@ class Nft:
         recreate: Iterable[Pinhole] = (),
         features: ElementFeatures | None = None,
     ) -> list[nftnl.Change]:
-        """The element changes of one transaction, in order. `apply` sends exactly these as nfnetlink
-        messages, `apply_json` as libnftables JSON commands (one command per element)."""
+        """The element changes of one transaction, in order. `apply` sends these as nfnetlink messages (one
+        per run of one kind to one set: nftnl.runs), `apply_json` as libnftables JSON commands (one command
+        per element)."""
+        return self._batch_changes([(install, remove, recreate)], features)
+
+    def _batch_changes(self, parts: Sequence[Part], features: ElementFeatures | None = None) -> list[nftnl.Change]:
+        """The changes of several (install, remove, recreate) parts in one transaction: first every deletion,
+        then every addition, each grouped by set. Same end state as the parts one after the other, unless a
+        part deletes what an earlier part added (a call that ended in the drain it began in): then the parts
+        keep their order."""
         features = features or self.element_features()
-        destroy, timeout_update = features.destroy, features.timeout_update
+        deleted: dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None] = {}
+        added_keys: set[tuple[str, tuple[nftnl.Field, ...]]] = set()
+        adds: list[nftnl.Change] = []
+        for install, remove, recreate in parts:
+            part_deleted, part_adds = self._part(install, remove, recreate, features.timeout_update)
+            if len(parts) > 1 and not added_keys.isdisjoint(part_deleted):
+                return [change for part in parts for change in self._batch_changes([part], features)]
+            for element, value in part_deleted.items():
+                deleted.setdefault(element, value)  # deleted once, however many parts delete it
+            for change in part_adds:
+                added_keys.add((change.set_name, change.key))
+            adds.extend(part_adds)
         changes: list[nftnl.Change] = []
+        if features.destroy:
+            # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
+            destroys = [_change((False, name, key, value, None, None, True)) for (name, key), value in deleted.items()]
+            changes.extend(_grouped_by_set(destroys))
+        else:
+            for (set_name, key), value in deleted.items():
+                # No destroy: deleting an element the kernel already expired fails the whole transaction
+                # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
+                changes.append(nftnl.Change(True, set_name, key, value, 1000))
+                changes.append(nftnl.Change(False, set_name, key, value))
+        changes.extend(_grouped_by_set(adds))  # two additions of one element keep their order
+        return changes
+
+    def _part(
+        self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole], timeout_update: bool
+    ) -> tuple[dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None], list[nftnl.Change]]:
+        """One message's elements to delete ((set, key) -> value) and to add."""
         install = list(install)
         recreate = list(recreate)
+        deleted: dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None] = {}
         # (pinhole, whether its counter elements go too) for every pinhole whose elements are deleted first.
         # A state change (recreate) renews the map elements' comments; a packet counter keeps its element
         # and its count, unless the kernel cannot update timeouts: then the counter follows, count restarted.
@@ -247,27 +312,17 @@ class Nft:
             cleared.extend((h, True) for h in install)
         for hole, with_counters in cleared:
             for map_name, key, value in self._entries(hole):
-                if not with_counters and map_name in (COUNT_TO_LAN, COUNT_FROM_LAN):
-                    continue
-                key_fields = tuple(key)
-                # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
-                value_fields = None if value is None else (value.ip, value.port)
-                if destroy:
-                    changes.append(nftnl.Change(False, map_name, key_fields, value_fields, destroy=True))
-                    continue
-                # No destroy: deleting an element the kernel already expired fails the whole transaction
-                # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
-                changes.append(nftnl.Change(True, map_name, key_fields, value_fields, 1000))
-                changes.append(nftnl.Change(False, map_name, key_fields, value_fields))
+                if with_counters or map_name not in _COUNTERS:
+                    deleted.setdefault((map_name, key), value)
+        adds: list[nftnl.Change] = []
         for hole in [*install, *recreate]:
             timeout_ms = int(max(1, hole.timeout) * 1000)
             comment = element_comment(hole, self._epoch_of(hole.since))
             # Re-adding an element with the same value refreshes its timeout (Linux >= 6.12; before, it was
             # deleted above); a changed mapping is always preceded by its removal in the same transaction.
             for map_name, key, value in self._entries(hole):
-                value_fields = None if value is None else (value.ip, value.port)
-                changes.append(nftnl.Change(True, map_name, tuple(key), value_fields, timeout_ms, comment))
-        return changes
+                adds.append(_change((True, map_name, key, value, timeout_ms, comment, False)))
+        return deleted, adds
 
     def _commands(
         self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
@@ -291,13 +346,10 @@ class Nft:
         changes nothing on failure. Sent as a raw nfnetlink batch (nfsip.kernel.nftnl)."""
         self.apply_batch([(install, remove, recreate)])
 
-    def apply_batch(self, parts: Sequence[tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]]) -> None:
-        """Several messages' (install, remove, recreate) in one transaction, each part's changes in the order
-        `apply` gives them and the parts in order: the same end state as one `apply` per part, all or
-        nothing, for the cost of one commit."""
-        changes: list[nftnl.Change] = []
-        for install, remove, recreate in parts:
-            changes.extend(self._changes(install, remove, recreate))
+    def apply_batch(self, parts: Sequence[Part]) -> None:
+        """Several messages' (install, remove, recreate) in one transaction: the same end state as one
+        `apply` per part, all or nothing, for the cost of one commit (see _batch_changes)."""
+        changes = self._batch_changes(parts)
         try:
             if changes:
                 self._nfnl.send(changes, self.table)

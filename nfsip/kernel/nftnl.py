@@ -149,21 +149,6 @@ _ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
 _LIST_ELEM = NFTA_LIST_ELEM | NLA_F_NESTED
 _KEY = NFTA_SET_ELEM_KEY | NLA_F_NESTED
 _VALUE = NFTA_SET_ELEM_DATA | NLA_F_NESTED
-_SHAPES: dict[tuple[int, int, int, bool], struct.Struct] = {}
-
-
-def _shape(prefix: int, key: int, value: int, timeout: bool) -> struct.Struct:
-    """One struct per message layout, so that a message is one pack() call (this encoder runs for every
-    SIP message with SDP: Python's per-call overhead is most of its cost). Layout: nlmsghdr, nfgenmsg +
-    table + set (`prefix` bytes), NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_LIST_ELEM, [NFTA_SET_ELEM_TIMEOUT],
-    NFTA_SET_ELEM_KEY{NFTA_DATA_VALUE}, [NFTA_SET_ELEM_DATA{NFTA_DATA_VALUE}]; userdata is appended.
-    Concatenations are whole 4-byte registers and the timeout 8 bytes: no padding anywhere inside."""
-    layout = (prefix, key, value, timeout)
-    shape = _SHAPES.get(layout)
-    if shape is None:
-        fmt = f"=IHHII{prefix}sHHHH" + ("HH8s" if timeout else "") + f"HHHH{key}s" + (f"HHHH{value}s" if value else "")
-        shape = _SHAPES[layout] = struct.Struct(fmt)
-    return shape
 
 
 def _userdata(comment: str) -> bytes:
@@ -175,86 +160,134 @@ def _userdata(comment: str) -> bytes:
     return _attr(NFTA_SET_ELEM_USERDATA, bytes((NFTNL_UDATA_SET_ELEM_COMMENT, len(text))) + text)
 
 
+# Elements per message. NFTA_SET_ELEM_LIST_ELEMENTS is one netlink attribute, whose length is 16 bits: a
+# run of 128 elements (about 100 bytes each with a comment) stays far below 64 KiB.
+RUN_MAX = 128
+
+
+def runs(changes: Sequence[Change]) -> list[Sequence[Change]]:
+    """The messages of a batch: each run of consecutive changes of one kind (add, delete, destroy) to one set
+    is ONE message holding all their elements, as `nft add element t s { a, b, c }` sends it. The kernel
+    handles the elements of a message in order, and the messages in order; every table and set lookup, and
+    most of the per-message work on both sides, is paid once per run instead of once per element."""
+    out: list[Sequence[Change]] = []
+    start = 0
+    kind = None
+    for i, (add, set_name, _key, _value, _timeout, _comment, destroy) in enumerate(changes):
+        this = (add, destroy, set_name)
+        if this != kind or i - start >= RUN_MAX:
+            if i > start:
+                out.append(changes[start:i])
+            start, kind = i, this
+    if len(changes) > start:
+        out.append(changes[start:])
+    return out
+
+
+# Encoded attributes, kept across batches: a pinhole's key and value come back in the transaction of its
+# call's answer and of its end, and its LAN key is in 3 sets. Bounded: emptied when full.
+_MEMO_LIMIT = 16384
+_KEYS: dict[tuple[Field, ...], bytes] = {}
+_VALUES: dict[tuple[Field, ...], bytes] = {}
+_USERDATA: dict[str, bytes] = {}
+_TIMEOUTS: dict[int, bytes] = {}
+
+
+def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[tuple[Field, ...], bytes]) -> bytes:
+    """NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA holding NFTA_DATA_VALUE with the concatenation."""
+    packed = concat(fields)
+    attr = _ATTR.pack(8 + len(packed), kind) + _ATTR.pack(4 + len(packed), NFTA_DATA_VALUE) + packed
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[fields] = attr
+    return attr
+
+
 class _Encoder:
-    """Encodes the messages of one batch, memoising what its messages share: the table + set part per
-    set, the bytes of a key (a pinhole's LAN key is in 3 sets, and a removal adds then deletes each key),
-    a comment (all elements of a pinhole) and a timeout."""
+    """Encodes the messages of one batch: the table + set part per set, memoised here; the elements'
+    attributes memoised across batches (_KEYS, _VALUES, _USERDATA, _TIMEOUTS)."""
 
     def __init__(self, table: str) -> None:
         self.table = table
         self.prefixes: dict[str, bytes] = {}
-        self.fields: dict[tuple[Field, ...], bytes] = {}
-        self.userdata: dict[str, bytes] = {}
-        self.timeouts: dict[int, bytes] = {}
 
-    def _concat(self, fields: tuple[Field, ...]) -> bytes:
-        packed = self.fields.get(fields)
-        if packed is None:
-            packed = self.fields[fields] = concat(fields)
-        return packed
-
-    def message(self, change: Change, seq: int, ack: bool) -> bytes:
-        """One NEWSETELEM / DELSETELEM / DESTROYSETELEM holding one element, in libnftables' attribute order:
-        timeout, key, data, userdata (a delete or destroy: key only)."""
-        add, set_name, key_fields, value_fields, timeout_ms, comment, destroy = change
+    def _prefix(self, set_name: str) -> bytes:
         prefix = self.prefixes.get(set_name)
         if prefix is None:
             prefix = self.prefixes[set_name] = (
                 _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
             )
-        key = self._concat(key_fields)
+        return prefix
+
+    def element(self, change: Change) -> bytes:
+        """The NFTA_LIST_ELEM attribute of one change, in libnftables' attribute order: timeout, key, data,
+        userdata (a delete or destroy: key only). Concatenations are whole 4-byte registers and the timeout
+        8 bytes: no padding anywhere inside."""
+        add, _set_name, key_fields, value_fields, timeout_ms, comment, _destroy = change
+        key = _KEYS.get(key_fields) or _data_attr(_KEY, key_fields, _KEYS)
         if not add:
-            elem = 12 + len(key)
-            return _shape(len(prefix), len(key), 0, False).pack(
-                20 + len(prefix) + elem, _DESTROYSETELEM if destroy else _DELSETELEM,
-                NLM_F_REQUEST | NLM_F_ACK if ack else NLM_F_REQUEST,
-                seq, 0, prefix, 4 + elem, _ELEMENTS, elem, _LIST_ELEM,
-                8 + len(key), _KEY, 4 + len(key), NFTA_DATA_VALUE, key,
-            )  # fmt: skip
-        flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_ACK if ack else 0)
-        # The three lengths (message, elements, element) are known at the end: slots 0, 6 and 8.
-        args: list = [0, _NEWSETELEM, flags, seq, 0, prefix, 0, _ELEMENTS, 0, _LIST_ELEM]
-        elem = 4
+            return _ATTR.pack(4 + len(key), _LIST_ELEM) + key
+        body = key
         if timeout_ms is not None:
-            timeout = self.timeouts.get(timeout_ms)
+            timeout = _TIMEOUTS.get(timeout_ms)
             if timeout is None:
-                timeout = self.timeouts[timeout_ms] = _BE64.pack(timeout_ms)
-            args += (12, NFTA_SET_ELEM_TIMEOUT, timeout)
-            elem += 12
-        args += (8 + len(key), _KEY, 4 + len(key), NFTA_DATA_VALUE, key)
-        elem += 8 + len(key)
-        value = b""
+                if len(_TIMEOUTS) >= _MEMO_LIMIT:
+                    _TIMEOUTS.clear()
+                timeout = _TIMEOUTS[timeout_ms] = _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
+            body = timeout + key
         if value_fields is not None:
-            value = self._concat(value_fields)
-            args += (8 + len(value), _VALUE, 4 + len(value), NFTA_DATA_VALUE, value)
-            elem += 8 + len(value)
-        userdata = b""
+            body += _VALUES.get(value_fields) or _data_attr(_VALUE, value_fields, _VALUES)
         if comment is not None:
-            userdata = self.userdata.get(comment) or self.userdata.setdefault(comment, _userdata(comment))
-            elem += len(userdata)
-        args[0], args[6], args[8] = 20 + len(prefix) + elem, 4 + elem, elem
-        return _shape(len(prefix), len(key), len(value), timeout_ms is not None).pack(*args) + userdata
+            userdata = _USERDATA.get(comment)
+            if userdata is None:
+                if len(_USERDATA) >= _MEMO_LIMIT:
+                    _USERDATA.clear()
+                userdata = _USERDATA[comment] = _userdata(comment)
+            body += userdata
+        return _ATTR.pack(4 + len(body), _LIST_ELEM) + body
+
+    def message(self, run: Sequence[Change], seq: int, ack: bool) -> bytes:
+        """One NEWSETELEM / DELSETELEM / DESTROYSETELEM: nlmsghdr, nfgenmsg, table, set, the run's elements."""
+        first = run[0]
+        prefix = self._prefix(first.set_name)
+        elements = b"".join([self.element(change) for change in run])
+        if first.add:
+            kind, flags = _NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE
+        else:
+            kind, flags = (_DESTROYSETELEM if first.destroy else _DELSETELEM), NLM_F_REQUEST
+        if ack:
+            flags |= NLM_F_ACK
+        return (
+            _HDR.pack(20 + len(prefix) + len(elements), kind, flags, seq, 0)
+            + prefix
+            + _ATTR.pack(4 + len(elements), _ELEMENTS)
+            + elements
+        )
 
 
 def encode_message(change: Change, table: str, seq: int, ack: bool = False) -> bytes:
-    """One NEWSETELEM / DELSETELEM: nlmsghdr, nfgenmsg, table, set, the element."""
-    return _Encoder(table).message(change, seq, ack)
+    """One NEWSETELEM / DELSETELEM / DESTROYSETELEM holding one element."""
+    return _Encoder(table).message((change,), seq, ack)
 
 
 def encode_element(change: Change) -> bytes:
     """The NFTA_LIST_ELEM attribute of `change` alone (for tests: the element as the kernel parses it)."""
-    message = encode_message(change, "t", 0)
-    return message[16 + len(_NFGEN_ELEM) + len(_strz(1, "t")) + len(_strz(2, change.set_name)) + 4 :]
+    return _Encoder("t").element(change)
 
 
 def encode_batch(changes: Sequence[Change], table: str, seq: int, ack_last: bool = True) -> bytes:
-    """BATCH_BEGIN (sequence `seq`), the changes (seq+1 ...), BATCH_END. Sequence numbers wrap at 2**32."""
+    """BATCH_BEGIN (sequence `seq`), one message per run of `changes` (seq+1 ...), BATCH_END. Sequence
+    numbers wrap at 2**32."""
+    return _encode_runs(runs(changes), table, seq, ack_last)
+
+
+def _encode_runs(messages: Sequence[Sequence[Change]], table: str, seq: int, ack_last: bool) -> bytes:
     encoder = _Encoder(table)
-    last = len(changes) - 1
+    last = len(messages) - 1
     parts = [_HDR.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq & 0xFFFFFFFF, 0), _NFGEN_BATCH]
-    for i, change in enumerate(changes):
-        parts.append(encoder.message(change, (seq + 1 + i) & 0xFFFFFFFF, ack_last and i == last))
-    parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, (seq + 1 + len(changes)) & 0xFFFFFFFF, 0))
+    for i, run in enumerate(messages):
+        parts.append(encoder.message(run, (seq + 1 + i) & 0xFFFFFFFF, ack_last and i == last))
+    parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, (seq + 1 + len(messages)) & 0xFFFFFFFF, 0))
     parts.append(_NFGEN_BATCH)
     return b"".join(parts)
 
@@ -339,17 +372,18 @@ class NfnlSocket:
         if not changes:
             return
         sock = self._socket()
+        messages = runs(changes)
         begin = self._seq
-        self._seq = (begin + len(changes) + 2) & 0xFFFFFFFF
-        batch = encode_batch(changes, table, begin)
-        if len(batch) + 4096 > self._sndbuf or len(changes) * 1024 > self._rcvbuf:
-            self._size_buffers(len(batch) + 65536, len(changes) * 1024 + 65536)
+        self._seq = (begin + len(messages) + 2) & 0xFFFFFFFF
+        batch = _encode_runs(messages, table, begin, True)
+        if len(batch) + 4096 > self._sndbuf or len(messages) * 1024 > self._rcvbuf:
+            self._size_buffers(len(batch) + 65536, len(messages) * 1024 + 65536)
         _drain(sock)  # nothing of an earlier batch may be taken for an answer to this one
         sock.send(batch)
         answers, overrun = _drain(sock)
         if not answers and not overrun and select.select([sock], [], [], self.ANSWER_WAIT)[0]:
             answers, overrun = _drain(sock)
-        _check(answers, overrun, changes, table, begin)
+        _check(answers, overrun, messages, table, begin)
 
 
 def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
@@ -376,25 +410,37 @@ def _drain(sock: socket.socket) -> tuple[list[tuple[int, int, int]], bool]:
         answers.extend(parse_acks(data))
 
 
+def _describe(run: Sequence[Change]) -> str:
+    """The elements of one message, as nft would write them (the first few of a long run)."""
+    shown = [change.describe() for change in run[:3]]
+    more = f" and {len(run) - 3} more in this message" if len(run) > 3 else ""
+    return ", ".join(shown) + more
+
+
 def _check(
-    answers: list[tuple[int, int, int]], overrun: bool, changes: Sequence[Change], table: str, begin: int
+    answers: list[tuple[int, int, int]],
+    overrun: bool,
+    messages: Sequence[Sequence[Change]],
+    table: str,
+    begin: int,
 ) -> None:
-    """Raise for the first refused message of the batch starting at sequence `begin`; return when the
-    kernel acknowledged the last message without any error."""
+    """Raise for the first refused message of the batch starting at sequence `begin` (`messages`: the
+    changes of each message, see runs()); return when the kernel acknowledged the last message without any
+    error."""
     first: tuple[int, int, int] | None = None  # (position in the batch, errno, request type)
     acked = False
     for code, req_type, req_seq in answers:
         position = (req_seq - begin) & 0xFFFFFFFF
-        if position > len(changes) + 1:
+        if position > len(messages) + 1:
             continue  # not this batch's
         if code and (first is None or position < first[0]):
             first = (position, code, req_type)
-        elif not code and position == len(changes):
+        elif not code and position == len(messages):
             acked = True
     if first is not None:
         position, code, req_type = first
-        if 1 <= position <= len(changes):
-            raise BatchError(code, MSG_NAMES.get(req_type & 0xFF, str(req_type)), changes[position - 1].describe())
+        if 1 <= position <= len(messages):
+            raise BatchError(code, MSG_NAMES.get(req_type & 0xFF, str(req_type)), _describe(messages[position - 1]))
         raise BatchError(code, "BATCH", f"table {table}")  # the commit as a whole (batch begin / end)
     if overrun:
         raise BatchError(errno_mod.ENOBUFS, "BATCH", f"table {table}: answers lost, the batch failed")
