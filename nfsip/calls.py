@@ -27,6 +27,9 @@ class StreamBinding:
     lan_ports: tuple[int, ...]
     public_ports: tuple[int, ...]
     labels: tuple[str, ...]
+    # The pinholes stream_pinholes made last: the next message that installs, refreshes or removes them takes
+    # their Endpoints (two per pinhole cost about a third of building it).
+    _last: tuple[Pinhole, ...] = field(default=(), init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -47,9 +50,12 @@ class Call:
     far_media: dict[int, str] = field(default_factory=dict)
 
     def pinholes(self, timeout: int = 0) -> list[Pinhole]:
+        if len(self.streams) == 1:
+            for index, binding in self.streams.items():
+                return stream_pinholes(self, index, binding, timeout)
         holes = []
         for index, binding in self.streams.items():
-            holes.extend(stream_pinholes(self, index, binding, timeout))
+            holes += stream_pinholes(self, index, binding, timeout)
         return holes
 
 
@@ -65,13 +71,18 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
         call.confirmed,
         call.created,
     )
-    # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
-    return [
+    last = binding._last
+    if last and last[0].public.ip == public_ip and last[0].lan.ip == lan_ip:
+        # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
+        return [_pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created) for h in last]
+    holes = [
         _pinhole(
             _endpoint(public_ip, pub), _endpoint(lan_ip, lan), call_id, label, timeout, kind, remote, confirmed, created
         )
         for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
     ]
+    binding._last = tuple(holes)
+    return holes
 
 
 def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) -> tuple[int, ...]:
@@ -97,8 +108,7 @@ def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) 
 
 
 def _release(ports: PortAllocator, public_ports: tuple[int, ...], now: float) -> None:
-    for port in public_ports:
-        ports.release(port, 1, now)
+    ports.release_each(public_ports, now)
 
 
 class CallTable:
@@ -115,10 +125,13 @@ class CallTable:
         self.pinholes_total = 0
 
     def _count_pinholes(self, lan_ip: str, delta: int) -> None:
-        self.pinholes_of[lan_ip] += delta
+        # dict methods on the Counter: its __missing__ and __delitem__ are Python code, called per message.
+        count = self.pinholes_of.get(lan_ip, 0) + delta
         self.pinholes_total += delta
-        if self.pinholes_of[lan_ip] <= 0:
-            del self.pinholes_of[lan_ip]
+        if count > 0:
+            self.pinholes_of[lan_ip] = count
+        else:
+            self.pinholes_of.pop(lan_ip, None)
 
     def get(self, call_id: str, lan_ip: str) -> Call | None:
         call = self.calls.get((call_id, lan_ip))
@@ -166,7 +179,7 @@ class CallTable:
         if call is None:
             call = Call(call_id, lan_ip, public_ip, created=now)
             self.calls[key] = call
-            self.calls_of[lan_ip] += 1
+            self.calls_of[lan_ip] = self.calls_of.get(lan_ip, 0) + 1
         return call
 
     def bind_stream(
@@ -188,28 +201,34 @@ class CallTable:
         public_ports = _allocate_run(self.ports, lan_ports, now)
         if old is not None:
             removed.extend(self.drop_stream(call, index, now))
+        lan_ip = call.lan_ip
+        owners = self._owner
         for lan in lan_ports:
-            owner = self._owner.get((call.lan_ip, lan))
+            owner = owners.get((lan_ip, lan))
             if owner is not None:
                 other = self.calls.get(owner[0])
                 if other is not None:
                     removed.extend(self.drop_stream(other, owner[1], now))
         binding = StreamBinding(lan_ports, public_ports, labels)
         call.streams[index] = binding
-        self._count_pinholes(call.lan_ip, len(lan_ports))
+        self._count_pinholes(lan_ip, len(lan_ports))
+        owner = ((call.call_id, lan_ip), index)
         for lan in lan_ports:
-            self._owner[(call.lan_ip, lan)] = ((call.call_id, call.lan_ip), index)
+            owners[(lan_ip, lan)] = owner
         return binding, removed, True
 
     def drop_stream(self, call: Call, index: int, now: float) -> list[Pinhole]:
         binding = call.streams.pop(index, None)
         if binding is None:
             return []
-        self._count_pinholes(call.lan_ip, -len(binding.lan_ports))
+        lan_ip = call.lan_ip
+        self._count_pinholes(lan_ip, -len(binding.lan_ports))
         _release(self.ports, binding.public_ports, now)
+        owners = self._owner
+        owner = ((call.call_id, lan_ip), index)
         for lan in binding.lan_ports:
-            if self._owner.get((call.lan_ip, lan)) == ((call.call_id, call.lan_ip), index):
-                del self._owner[(call.lan_ip, lan)]
+            if owners.get((lan_ip, lan)) == owner:
+                del owners[(lan_ip, lan)]
         return stream_pinholes(call, index, binding, 0)
 
     def end(self, call: Call, now: float) -> list[Pinhole]:
@@ -218,9 +237,11 @@ class CallTable:
         for index in list(call.streams):
             removed.extend(self.drop_stream(call, index, now))
         if self.calls.pop((call.call_id, call.lan_ip), None) is not None:
-            self.calls_of[call.lan_ip] -= 1
-            if self.calls_of[call.lan_ip] <= 0:
-                del self.calls_of[call.lan_ip]
+            count = self.calls_of.get(call.lan_ip, 0) - 1
+            if count > 0:
+                self.calls_of[call.lan_ip] = count
+            else:
+                self.calls_of.pop(call.lan_ip, None)
         return removed
 
     def expire(self, now: float) -> list[tuple[Call, list[Pinhole]]]:

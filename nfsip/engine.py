@@ -305,11 +305,12 @@ class Engine:
     def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
         limits = self.policy.limits
         calls = self.calls
-        if new_call and calls.calls_of[lan_ip] >= limits.calls_per_host:
+        # .get, not [] on the Counters: their __missing__ is Python code, and a host with no call misses.
+        if new_call and calls.calls_of.get(lan_ip, 0) >= limits.calls_per_host:
             return "calls-per-host"
         if new_call and len(calls) >= limits.calls_total:
             return "calls-total"
-        if calls.pinholes_of[lan_ip] + new_pinholes > limits.pinholes_per_host:
+        if calls.pinholes_of.get(lan_ip, 0) + new_pinholes > limits.pinholes_per_host:
             return "pinholes-per-host"
         if calls.pinholes_total + new_pinholes > limits.pinholes_total:
             return "pinholes-total"

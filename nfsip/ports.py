@@ -8,6 +8,7 @@ and a new call on that port would inherit the old binding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -64,6 +65,8 @@ class PortAllocator:
             if self._block_free(preferred, count, now):
                 self._in_use.update(range(preferred, preferred + count))
                 return preferred
+        if count == 2:
+            return self._allocate_pair(now)
         span = self.high - self.low + 1
         first_even = self.low + (self.low & 1)
         candidate = self._cursor
@@ -77,13 +80,42 @@ class PortAllocator:
             candidate += 2
         raise PortsExhausted(f"no {count} free consecutive ports in {self.low}-{self.high}")
 
+    def _allocate_pair(self, now: float) -> int:
+        """allocate(2, now) past the preferred block, the usual RTP/RTCP request: the same round robin as
+        the general loop, written out for a block of two (one per stream of most messages with SDP)."""
+        high = self.high
+        first_even = self.low + (self.low & 1)
+        in_use, quarantine = self._in_use, self._quarantine
+        candidate = self._cursor
+        for _ in range((high - self.low + 1) // 2 + 1):
+            if candidate + 1 > high:
+                candidate = first_even
+            if (
+                candidate not in in_use  # the checks and their side effects in _block_free's order
+                and (candidate not in quarantine or self._free(candidate, now))
+                and candidate + 1 not in in_use
+                and (candidate + 1 not in quarantine or self._free(candidate + 1, now))
+            ):
+                in_use.add(candidate)
+                in_use.add(candidate + 1)
+                self._cursor = candidate + 2 + (candidate & 1)
+                return candidate
+            candidate += 2
+        raise PortsExhausted(f"no 2 free consecutive ports in {self.low}-{self.high}")
+
     def claim(self, port: int) -> None:
         """Mark a port as taken without allocating (state rebuilt from the kernel)."""
         self._in_use.add(port)
         self._quarantine.pop(port, None)
 
     def release(self, first: int, count: int, now: float) -> None:
-        for port in range(first, first + count):
-            if port in self._in_use:
-                self._in_use.discard(port)
-                self._quarantine[port] = now + self.quarantine_seconds
+        self.release_each(range(first, first + count), now)
+
+    def release_each(self, ports: Iterable[int], now: float) -> None:
+        """release(port, 1, now) for each of `ports`."""
+        in_use, quarantine = self._in_use, self._quarantine
+        until = now + self.quarantine_seconds
+        for port in ports:
+            if port in in_use:
+                in_use.discard(port)
+                quarantine[port] = until
