@@ -203,18 +203,22 @@ def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[tuple[Field, ...
     return attr
 
 
+_PREFIXES: dict[tuple[str, str], bytes] = {}  # (table, set) -> nfgenmsg + table + set attributes
+
+
 class _Encoder:
-    """Encodes the messages of one batch: the table + set part per set, memoised here; the elements'
-    attributes memoised across batches (_KEYS, _VALUES, _USERDATA, _TIMEOUTS)."""
+    """Encodes the messages of one batch; what they share is memoised across batches (_PREFIXES, _KEYS,
+    _VALUES, _USERDATA, _TIMEOUTS)."""
 
     def __init__(self, table: str) -> None:
         self.table = table
-        self.prefixes: dict[str, bytes] = {}
 
     def _prefix(self, set_name: str) -> bytes:
-        prefix = self.prefixes.get(set_name)
+        prefix = _PREFIXES.get((self.table, set_name))
         if prefix is None:
-            prefix = self.prefixes[set_name] = (
+            if len(_PREFIXES) >= _MEMO_LIMIT:
+                _PREFIXES.clear()
+            prefix = _PREFIXES[(self.table, set_name)] = (
                 _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
             )
         return prefix
