@@ -1101,8 +1101,22 @@ class SipMessage:
         initial INVITE: parsing its To cost about 4 % of the whole decision, bench/engine.py)."""
         if self._to is None:
             s, e = self._to_at
-            if "tag" not in self._text[s:e].lower():
+            t = self._text
+            if "tag" not in t[s:e].lower():
                 return False
+            # The usual To of an in-dialog request: what the parse would say, read off the match without
+            # building the NameAddr (every ACK and BYE asks; bench/engine.py). Only when _parse_single would
+            # take its fast path and _fast_name_addr accept the match (same limits); else the parse decides.
+            if t.count(";", s, e) <= MAX_SEPARATORS:
+                m = _NAME_ADDR_FAST_RE.fullmatch(t, s, e)
+                if m is not None:
+                    port_s, upb, hpb = m.group(_NA_PORT, _NA_UPB, _NA_PB)
+                    if (
+                        upb.count(";") <= MAX_PARAMS
+                        and hpb.count(";") <= MAX_PARAMS
+                        and (port_s is None or int(port_s) <= 65535)
+                    ):
+                        return _has_valued_param(hpb, "tag")
         try:
             return self.to.tag is not None
         except SipParseError:
@@ -1229,6 +1243,18 @@ _FAST_NAME_ADDR = (
 _NAME_ADDR_GROUPS = ("dn", "sch", "ui", "host", "port", "upb", "hdr", "pb")
 _NAME_ADDR_FAST_RE = re.compile(_FAST_NAME_ADDR, re.ASCII)
 _NA_IDX = tuple(_NAME_ADDR_FAST_RE.groupindex[name] for name in _NAME_ADDR_GROUPS)
+_NA_PORT, _NA_UPB, _NA_PB = (_NAME_ADDR_FAST_RE.groupindex[name] for name in ("port", "upb", "pb"))
+
+
+def _has_valued_param(block: str, name: str) -> bool:
+    """Whether the first parameter ``name`` (lower case) of a ``_FAST_GEN_PARAMS`` block has a value: what
+    ``_find_param(_params_from_block(block, p), name).value is not None`` says (such a block has no LWS and
+    no quotes: _params_from_block splits it at ';' and '=')."""
+    for part in block[1:].split(";"):
+        key, eq, _value = part.partition("=")
+        if key.lower() == name:
+            return bool(eq)
+    return False
 
 
 def _fast_name_addr(m: re.Match[str], idx: tuple[int, ...]) -> NameAddr | None:
