@@ -36,17 +36,33 @@ def fast_ctor(cls: type[_T]) -> Callable[..., _T]:
     """A positional constructor for a frozen slots dataclass that skips ``__init__``.
 
     The generated ``__init__`` of a frozen dataclass goes through
-    ``object.__setattr__`` for every field; setting the slot descriptors
-    directly is ~40 % cheaper, which matters when a parse builds ~50 small
-    objects per packet. Every field must be passed (defaults are not applied);
-    only for internal use by the parsers.
+    ``object.__setattr__`` for every field. Here the object is made as an
+    instance of a twin class with the same slots and no frozen ``__setattr__``,
+    its fields are stored as plain attributes, and then it becomes a ``cls``
+    (``__class__`` assignment between two classes of the same layout, which
+    changes nothing but the type). About a third of the cost of setting each
+    slot through its descriptor (``Pinhole``: 0.52 -> 0.19 µs), which matters
+    when a parse builds ~50 small objects per packet and a decision several
+    pinholes. Every field must be passed (defaults are not applied); only for
+    internal use by the parsers and the engine. Where the layouts do not
+    match (a class with a ``__dict__`` or another base), the slots are set
+    through their descriptors instead.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for name in names:
-        ns["_set_" + name] = getattr(cls, name).__set__
-    body = "".join(f"    _set_{name}(o, {name})\n" for name in names)
-    src = f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n"
+    twin = type(f"_{cls.__name__}Twin", cls.__bases__, {"__slots__": cls.__dict__.get("__slots__", ())})
+    try:
+        probe = object.__new__(twin)
+        probe.__class__ = cls
+    except TypeError:
+        for name in names:
+            ns["_set_" + name] = getattr(cls, name).__set__
+        body = "".join(f"    _set_{name}(o, {name})\n" for name in names)
+        src = f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n"
+    else:
+        ns["_twin"] = twin
+        body = "".join(f"    o.{name} = {name}\n" for name in names)
+        src = f"def make({', '.join(names)}):\n    o = _new(_twin)\n{body}    o.__class__ = _cls\n    return o\n"
     exec(src, ns)  # same technique as dataclasses itself; static source
     make: Callable[..., _T] = ns["make"]
     make.__qualname__ = f"fast_ctor({cls.__name__})"
