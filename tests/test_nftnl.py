@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import errno
 import struct
+from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfsip.kernel import nftnl
 from nfsip.kernel.nft import ElementFeatures, Nft
@@ -250,7 +253,7 @@ DEL = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_DELSETELEM
 
 def check(answers: list[bytes], begin: int = 100, overrun: bool = False) -> None:
     parsed = [a for data in answers for a in nftnl.parse_acks(data)]
-    nftnl._check(parsed, overrun, nftnl.runs(CHANGES), "nfsip", begin)
+    nftnl._check(parsed, overrun, nftnl.messages_of(CHANGES), "nfsip", begin)
 
 
 def test_ack_of_the_last_message_confirms_the_batch():
@@ -334,7 +337,11 @@ def test_one_message_per_set_holds_every_element_of_that_set(nft):
 
 def test_a_run_is_cut_at_the_message_limit():
     changes = [nftnl.Change(False, "media_snat", ("10.0.0.2", port), destroy=True) for port in range(300)]
-    assert [len(run) for run in nftnl.runs(changes)] == [nftnl.RUN_MAX, nftnl.RUN_MAX, 300 - 2 * nftnl.RUN_MAX]
+    assert [len(m.elements) for m in nftnl._split(nftnl.messages_of(changes))] == [
+        nftnl.RUN_MAX,
+        nftnl.RUN_MAX,
+        300 - 2 * nftnl.RUN_MAX,
+    ]
 
 
 def test_parts_merge_into_deletions_then_additions(nft):
@@ -355,6 +362,28 @@ def test_parts_keep_their_order_when_one_deletes_what_another_added(nft):
 def test_a_failed_run_is_described_by_its_first_elements():
     run = [nftnl.Change(True, "media_snat", ("10.0.0.2", port), ("198.51.100.1", port), 1000) for port in range(5)]
     with pytest.raises(nftnl.BatchError) as info:
-        nftnl._check([(errno.EEXIST, NEW, 101)], False, [run], "nfsip", 100)
+        nftnl._check([(errno.EEXIST, NEW, 101)], False, nftnl.messages_of(run), "nfsip", 100)
     assert "media_snat { 10.0.0.2 . 0 : 198.51.100.1 . 0 }" in str(info.value)
     assert "and 2 more in this message" in str(info.value)
+
+
+POOL = [
+    MEDIA,
+    SECOND,
+    replace(MEDIA, established=True, timeout=7200),
+    Pinhole(Endpoint("198.51.100.1", 40004), Endpoint("10.0.0.3", 6000), "c2@x", "m0.rtp", 60, "media", "203.0.113.9"),
+    Pinhole(Endpoint("198.51.100.1", 40006), Endpoint("10.0.0.3", 6002), "c2@x", "m1.rtp", 60, "media-out"),
+    REGISTRATION,
+]
+_holes = st.lists(st.sampled_from(POOL), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.tuples(_holes, _holes, _holes), min_size=1, max_size=4))
+def test_messages_built_from_pinholes_are_those_of_the_changes(nft, parts):
+    """The hot path (Nft._messages: elements encoded straight from pinholes) sends the bytes the general
+    path (Nft._batch_changes -> nftnl.messages_of) would, for any mix of parts, including parts that delete
+    what an earlier part added."""
+    direct = nftnl.encode_messages(nft._messages(parts, NEW_KERNEL), "nfsip", 9)
+    general = nftnl.encode_batch(nft._batch_changes(parts, NEW_KERNEL), "nfsip", 9)
+    assert direct == general

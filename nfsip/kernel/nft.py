@@ -90,6 +90,9 @@ def _change(fields: tuple) -> nftnl.Change:
 
 # One message's pinhole changes: (install, remove, recreate).
 Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
+Entry = tuple[str, tuple["nftnl.Field", ...], tuple[str, int] | None]  # (set, key, value) of one element
+Deleted = dict[tuple[str, tuple["nftnl.Field", ...]], tuple["nftnl.Field", ...] | None]  # (set, key) -> value
+Added = tuple[Pinhole, list[Entry]]  # a pinhole to add, with its elements
 
 
 def _grouped_by_set(changes: list[nftnl.Change]) -> list[nftnl.Change]:
@@ -259,50 +262,99 @@ class Nft:
         recreate: Iterable[Pinhole] = (),
         features: ElementFeatures | None = None,
     ) -> list[nftnl.Change]:
-        """The element changes of one transaction, in order. `apply` sends these as nfnetlink messages (one
-        per run of one kind to one set: nftnl.runs), `apply_json` as libnftables JSON commands (one command
-        per element)."""
+        """The element changes of one transaction, in order: what `apply_json` sends as libnftables JSON
+        commands (one per element), and what `apply` sends as nfnetlink messages (_messages: the same
+        elements, one message per run of one kind to one set)."""
         return self._batch_changes([(install, remove, recreate)], features)
 
     def _batch_changes(self, parts: Sequence[Part], features: ElementFeatures | None = None) -> list[nftnl.Change]:
-        """The changes of several (install, remove, recreate) parts in one transaction: first every deletion,
-        then every addition, each grouped by set. Same end state as the parts one after the other, unless a
-        part deletes what an earlier part added (a call that ended in the drain it began in): then the parts
-        keep their order."""
+        """The changes of several (install, remove, recreate) parts in one transaction (see _plan)."""
         features = features or self.element_features()
-        deleted: dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None] = {}
-        added_keys: set[tuple[str, tuple[nftnl.Field, ...]]] = set()
-        adds: list[nftnl.Change] = []
-        for install, remove, recreate in parts:
-            part_deleted, part_adds = self._part(install, remove, recreate, features.timeout_update)
-            if len(parts) > 1 and not added_keys.isdisjoint(part_deleted):
-                return [change for part in parts for change in self._batch_changes([part], features)]
-            for element, value in part_deleted.items():
-                deleted.setdefault(element, value)  # deleted once, however many parts delete it
-            for change in part_adds:
-                added_keys.add((change.set_name, change.key))
-            adds.extend(part_adds)
         changes: list[nftnl.Change] = []
-        if features.destroy:
-            # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
-            destroys = [_change((False, name, key, value, None, None, True)) for (name, key), value in deleted.items()]
-            changes.extend(_grouped_by_set(destroys))
-        else:
-            for (set_name, key), value in deleted.items():
-                # No destroy: deleting an element the kernel already expired fails the whole transaction
-                # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
-                changes.append(nftnl.Change(True, set_name, key, value, 1000))
-                changes.append(nftnl.Change(False, set_name, key, value))
-        changes.extend(_grouped_by_set(adds))  # two additions of one element keep their order
+        for deleted, added in self._plan(parts, features.timeout_update):
+            if features.destroy:
+                # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
+                destroys = [
+                    _change((False, name, key, value, None, None, True)) for (name, key), value in deleted.items()
+                ]
+                changes.extend(_grouped_by_set(destroys))
+            else:
+                for (set_name, key), value in deleted.items():
+                    # No destroy: deleting an element the kernel already expired fails the whole transaction
+                    # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
+                    changes.append(nftnl.Change(True, set_name, key, value, 1000))
+                    changes.append(nftnl.Change(False, set_name, key, value))
+            adds = []
+            for hole, entries in added:
+                timeout_ms = int(max(1, hole.timeout) * 1000)
+                comment = element_comment(hole, self._epoch_of(hole.since))
+                adds.extend(
+                    _change((True, name, key, value, timeout_ms, comment, False)) for name, key, value in entries
+                )
+            changes.extend(_grouped_by_set(adds))  # two additions of one element keep their order
         return changes
+
+    def _messages(self, parts: Sequence[Part], features: ElementFeatures) -> list[nftnl.Message]:
+        """What _batch_changes gives, built straight into nfnetlink messages: the hot path, for every drain of
+        the queue that changes pinholes. Per pinhole its timeout and comment are encoded once for all its
+        elements, and each set's elements go into one message (tests/test_nftnl.py compares the bytes with
+        those of _batch_changes)."""
+        if not features.destroy:  # kernels before 6.3: add + delete pairs, the general path
+            return nftnl.messages_of(self._batch_changes(parts, features))
+        out: list[nftnl.Message] = []
+        for deleted, added in self._plan(parts, features.timeout_update):
+            destroys: dict[str, nftnl.Message] = {}
+            for (name, key), value in deleted.items():
+                message = destroys.get(name)
+                if message is None:
+                    message = destroys[name] = nftnl.Message(nftnl.NFT_MSG_DESTROYSETELEM, name, [], [])
+                message.elements.append(nftnl.delete_element(key))
+                message.shown.append((key, value))
+            adds: dict[str, nftnl.Message] = {}
+            for hole, entries in added:
+                timeout = nftnl.timeout_attr(int(max(1, hole.timeout) * 1000))
+                userdata = nftnl.userdata_attr(element_comment(hole, self._epoch_of(hole.since)))
+                previous: tuple = ()
+                for name, key, value in entries:
+                    message = adds.get(name)
+                    if message is None:
+                        message = adds[name] = nftnl.Message(nftnl.NFT_MSG_NEWSETELEM, name, [], [])
+                    if previous[:2] != (key, value):  # the two counter elements are the same bytes
+                        previous = (key, value, nftnl.add_element(key, value, timeout, userdata))
+                    message.elements.append(previous[2])
+                    message.shown.append((key, value))
+            out.extend(destroys.values())
+            out.extend(adds.values())
+        return out
+
+    def _plan(self, parts: Sequence[Part], timeout_update: bool) -> list[tuple[Deleted, list[Added]]]:
+        """The elements to delete, then the pinholes whose elements to add, for several (install, remove,
+        recreate) parts in one transaction. Normally one step: every deletion of every part (each element
+        once), then every addition. Same end state as the parts one after the other, unless a part deletes
+        what an earlier part added (a call that ended in the drain it began in): then one step per part,
+        in their order."""
+        deleted: Deleted = {}
+        added: list[Added] = []
+        added_keys: set[tuple[str, tuple[nftnl.Field, ...]]] = set()
+        for install, remove, recreate in parts:
+            part_deleted, part_added = self._part(install, remove, recreate, timeout_update)
+            if added_keys and not added_keys.isdisjoint(part_deleted):
+                return [step for part in parts for step in self._plan([part], timeout_update)]
+            for element, value in part_deleted.items():
+                deleted.setdefault(element, value)
+            if len(parts) > 1:
+                for _hole, entries in part_added:
+                    added_keys.update((name, key) for name, key, _value in entries)
+            added.extend(part_added)
+        return [(deleted, added)]
 
     def _part(
         self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole], timeout_update: bool
-    ) -> tuple[dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None], list[nftnl.Change]]:
-        """One message's elements to delete ((set, key) -> value) and to add."""
+    ) -> tuple[Deleted, list[Added]]:
+        """One message's elements to delete ((set, key) -> value) and pinholes to add (with their elements)."""
         install = list(install)
         recreate = list(recreate)
-        deleted: dict[tuple[str, tuple[nftnl.Field, ...]], tuple[nftnl.Field, ...] | None] = {}
+        deleted: Deleted = {}
         # (pinhole, whether its counter elements go too) for every pinhole whose elements are deleted first.
         # A state change (recreate) renews the map elements' comments; a packet counter keeps its element
         # and its count, unless the kernel cannot update timeouts: then the counter follows, count restarted.
@@ -314,15 +366,9 @@ class Nft:
             for map_name, key, value in self._entries(hole):
                 if with_counters or map_name not in _COUNTERS:
                     deleted.setdefault((map_name, key), value)
-        adds: list[nftnl.Change] = []
-        for hole in [*install, *recreate]:
-            timeout_ms = int(max(1, hole.timeout) * 1000)
-            comment = element_comment(hole, self._epoch_of(hole.since))
-            # Re-adding an element with the same value refreshes its timeout (Linux >= 6.12; before, it was
-            # deleted above); a changed mapping is always preceded by its removal in the same transaction.
-            for map_name, key, value in self._entries(hole):
-                adds.append(_change((True, map_name, key, value, timeout_ms, comment, False)))
-        return deleted, adds
+        # Re-adding an element with the same value refreshes its timeout (Linux >= 6.12; before, it was
+        # deleted above); a changed mapping is always preceded by its removal in the same transaction.
+        return deleted, [(hole, self._entries(hole)) for hole in [*install, *recreate]]
 
     def _commands(
         self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
@@ -348,11 +394,11 @@ class Nft:
 
     def apply_batch(self, parts: Sequence[Part]) -> None:
         """Several messages' (install, remove, recreate) in one transaction: the same end state as one
-        `apply` per part, all or nothing, for the cost of one commit (see _batch_changes)."""
-        changes = self._batch_changes(parts)
+        `apply` per part, all or nothing, for the cost of one commit (see _plan)."""
         try:
-            if changes:
-                self._nfnl.send(changes, self.table)
+            messages = self._messages(parts, self.element_features())
+            if messages:
+                self._nfnl.send_messages(messages, self.table)
         except nftnl.BatchError as exc:
             raise NftError(f"nft transaction failed: {exc}", exc.errno, exc.msg_type) from exc
         except (OSError, ValueError) as exc:  # the socket itself, or an element nft would refuse too

@@ -142,9 +142,6 @@ class Change(NamedTuple):
         return f"{self.set_name} {{ {text} }}"
 
 
-_NEWSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
-_DELSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM
-_DESTROYSETELEM = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DESTROYSETELEM
 _ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
 _LIST_ELEM = NFTA_LIST_ELEM | NLA_F_NESTED
 _KEY = NFTA_SET_ELEM_KEY | NLA_F_NESTED
@@ -161,26 +158,42 @@ def _userdata(comment: str) -> bytes:
 
 
 # Elements per message. NFTA_SET_ELEM_LIST_ELEMENTS is one netlink attribute, whose length is 16 bits: a
-# run of 128 elements (about 100 bytes each with a comment) stays far below 64 KiB.
+# message of 128 elements (about 100 bytes each with a comment) stays far below 64 KiB.
 RUN_MAX = 128
 
+Shown = tuple[tuple[Field, ...], tuple[Field, ...] | None]  # an element's key and value, for error messages
 
-def runs(changes: Sequence[Change]) -> list[Sequence[Change]]:
-    """The messages of a batch: each run of consecutive changes of one kind (add, delete, destroy) to one set
-    is ONE message holding all their elements, as `nft add element t s { a, b, c }` sends it. The kernel
-    handles the elements of a message in order, and the messages in order; every table and set lookup, and
-    most of the per-message work on both sides, is paid once per run instead of once per element."""
-    out: list[Sequence[Change]] = []
-    start = 0
-    kind = None
-    for i, (add, set_name, _key, _value, _timeout, _comment, destroy) in enumerate(changes):
-        this = (add, destroy, set_name)
-        if this != kind or i - start >= RUN_MAX:
-            if i > start:
-                out.append(changes[start:i])
-            start, kind = i, this
-    if len(changes) > start:
-        out.append(changes[start:])
+
+class Message(NamedTuple):
+    """One element message of a batch: its type, its set, its elements (NFTA_LIST_ELEM attributes, in the
+    order the kernel applies them) and, for an error message, each element's key and value. All of a run
+    of changes of one kind to one set go in one message, as `nft add element t s { a, b, c }` sends them:
+    the table and set lookups, and most of the per-message work on both sides, are paid once per run."""
+
+    kind: int  # NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM or NFT_MSG_DESTROYSETELEM
+    set_name: str
+    elements: list[bytes]
+    shown: list[Shown]
+
+
+def messages_of(changes: Sequence[Change]) -> list[Message]:
+    """`changes` as messages: each run of consecutive changes of one kind (add, delete, destroy) to one set
+    is one message."""
+    out: list[Message] = []
+    current: Message | None = None
+    for change in changes:
+        add, set_name, key, value, timeout_ms, comment, destroy = change
+        kind = NFT_MSG_NEWSETELEM if add else NFT_MSG_DESTROYSETELEM if destroy else NFT_MSG_DELSETELEM
+        if current is None or current.kind != kind or current.set_name != set_name:
+            current = Message(kind, set_name, [], [])
+            out.append(current)
+        if add:
+            timeout = None if timeout_ms is None else timeout_attr(timeout_ms)
+            userdata = None if comment is None else userdata_attr(comment)
+            current.elements.append(add_element(key, value, timeout, userdata))
+        else:
+            current.elements.append(delete_element(key))
+        current.shown.append((key, value))
     return out
 
 
@@ -191,6 +204,7 @@ _KEYS: dict[tuple[Field, ...], bytes] = {}
 _VALUES: dict[tuple[Field, ...], bytes] = {}
 _USERDATA: dict[str, bytes] = {}
 _TIMEOUTS: dict[int, bytes] = {}
+_PREFIXES: dict[tuple[str, str], bytes] = {}  # (table, set) -> nfgenmsg + table + set attributes
 
 
 def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[tuple[Field, ...], bytes]) -> bytes:
@@ -203,94 +217,111 @@ def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[tuple[Field, ...
     return attr
 
 
-_PREFIXES: dict[tuple[str, str], bytes] = {}  # (table, set) -> nfgenmsg + table + set attributes
+def timeout_attr(timeout_ms: int) -> bytes:
+    """NFTA_SET_ELEM_TIMEOUT (milliseconds, big endian)."""
+    attr = _TIMEOUTS.get(timeout_ms)
+    if attr is None:
+        if len(_TIMEOUTS) >= _MEMO_LIMIT:
+            _TIMEOUTS.clear()
+        attr = _TIMEOUTS[timeout_ms] = _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
+    return attr
 
 
-class _Encoder:
-    """Encodes the messages of one batch; what they share is memoised across batches (_PREFIXES, _KEYS,
-    _VALUES, _USERDATA, _TIMEOUTS)."""
+def userdata_attr(comment: str) -> bytes:
+    """NFTA_SET_ELEM_USERDATA holding the comment (see _userdata). Raises ValueError when too long."""
+    attr = _USERDATA.get(comment)
+    if attr is None:
+        if len(_USERDATA) >= _MEMO_LIMIT:
+            _USERDATA.clear()
+        attr = _USERDATA[comment] = _userdata(comment)
+    return attr
 
-    def __init__(self, table: str) -> None:
-        self.table = table
 
-    def _prefix(self, set_name: str) -> bytes:
-        prefix = _PREFIXES.get((self.table, set_name))
-        if prefix is None:
-            if len(_PREFIXES) >= _MEMO_LIMIT:
-                _PREFIXES.clear()
-            prefix = _PREFIXES[(self.table, set_name)] = (
-                _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
-            )
-        return prefix
+def add_element(
+    key: tuple[Field, ...], value: tuple[Field, ...] | None, timeout: bytes | None, userdata: bytes | None
+) -> bytes:
+    """The NFTA_LIST_ELEM attribute of an addition, in libnftables' attribute order: timeout, key, data,
+    userdata (`timeout` and `userdata` as timeout_attr() and userdata_attr() give them). Concatenations are
+    whole 4-byte registers and the timeout 8 bytes: no padding anywhere inside."""
+    body = _KEYS.get(key) or _data_attr(_KEY, key, _KEYS)
+    if timeout is not None:
+        body = timeout + body
+    if value is not None:
+        body += _VALUES.get(value) or _data_attr(_VALUE, value, _VALUES)
+    if userdata is not None:
+        body += userdata
+    return _ATTR.pack(4 + len(body), _LIST_ELEM) + body
 
-    def element(self, change: Change) -> bytes:
-        """The NFTA_LIST_ELEM attribute of one change, in libnftables' attribute order: timeout, key, data,
-        userdata (a delete or destroy: key only). Concatenations are whole 4-byte registers and the timeout
-        8 bytes: no padding anywhere inside."""
-        add, _set_name, key_fields, value_fields, timeout_ms, comment, _destroy = change
-        key = _KEYS.get(key_fields) or _data_attr(_KEY, key_fields, _KEYS)
-        if not add:
-            return _ATTR.pack(4 + len(key), _LIST_ELEM) + key
-        body = key
-        if timeout_ms is not None:
-            timeout = _TIMEOUTS.get(timeout_ms)
-            if timeout is None:
-                if len(_TIMEOUTS) >= _MEMO_LIMIT:
-                    _TIMEOUTS.clear()
-                timeout = _TIMEOUTS[timeout_ms] = _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
-            body = timeout + key
-        if value_fields is not None:
-            body += _VALUES.get(value_fields) or _data_attr(_VALUE, value_fields, _VALUES)
-        if comment is not None:
-            userdata = _USERDATA.get(comment)
-            if userdata is None:
-                if len(_USERDATA) >= _MEMO_LIMIT:
-                    _USERDATA.clear()
-                userdata = _USERDATA[comment] = _userdata(comment)
-            body += userdata
-        return _ATTR.pack(4 + len(body), _LIST_ELEM) + body
 
-    def message(self, run: Sequence[Change], seq: int, ack: bool) -> bytes:
-        """One NEWSETELEM / DELSETELEM / DESTROYSETELEM: nlmsghdr, nfgenmsg, table, set, the run's elements."""
-        first = run[0]
-        prefix = self._prefix(first.set_name)
-        elements = b"".join([self.element(change) for change in run])
-        if first.add:
-            kind, flags = _NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE
-        else:
-            kind, flags = (_DESTROYSETELEM if first.destroy else _DELSETELEM), NLM_F_REQUEST
-        if ack:
-            flags |= NLM_F_ACK
-        return (
-            _HDR.pack(20 + len(prefix) + len(elements), kind, flags, seq, 0)
-            + prefix
-            + _ATTR.pack(4 + len(elements), _ELEMENTS)
-            + elements
+def delete_element(key: tuple[Field, ...]) -> bytes:
+    """The NFTA_LIST_ELEM attribute of a deletion or destruction: the key only."""
+    body = _KEYS.get(key) or _data_attr(_KEY, key, _KEYS)
+    return _ATTR.pack(4 + len(body), _LIST_ELEM) + body
+
+
+def _prefix(table: str, set_name: str) -> bytes:
+    prefix = _PREFIXES.get((table, set_name))
+    if prefix is None:
+        if len(_PREFIXES) >= _MEMO_LIMIT:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[(table, set_name)] = (
+            _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
         )
+    return prefix
+
+
+_MSG_TYPES = {kind: NFNL_SUBSYS_NFTABLES << 8 | kind for kind in MSG_NAMES}
+
+
+def _encode_message(message: Message, table: str, seq: int, ack: bool) -> bytes:
+    """nlmsghdr, nfgenmsg, table, set, the elements."""
+    kind, set_name, elements, _shown = message
+    prefix = _prefix(table, set_name)
+    body = b"".join(elements)
+    flags = NLM_F_REQUEST | NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else NLM_F_REQUEST
+    if ack:
+        flags |= NLM_F_ACK
+    return (
+        _HDR.pack(20 + len(prefix) + len(body), _MSG_TYPES[kind], flags, seq, 0)
+        + prefix
+        + _ATTR.pack(4 + len(body), _ELEMENTS)
+        + body
+    )
+
+
+def _split(messages: Sequence[Message]) -> list[Message]:
+    """Messages of at most RUN_MAX elements."""
+    if all(len(m.elements) <= RUN_MAX for m in messages):
+        return list(messages)
+    out = []
+    for kind, set_name, elements, shown in messages:
+        for start in range(0, len(elements), RUN_MAX):
+            out.append(Message(kind, set_name, elements[start : start + RUN_MAX], shown[start : start + RUN_MAX]))
+    return out
 
 
 def encode_message(change: Change, table: str, seq: int, ack: bool = False) -> bytes:
     """One NEWSETELEM / DELSETELEM / DESTROYSETELEM holding one element."""
-    return _Encoder(table).message((change,), seq, ack)
+    return _encode_message(messages_of([change])[0], table, seq, ack)
 
 
 def encode_element(change: Change) -> bytes:
     """The NFTA_LIST_ELEM attribute of `change` alone (for tests: the element as the kernel parses it)."""
-    return _Encoder("t").element(change)
+    return messages_of([change])[0].elements[0]
 
 
 def encode_batch(changes: Sequence[Change], table: str, seq: int, ack_last: bool = True) -> bytes:
     """BATCH_BEGIN (sequence `seq`), one message per run of `changes` (seq+1 ...), BATCH_END. Sequence
     numbers wrap at 2**32."""
-    return _encode_runs(runs(changes), table, seq, ack_last)
+    return encode_messages(_split(messages_of(changes)), table, seq, ack_last)
 
 
-def _encode_runs(messages: Sequence[Sequence[Change]], table: str, seq: int, ack_last: bool) -> bytes:
-    encoder = _Encoder(table)
+def encode_messages(messages: Sequence[Message], table: str, seq: int, ack_last: bool = True) -> bytes:
+    """BATCH_BEGIN (sequence `seq`), the messages (seq+1 ...), BATCH_END."""
     last = len(messages) - 1
     parts = [_HDR.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq & 0xFFFFFFFF, 0), _NFGEN_BATCH]
-    for i, run in enumerate(messages):
-        parts.append(encoder.message(run, (seq + 1 + i) & 0xFFFFFFFF, ack_last and i == last))
+    for i, message in enumerate(messages):
+        parts.append(_encode_message(message, table, (seq + 1 + i) & 0xFFFFFFFF, ack_last and i == last))
     parts.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, (seq + 1 + len(messages)) & 0xFFFFFFFF, 0))
     parts.append(_NFGEN_BATCH)
     return b"".join(parts)
@@ -373,13 +404,17 @@ class NfnlSocket:
 
     def send(self, changes: Sequence[Change], table: str) -> None:
         """Apply `changes` as one transaction. Raises BatchError (nothing applied) or OSError (socket)."""
-        if not changes:
+        self.send_messages(messages_of(changes), table)
+
+    def send_messages(self, messages: Sequence[Message], table: str) -> None:
+        """Apply `messages` as one transaction. Raises BatchError (nothing applied) or OSError (socket)."""
+        messages = _split([m for m in messages if m.elements])
+        if not messages:
             return
         sock = self._socket()
-        messages = runs(changes)
         begin = self._seq
         self._seq = (begin + len(messages) + 2) & 0xFFFFFFFF
-        batch = _encode_runs(messages, table, begin, True)
+        batch = encode_messages(messages, table, begin, True)
         if len(batch) + 4096 > self._sndbuf or len(messages) * 1024 > self._rcvbuf:
             self._size_buffers(len(batch) + 65536, len(messages) * 1024 + 65536)
         _drain(sock)  # nothing of an earlier batch may be taken for an answer to this one
@@ -414,23 +449,27 @@ def _drain(sock: socket.socket) -> tuple[list[tuple[int, int, int]], bool]:
         answers.extend(parse_acks(data))
 
 
-def _describe(run: Sequence[Change]) -> str:
-    """The elements of one message, as nft would write them (the first few of a long run)."""
-    shown = [change.describe() for change in run[:3]]
-    more = f" and {len(run) - 3} more in this message" if len(run) > 3 else ""
+def _describe(message: Message) -> str:
+    """The elements of one message, as nft would write them (the first few of a long one)."""
+    shown = []
+    for key, value in message.shown[:3]:
+        text = " . ".join(str(f) for f in key)
+        if value is not None:
+            text += " : " + " . ".join(str(f) for f in value)
+        shown.append(f"{message.set_name} {{ {text} }}")
+    more = f" and {len(message.shown) - 3} more in this message" if len(message.shown) > 3 else ""
     return ", ".join(shown) + more
 
 
 def _check(
     answers: list[tuple[int, int, int]],
     overrun: bool,
-    messages: Sequence[Sequence[Change]],
+    messages: Sequence[Message],
     table: str,
     begin: int,
 ) -> None:
-    """Raise for the first refused message of the batch starting at sequence `begin` (`messages`: the
-    changes of each message, see runs()); return when the kernel acknowledged the last message without any
-    error."""
+    """Raise for the first refused message of the batch starting at sequence `begin`; return when the
+    kernel acknowledged the last message without any error."""
     first: tuple[int, int, int] | None = None  # (position in the batch, errno, request type)
     acked = False
     for code, req_type, req_seq in answers:
