@@ -64,23 +64,34 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
     if call.strict:
         remote = call.far_media.get(index, "")
         kind = "media" if remote else "media-out"
-    public_ip, lan_ip, call_id, confirmed, created = (
-        call.public_ip,
-        call.lan_ip,
-        call.call_id,
-        call.confirmed,
-        call.created,
-    )
+    public_ip = call.public_ip
+    lan_ip = call.lan_ip
+    call_id = call.call_id
+    confirmed = call.confirmed
+    created = call.created
+    holes = []
+    # Plain loops rather than comprehensions: one stream's two pinholes are built on every message that
+    # installs, refreshes or removes them, and a comprehension's own call cost a fifth of that.
     last = binding._last
     if last and last[0].public.ip == public_ip and last[0].lan.ip == lan_ip:
-        # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
-        return [_pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created) for h in last]
-    holes = [
-        _pinhole(
-            _endpoint(public_ip, pub), _endpoint(lan_ip, lan), call_id, label, timeout, kind, remote, confirmed, created
+        for h in last:
+            # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
+            holes.append(_pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created))
+        return holes
+    for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True):
+        holes.append(
+            _pinhole(
+                _endpoint(public_ip, pub),
+                _endpoint(lan_ip, lan),
+                call_id,
+                label,
+                timeout,
+                kind,
+                remote,
+                confirmed,
+                created,
+            )
         )
-        for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
-    ]
     binding._last = tuple(holes)
     return holes
 

@@ -330,13 +330,14 @@ class Engine:
                 self._registered(msg, via.branch, now, change)
             sent_by = via.sent_by
             if sent_by.host == public_ip:
+                # The parameters first: split once, the branch is then read from them (Via.branch).
+                received = via.param("received")
+                rport = via.param("rport")
                 original = self._recall_via(via.branch, lan_sip.ip)
                 splices.append((sent_by._hs, sent_by._pe, original or _hostport_bytes(lan_sip)))
-                received = via.param("received")
                 if received is not None and received._vs >= 0:  # a value (Param.value_span)
                     if received.value == public_ip:
                         splices.append((received._vs, received._ve, lan_sip.ip.encode()))
-                rport = via.param("rport")
                 if rport is not None and rport._vs >= 0:
                     splices.append((rport._vs, rport._ve, str(lan_sip.port).encode()))
         if msg.is_request and msg.request_uri is not None:

@@ -10,8 +10,10 @@ else -- folding, compact names, leading zeros' position -- byte-identical.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from nfsip.sip.message import SipMessage
 from nfsip.sip.spans import Span
@@ -71,17 +73,23 @@ def apply_splices(msg: SipMessage, splices: list[tuple[int, int, bytes]]) -> byt
         new_len = str(be - bs + delta).encode("ascii")
         cl_edits = [(cs, ce, new_len) for cs, ce in msg._clen_at]
         for cs, ce, _ in cl_edits:
-            for s, e, _ in ordered:
-                if s < ce and cs < e:
-                    raise ValueError("edit overlaps a Content-Length value that must be rewritten")
+            # An edit overlaps [cs, ce) when it starts before ce and ends after cs. The edits are sorted and
+            # do not overlap, so their ends only grow: of those starting before ce, the last ends furthest.
+            i = bisect_left(ordered, ce, key=_start)
+            if i and ordered[i - 1][1] > cs:
+                raise ValueError("edit overlaps a Content-Length value that must be rewritten")
         ordered = sorted(ordered + cl_edits)
     if not ordered:
         return raw
     out: list[bytes] = []
+    append = out.append
     p = 0
     for s, e, replacement in ordered:
-        out.append(raw[p:s])
-        out.append(replacement)
+        append(raw[p:s])
+        append(replacement)
         p = e
-    out.append(raw[p:])
+    append(raw[p:])
     return b"".join(out)
+
+
+_start = itemgetter(0)

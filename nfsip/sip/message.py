@@ -316,6 +316,14 @@ class Via(_WithParams):
 
     @property
     def branch(self) -> str | None:
+        if self._params is None and _WS_OR_QUOTE_SEARCH(self._pb) is None:
+            # Not split yet, and a block _params_from_block splits at ';' and '=': read the first branch off
+            # the text as it would (every outbound request asks, and nothing else of its top Via).
+            for part in self._pb[1:].split(";"):
+                name, eq, value = part.partition("=")
+                if name.lower() == "branch":
+                    return (value if value.isascii() else _text(value)) if eq else None
+            return None
         p = _find_param(self.params, "branch")
         return p.value if p is not None else None
 
