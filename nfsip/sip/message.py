@@ -1310,7 +1310,12 @@ def _fast_name_addr(m: re.Match[str], idx: tuple[int, ...]) -> NameAddr | None:
 # CONTACT_ANY catch the other forms for the generic sub-parsers; CSeq and
 # Content-Length in another form (OTHER) send parse_message to the generic path.
 _HDR_FAST_RE = re.compile(
-    r"\n(?:"
+    r"\n"
+    # Guard: a line can only match when its name starts with a letter one of the names below starts with,
+    # or when it is not "token:" at all (BAD). Other headers (Allow, User-Agent, Record-Route, P-*, ...)
+    # are then passed over by one test instead of one per alternative.
+    r"(?=[VvFfTtCcIiMmLlEeSsXx]|(?!" + _TOKEN + r"[ \t]*:|\Z))"
+    r"(?:"
     r"(?i:via|v)[ \t]*:[ \t]*[Ss][Ii][Pp]/2\.0/(?P<v_tr>"
     + _TOKEN
     + r") (?P<v_host>\[[0-9A-Fa-f:.]+\]|[^\s;:,\[\]\"<>/]+)(?::(?P<v_port>\d{1,5}))?(?P<v_pb>"

@@ -324,9 +324,9 @@ def _last_direction(text: str, s: int, e: int) -> str | None:
 _M_LAST, _C_LAST, _O_LAST, _A_LAST, _OTHER = 5, 8, 12, 13, 14  # and 15: garbage
 
 
-def _line_re(attrs: str, others: str) -> re.Pattern[str]:
+def _line_re(attrs: str, others: str, guard: str = "") -> re.Pattern[str]:
     return re.compile(
-        r"\n(?:(?:"
+        r"\n" + guard + r"(?:(?:"
         r"m=(\S+) +(\d+)(?:/(\d+))? +(\S+)([ \S]*)"  # 1-5 (formats: SP-separated, checked by the class)
         r"|c=(\S+) +(\S+) +([^/\s]+)\S*"  # 6-8
         r"|o=\S+ +\S+ +\S+ +(\S+) +(\S+) +([^/\s]+)(\S*)"  # 9-12
@@ -339,7 +339,10 @@ def _line_re(attrs: str, others: str) -> re.Pattern[str]:
     )
 
 
-_LAZY_LINE_FINDITER = _line_re("rtcp-mux", "rtcp:").finditer
+# The lazy scan first looks whether a line can match at all: a line of interest starts with m=, c=, o= or
+# a=rtcp, garbage with anything but "<letter>=" (group 15). Most lines are other a= lines: rejected by
+# the guard instead of by each alternative in turn (ICE offer: 8.2 -> 6.3 µs per scan).
+_LAZY_LINE_FINDITER = _line_re("rtcp-mux", "rtcp:", r"(?=[mco]=|a=rtcp|(?![A-Za-z]=))").finditer
 _STRICT_LINE_FINDITER = _line_re(
     "sendrecv|sendonly|recvonly|inactive|rtcp-mux", "(?:rtcp|candidate:|sendrecv|sendonly|recvonly|inactive)"
 ).finditer
