@@ -188,7 +188,7 @@ class CallTable:
         key = (call_id, lan_ip)
         call = self.calls.get(key)
         if call is None:
-            call = Call(call_id, lan_ip, public_ip, created=now)
+            call = Call(call_id, lan_ip, public_ip, now)
             self.calls[key] = call
             self.calls_of[lan_ip] = self.calls_of.get(lan_ip, 0) + 1
         return call

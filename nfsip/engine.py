@@ -45,9 +45,10 @@ from .sip.spans import fast_ctor
 # (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
 
-# Positional constructor that skips the frozen dataclass' __init__ (nfsip.sip.spans.fast_ctor): a decision
-# makes one Decision per message.
+# Positional constructors that skip the frozen dataclasses' __init__ (nfsip.sip.spans.fast_ctor): a decision
+# makes one Decision per message, and a REGISTER a PendingRegister.
 _decision = fast_ctor(Decision)
+_pending_register = fast_ctor(PendingRegister)
 
 # An edit of msg.raw as (start, end, replacement), for nfsip.sip.edit.apply_splices. The engine reads the
 # offsets straight from the parsed values' slots (HostPort _hs/_pe, Param _vs/_ve, SdpAddress and SdpRtcp
@@ -71,7 +72,18 @@ class Timeouts:
 
 
 def _is_udp_media(media: SdpMedia) -> bool:
-    return media.proto.lower().startswith(_UDP_PROTO_PREFIXES)
+    # Memoised per proto text: a handful of values in practice; bounded, as the text comes from the network.
+    proto = media.proto
+    udp = _UDP_PROTOS.get(proto)
+    if udp is None:
+        if len(_UDP_PROTOS) >= 256:
+            _UDP_PROTOS.clear()
+        udp = _UDP_PROTOS[proto] = proto.lower().startswith(_UDP_PROTO_PREFIXES)
+    return udp
+
+
+_UDP_PROTOS: dict[str, bool] = {}
+_OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
 
 
 def _hostport_bytes(ep: Endpoint) -> bytes:
@@ -163,7 +175,7 @@ class Engine:
             msg = parse_message(payload)
         except SipParseError as exc:
             return Decision(None, "parse-error", detail=exc.reason)
-        if flow.direction is Direction.OUTBOUND:
+        if flow.direction is _OUTBOUND:
             return self._outbound(flow, msg, now)
         return self._inbound(flow, msg, now)
 
@@ -183,10 +195,10 @@ class Engine:
                     self._remember_via(branch, lan_ip, msg.raw[sent_by._hs : sent_by._pe], now)
                     if msg.method == "REGISTER":
                         try:
-                            aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
+                            aor = msg.to_uri_bytes().decode("utf-8", "replace")
                         except SipParseError:
                             aor = "?"
-                        pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
+                        pending = _pending_register(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
                         self.registrations.request(branch, pending)
         change = _Change()
         for contact in msg.contacts:
@@ -222,7 +234,7 @@ class Engine:
             if media.port == 0:
                 disabled.append(index)  # RFC 3264 §8.2: a stream removed from the session
                 continue
-            if conn is None or not media.proto.lower().startswith(_UDP_PROTO_PREFIXES):
+            if conn is None or not _is_udp_media(media):
                 continue
             address = conn.address
             if address == "0.0.0.0":
@@ -444,9 +456,11 @@ class Engine:
                     # The ports of call.pinholes(), in the same order, without building the pinholes.
                     ports = (
                         ",".join(
-                            f"{public}->{lan}"
-                            for binding in call.streams.values()
-                            for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
+                            [
+                                f"{public}->{lan}"
+                                for binding in call.streams.values()
+                                for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
+                            ]
                         )
                         or "-"
                     )

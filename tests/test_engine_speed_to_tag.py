@@ -1,5 +1,6 @@
-"""SipMessage.to_has_tag() reads the usual To off the regex match instead of parsing it: it must say what
-the parse says (msg.to.tag is not None, False when To is malformed), for any To value."""
+"""SipMessage.to_has_tag() and to_uri_bytes() read the usual To off the regex match instead of parsing it:
+they must say what the parse says (msg.to.tag is not None, False when To is malformed; the bytes under
+msg.to.uri.span, SipParseError when To is malformed), for any To value."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ def reference_has_tag(raw: bytes) -> bool:
         return msg.to.tag is not None
     except SipParseError:
         return False
+
+
+def reference_uri(raw: bytes) -> bytes | str:
+    msg = parse_message(raw)
+    try:
+        return msg.to.uri.span.slice(msg.raw)
+    except SipParseError as exc:
+        return exc.reason
+
+
+def uri_of(raw: bytes) -> bytes | str:
+    try:
+        return parse_message(raw).to_uri_bytes()
+    except SipParseError as exc:
+        return exc.reason
 
 
 def bye_with_to(to_value: str) -> bytes:
@@ -61,6 +77,7 @@ def test_to_has_tag_matches_the_parse(display, uri, bracket, params, space):
     except SipParseError:
         return
     assert msg.to_has_tag() == reference_has_tag(raw), value
+    assert uri_of(raw) == reference_uri(raw), value
 
 
 def test_to_has_tag_of_the_usual_forms():
@@ -76,6 +93,7 @@ def test_to_has_tag_of_the_usual_forms():
         raw = bye_with_to(value)
         assert parse_message(raw).to_has_tag() is expected, value
         assert reference_has_tag(raw) is expected, value
+        assert uri_of(raw) == reference_uri(raw), value
 
 
 def test_to_has_tag_at_the_parameter_limits():
@@ -85,3 +103,4 @@ def test_to_has_tag_at_the_parameter_limits():
             value = f"<sip:bob@example.org{extra}>;tag=b1" if where == "uri" else f"<sip:bob@example.org>{extra};tag=b1"
             raw = bye_with_to(value)
             assert parse_message(raw).to_has_tag() == reference_has_tag(raw), (count, where)
+            assert uri_of(raw) == reference_uri(raw), (count, where)

@@ -1130,6 +1130,27 @@ class SipMessage:
         except SipParseError:
             return False
 
+    def to_uri_bytes(self) -> bytes:
+        """``raw`` under the To URI (``to.uri.span``); raises :class:`SipParseError` as ``to`` does. The usual
+        To is read off the name-addr match without building the NameAddr (the engine asks on every REGISTER,
+        bench/engine.py); only when _parse_single would take its fast path and _fast_name_addr accept the
+        match (same limits), else from ``to``."""
+        if self._to is None:
+            s, e = self._to_at
+            t = self._text
+            if t.count(";", s, e) <= MAX_SEPARATORS:
+                m = _NAME_ADDR_FAST_RE.fullmatch(t, s, e)
+                if m is not None:
+                    port_s, upb, hpb = m.group(_NA_PORT, _NA_UPB, _NA_PB)
+                    if (
+                        upb.count(";") <= MAX_PARAMS
+                        and hpb.count(";") <= MAX_PARAMS
+                        and (port_s is None or int(port_s) <= 65535)
+                    ):
+                        # From after '<' to before '>': the span _fast_name_addr gives the SipUri.
+                        return self.raw[m.start(_NA_SCHEME) : m.start(_NA_PB) - 1]
+        return self.to.uri.span.slice(self.raw)
+
     def validate(self) -> SipMessage:
         """Parse every part a lazy :func:`parse_message` deferred; raise :class:`SipParseError`.
 
@@ -1251,7 +1272,7 @@ _FAST_NAME_ADDR = (
 _NAME_ADDR_GROUPS = ("dn", "sch", "ui", "host", "port", "upb", "hdr", "pb")
 _NAME_ADDR_FAST_RE = re.compile(_FAST_NAME_ADDR, re.ASCII)
 _NA_IDX = tuple(_NAME_ADDR_FAST_RE.groupindex[name] for name in _NAME_ADDR_GROUPS)
-_NA_PORT, _NA_UPB, _NA_PB = (_NAME_ADDR_FAST_RE.groupindex[name] for name in ("port", "upb", "pb"))
+_NA_SCHEME, _NA_PORT, _NA_UPB, _NA_PB = (_NAME_ADDR_FAST_RE.groupindex[n] for n in ("sch", "port", "upb", "pb"))
 
 
 def _has_valued_param(block: str, name: str) -> bool:
