@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from nfsip.model import CallEnded, Decision, Endpoint, Pinhole
 from nfsip.packet import UdpDatagram
+from nfsip.registrations import PendingRegister
 from nfsip.sip.edit import Edit
 from nfsip.sip.spans import Span, fast_ctor, new_span
 
@@ -78,6 +79,7 @@ def test_fast_ctor_builds_what_the_constructor_builds(value):
 def test_fast_ctor_of_the_other_frozen_model_classes():
     hole = Pinhole(Endpoint("203.0.113.7", 40000), Endpoint("10.0.0.2", 6000), "c", "m0.rtp", 60)
     _check(CallEnded("c", "10.0.0.2", "BYE (out)", 1.5, (hole,)))
+    _check(PendingRegister(hole.lan, hole.public, Endpoint("198.51.100.2", 5060), "sip:a@example.org", 64.0))
     assert type(new_span(1, 2)) is Span and new_span(1, 2) == Span(1, 2)
 
 
