@@ -46,9 +46,10 @@ from .sip.spans import fast_ctor
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
 
 # Positional constructors that skip the frozen dataclasses' __init__ (nfsip.sip.spans.fast_ctor): a decision
-# makes one Decision per message, and a REGISTER a PendingRegister.
+# makes one Decision per message, a REGISTER a PendingRegister, a call's end a CallEnded.
 _decision = fast_ctor(Decision)
 _pending_register = fast_ctor(PendingRegister)
+_call_ended = fast_ctor(CallEnded)
 
 # An edit of msg.raw as (start, end, replacement), for nfsip.sip.edit.apply_splices. The engine reads the
 # offsets straight from the parsed values' slots (HostPort _hs/_pe, Param _vs/_ve, SdpAddress and SdpRtcp
@@ -84,6 +85,7 @@ def _is_udp_media(media: SdpMedia) -> bool:
 
 _UDP_PROTOS: dict[str, bool] = {}
 _OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
+_BYE_WHY = {d: f"BYE ({d.value})" for d in Direction}  # why a BYE ended a call, per direction
 
 
 def _hostport_bytes(ep: Endpoint) -> bytes:
@@ -438,7 +440,7 @@ class Engine:
             return
         if msg.is_request:
             if msg.method == "BYE":
-                self._end(call, now, f"BYE ({direction.value})", change)
+                self._end(call, now, _BYE_WHY[direction], change)
             elif call.confirmed and msg.to_has_tag():
                 self._refresh(call, now, change, _session_expires(msg))
             return
@@ -496,7 +498,7 @@ class Engine:
         if change.install_call is call:
             change.install_call = None
             change.new_lan_ports.clear()
-        change.ended.append(CallEnded(call.call_id, call.lan_ip, why, duration, tuple(removed)))
+        change.ended.append(_call_ended(call.call_id, call.lan_ip, why, duration, tuple(removed)))
 
     def adopt(self, holes: list[Pinhole], now: float) -> None:
         """Rebuild calls and registrations from the pinholes the kernel still holds after a restart (each
