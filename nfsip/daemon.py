@@ -534,18 +534,22 @@ class Daemon:
 
     def _log_ended(self, ended: Sequence[CallEnded]) -> None:
         """One line per ended call: Call-ID, why, duration, ports, media packets each way (last sample)."""
-        for end in ended:
-            stats = self.media.get(end.call_id, end.lan_ip)
-            ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
-            media = (
-                f"media to phone {stats.to_lan_packets} pkts, from phone {stats.from_lan_packets} pkts"
-                if stats is not None
-                else "media not sampled"
-            )
-            log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
-        if ended:
-            # An ended call's metric series go at once, not at the next counter sample.
-            gone = {(end.call_id, end.lan_ip) for end in ended}
+        if not ended:
+            return
+        if log.isEnabledFor(logging.INFO):
+            for end in ended:
+                stats = self.media.get(end.call_id, end.lan_ip)
+                ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
+                media = (
+                    f"media to phone {stats.to_lan_packets} pkts, from phone {stats.from_lan_packets} pkts"
+                    if stats is not None
+                    else "media not sampled"
+                )
+                log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
+        # An ended call's metric series go at once, not at the next counter sample. Most calls under load
+        # end before any sample took them in: then the snapshot (every sampled call) is left as it is.
+        gone = {(end.call_id, end.lan_ip) for end in ended if self.media.get(end.call_id, end.lan_ip) is not None}
+        if gone:
             self.media.forget(gone)
             self._media_snapshot = [c for c in self._media_snapshot if (c.call_id, c.lan_ip) not in gone]
 
