@@ -413,7 +413,7 @@ class Engine:
                     break
         if granted and pending is not None and pending.lan not in self.registrations.by_lan:
             limits = self.policy.limits
-            of_host = sum(1 for lan in self.registrations.by_lan if lan.ip == pending.lan.ip)
+            of_host = self.registrations.of_host(pending.lan.ip)
             over = (
                 "registrations-per-host"
                 if of_host >= limits.registrations_per_host

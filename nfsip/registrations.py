@@ -66,6 +66,20 @@ class RegistrationTable:
         # reachable while any of them lives (one phone, several accounts).
         self.accounts: dict[Endpoint, dict[str, float]] = {}
         self._pending: OrderedDict[str, PendingRegister] = OrderedDict()
+        # LAN ip -> how many endpoints of that host are in by_lan, kept up to date with it: the per-host
+        # limit is checked on every new registration, and counting by_lan cost O(registrations) each time.
+        self._of_host: dict[str, int] = {}
+
+    def of_host(self, ip: str) -> int:
+        """How many registered endpoints (by_lan) the LAN host `ip` has."""
+        return self._of_host.get(ip, 0)
+
+    def _counted(self, lan: Endpoint, delta: int) -> None:
+        count = self._of_host.get(lan.ip, 0) + delta
+        if count > 0:
+            self._of_host[lan.ip] = count
+        else:
+            self._of_host.pop(lan.ip, None)
 
     def request(self, branch: str, pending: PendingRegister) -> None:
         """A REGISTER left the LAN: remember what its 2xx will be about."""
@@ -98,6 +112,7 @@ class RegistrationTable:
                 old.expires_at = max(accounts.values())
                 return [old.pinhole(now, self.grace)], [], f"registration of {pending.aor} from {pending.lan} removed"
             del self.by_lan[pending.lan]
+            self._counted(pending.lan, -1)
             del self.accounts[pending.lan]
             return [], remove, f"registration of {pending.aor} from {pending.lan} removed"
         accounts[pending.aor] = now + granted
@@ -105,6 +120,8 @@ class RegistrationTable:
         since = old.since if old is not None else now
         reg = Registration(pending.lan, pending.public, registrar, pending.aor, max(accounts.values()), since)
         self.by_lan[pending.lan] = reg
+        if old is None:
+            self._counted(pending.lan, 1)
         if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
             remove = []  # a refresh: the same elements are re-added with the new timeout
         event = f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s" if old is None else ""
@@ -114,6 +131,8 @@ class RegistrationTable:
         """Take over a registration pinhole found in the kernel at start (crash recovery)."""
         expires_at = now + hole.timeout - self.grace
         self.accounts[hole.lan] = {hole.call_id.removeprefix("reg:"): expires_at}
+        if hole.lan not in self.by_lan:
+            self._counted(hole.lan, 1)
         self.by_lan[hole.lan] = Registration(
             hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at, hole.since or now
         )
@@ -121,6 +140,7 @@ class RegistrationTable:
     def drop_all(self, now: float) -> list[Pinhole]:
         holes = [r.pinhole(now, self.grace) for r in self.by_lan.values()]
         self.by_lan.clear()
+        self._of_host.clear()
         self.accounts.clear()
         return holes
 
@@ -133,6 +153,7 @@ class RegistrationTable:
         gone = [r for r in self.by_lan.values() if r.expires_at + self.grace <= now]
         for reg in gone:
             del self.by_lan[reg.lan]
+            self._counted(reg.lan, -1)
             self.accounts.pop(reg.lan, None)
         while self._pending:
             branch, pending = next(iter(self._pending.items()))
