@@ -228,7 +228,7 @@ class Engine:
         disabled: list[int] = []
         held: list[tuple[int, SdpMedia]] = []
         session_conn = sdp.connection
-        port_allowed = self.policy.media_port_allowed
+        ports_allowed = self.policy.media_ports_allowed
         for index, media in enumerate(sdp.media):
             conn = media.connection
             if conn is None:
@@ -248,7 +248,7 @@ class Engine:
                     change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
             lan_ports, labels = _stream_ports(index, media)
-            if not all(map(port_allowed, lan_ports)):
+            if not ports_allowed(lan_ports):
                 change.refuse("media-port", f"SDP asks for port {media.port} of {lan_ip}")
                 continue
             wanted.append((index, media, lan_ports, labels))

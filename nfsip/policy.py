@@ -61,6 +61,14 @@ class Policy:
         """Privileged ports and SIP ports are never pinhole targets: an SDP naming 22 or 5060 is a trick."""
         return port >= 1024 and port not in self.sip_ports
 
+    def media_ports_allowed(self, ports: tuple[int, ...]) -> bool:
+        """media_port_allowed for each of `ports` (one call per stream of every SDP, not one per port)."""
+        sip_ports = self.sip_ports
+        for port in ports:  # noqa: SIM110 - a loop, not all() over a generator: this runs per stream
+            if port < 1024 or port in sip_ports:
+                return False
+        return True
+
     def take_pinholes(self, host: str, count: int, now: float) -> bool:
         """Rate limit for new pinholes of one LAN host (token bucket). False: over the limit."""
         if count <= 0:

@@ -60,11 +60,13 @@ def apply_splices(msg: SipMessage, splices: list[tuple[int, int, bytes]]) -> byt
     delta = 0
     prev_end = 0
     for s, e, replacement in ordered:
-        if not 0 <= s <= e <= n:
-            raise ValueError(f"edit span {s}:{e} outside message of {n} bytes")
-        if s < prev_end:
-            raise ValueError(f"overlapping edits at {s}:{e}")
-        if s < bs < e or (s < be < e):
+        # One chained test for the usual edit (in order, inside the message, not across the body's ends);
+        # any other one goes through the checks one by one, which say what is wrong (prev_end >= 0).
+        if not (prev_end <= s <= e <= n) or s < bs < e or s < be < e:
+            if not 0 <= s <= e <= n:
+                raise ValueError(f"edit span {s}:{e} outside message of {n} bytes")
+            if s < prev_end:
+                raise ValueError(f"overlapping edits at {s}:{e}")
             raise ValueError(f"edit {s}:{e} straddles the body boundary {bs}:{be}")
         prev_end = e
         if s >= bs:  # not straddling, so the edit lies inside the body
