@@ -655,10 +655,14 @@ class _Change:
 
 def _port_splices(media: SdpMedia, binding: StreamBinding, splices: list[_Splice]) -> None:
     """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
-    splices.append((media._ps, media._pe, str(binding.public_ports[0]).encode()))
+    lan_ports, public_ports = binding.lan_ports, binding.public_ports
+    # The binding's ports are sorted: an a=rtcp port below the RTP port (a=rtcp:5999 with m=audio 6004) comes
+    # first, and the m= line must still get the RTP port's own public port.
+    rtp_public = public_ports[0] if lan_ports[0] == media.port else public_ports[lan_ports.index(media.port)]
+    splices.append((media._ps, media._pe, str(rtp_public).encode()))
     rtcp = media.rtcp
-    if rtcp is not None and not media.rtcp_mux and rtcp.port in binding.lan_ports:
-        rtcp_public = binding.public_ports[binding.lan_ports.index(rtcp.port)]
+    if rtcp is not None and not media.rtcp_mux and rtcp.port in lan_ports:
+        rtcp_public = public_ports[lan_ports.index(rtcp.port)]
         splices.append((rtcp._s, rtcp._e, str(rtcp_public).encode()))
 
 

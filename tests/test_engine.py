@@ -214,6 +214,18 @@ def test_failed_attempt_tears_down_and_2xx_confirms():
     assert [e.why for e in gone.ended] == ["BYE (in)"] and gone.ended[0].duration == 3.0
 
 
+def test_rtcp_port_below_the_rtp_port_keeps_each_port_its_own_mapping():
+    """RFC 3605 lets a=rtcp name any port: with RTCP below RTP, the m= line must still carry the public port
+    that leads to the RTP port (the binding lists the lower, RTCP, port first)."""
+    eng = engine()
+    d = eng.handle(outbound("10.0.0.2"), invite(port=6004, extra_media="a=rtcp:5999\r\n"), 0.0)
+    public_of = {h.lan.port: h.public.port for h in d.install}
+    assert set(public_of) == {5999, 6004}
+    body = parse_message(d.payload).body()
+    assert b"m=audio %d RTP/AVP 8" % public_of[6004] in body
+    assert b"a=rtcp:%d" % public_of[5999] in body
+
+
 def test_changed_media_port_replaces_the_pinhole_in_one_decision():
     eng = engine()
     eng.handle(outbound("10.0.0.2"), invite(port=6000), 0.0)
