@@ -6,8 +6,8 @@
 bench/media.py found masquerade through a router with nfsip loaded ((n)) slower than through the same router
 without it ((a)), for traffic that is neither SIP nor a pinhole. This measures that cost. One lab with
 masquerade; no daemon, so no queue rule (no packet here is SIP anyway), one media pinhole's elements added by
-hand (media_dnat, media_snat, media_to_lan, media_from_lan: public 198.51.100.1:40000 <-> phone1:6000). Table
-variants:
+hand (media_dnat, media_snat, media_to_lan, and media_from_lan in tables that have it: public
+198.51.100.1:40000 <-> phone1:6000). Table variants:
 
   none                  no nfsip table (the baseline)
   old                   the table as shipped at --old-rev (`git show REV:nft/nfsip.nft`)
@@ -124,8 +124,10 @@ PINHOLE_ELEMENTS = f"""\
 add element ip nfsip {ruleset.DNAT_MAP} {{ {PUBLIC_IP} . {PUBLIC_PORT} timeout 1h : {PHONE_IP} . {PHONE_MEDIA_PORT} }}
 add element ip nfsip {ruleset.SNAT_MAP} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h : {PUBLIC_IP} . {PUBLIC_PORT} }}
 add element ip nfsip {ruleset.COUNT_TO_LAN} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}
-add element ip nfsip {ruleset.COUNT_FROM_LAN} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}
 """
+# Tables before the SNAT map counted the phone's packets had a second counter set.
+FROM_LAN_SET = "media_from_lan"
+FROM_LAN_ELEMENT = f"add element ip nfsip {FROM_LAN_SET} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}\n"
 
 
 def old_table(rev: str) -> str:
@@ -150,7 +152,7 @@ def load(lab: Lab, table: str | None, drop: list[str]) -> None:
             lab.nft(T.ROUTER, f"flush chain ip nfsip {chain.removeprefix(EMPTIED)}\n")
         else:
             lab.nft(T.ROUTER, f"flush chain ip nfsip {chain}\ndelete chain ip nfsip {chain}\n")
-    lab.nft(T.ROUTER, PINHOLE_ELEMENTS)
+    lab.nft(T.ROUTER, PINHOLE_ELEMENTS + (FROM_LAN_ELEMENT if f"set {FROM_LAN_SET} " in table else ""))
 
 
 def receiver_table(match: str) -> str:

@@ -140,7 +140,7 @@ def ops(changes: list[nftnl.Change]) -> list[tuple[str, str]]:
     return [("add" if c.add else "destroy" if c.destroy else "delete", c.set_name) for c in changes]
 
 
-MEDIA_SETS = ["media_snat", "media_to_lan", "media_from_lan", "media_dnat"]
+MEDIA_SETS = ["media_snat", "media_to_lan", "media_dnat"]
 
 
 def test_destroy_removes_each_element_with_one_message(nft):
@@ -171,8 +171,8 @@ def test_old_kernel_deletes_before_every_add(nft):
     assert ops(nft._changes([MEDIA], [], (), OLD_KERNEL)) == cleared_then_added
     assert ops(nft._changes([], [], [MEDIA], OLD_KERNEL)) == cleared_then_added
     refresh = nft._changes([MEDIA], [], (), OLD_KERNEL)
-    assert all(c.timeout_ms == 1000 for c in refresh[:8] if c.add)  # the guard add before the delete
-    assert {c.timeout_ms for c in refresh[8:]} == {MEDIA.timeout * 1000}
+    assert all(c.timeout_ms == 1000 for c in refresh[:6] if c.add)  # the guard add before the delete
+    assert {c.timeout_ms for c in refresh[6:]} == {MEDIA.timeout * 1000}
 
 
 @pytest.mark.parametrize(
@@ -182,14 +182,21 @@ def test_old_kernel_deletes_before_every_add(nft):
 def test_batch_is_what_libnftables_sends(nft, name, install, remove):
     captured = CAPTURED[name]
     assert normalise(captured) != captured  # the capture really has a set id / dirty padding to drop
-    ours = nftnl.encode_batch(nft._changes(install, remove, (), LIBNFTABLES), "nfsip", 0, ack_last=False)
+    changes = nft._changes(install, remove, (), LIBNFTABLES)
+    if name != "add_sip":
+        # The media captures were taken when a pinhole also had a media_from_lan counter element (its
+        # count now rides on the media_snat element): that element goes back in, after media_to_lan, to
+        # compare the encoding of what libnftables was asked for.
+        at = max(i for i, c in enumerate(changes) if c.set_name == "media_to_lan") + 1
+        changes[at:at] = [c._replace(set_name="media_from_lan") for c in changes if c.set_name == "media_to_lan"]
+    ours = nftnl.encode_batch(changes, "nfsip", 0, ack_last=False)
     assert ours == normalise(captured)
 
 
 def test_only_the_last_element_message_asks_for_an_ack(nft):
     batch = nftnl.encode_batch(nft._changes([MEDIA], []), "nfsip", 7)
     msgs = messages(batch)
-    assert [m[2] for m in msgs] == list(range(7, 13))
+    assert [m[2] for m in msgs] == list(range(7, 12))  # begin, media_snat, media_to_lan, media_dnat, end
     assert msgs[0][0] == nftnl.NFNL_MSG_BATCH_BEGIN and msgs[-1][0] == nftnl.NFNL_MSG_BATCH_END
     acks = [m for m in msgs if m[1] & nftnl.NLM_F_ACK]
     assert acks == [msgs[-2]]

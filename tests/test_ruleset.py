@@ -119,15 +119,21 @@ def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
 
 
 def test_media_counters_see_lan_addresses_after_the_admin_filter():
-    """The counter sets are keyed by the phone's LAN address and port, so they are looked up where both
-    directions carry it in the header: after DNAT (prerouting) and forwarding (so after the admin's forward
-    filter), before any SNAT, including nfsip's own (srcnat - 10)."""
+    """Media is counted by the phone's LAN address and port (towards it: media_to_lan; from it: its media_snat
+    element, so a pinhole needs no second counter element), looked up where both directions carry it in
+    the header: after DNAT (prerouting) and forwarding (so after the admin's forward filter), before any
+    SNAT, including nfsip's own (srcnat - 10)."""
+    assert re.search(r"map media_snat \{[^}]*\bcounter\b", RENDERED)
+    assert "media_from_lan" not in RENDERED
     for key, counted in (
         ("ip daddr . th dport", ruleset.COUNT_TO_LAN),
-        ("ip saddr . th sport", ruleset.COUNT_FROM_LAN),
+        ("ip saddr . th sport", ruleset.SNAT_MAP),
     ):
         where = [
-            (hook, rule) for hook, rules in filter_chains(RENDERED).values() for rule in rules if f"@{counted}" in rule
+            (hook, rule)
+            for hook, rules in filter_chains(RENDERED).values()
+            for rule in rules
+            if f"@{counted}" in rule and " map " not in rule
         ]
         assert len(where) == 1, where
         (_type, hook, prio), rule = where[0]

@@ -23,7 +23,6 @@ from typing import Any
 from ..model import Endpoint, Pinhole, element_comment, parse_comment
 from . import nftnl
 from .ruleset import (
-    COUNT_FROM_LAN,
     COUNT_TO_LAN,
     DNAT_MAP,
     DNAT_STRICT_MAP,
@@ -79,7 +78,7 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
-_COUNTERS = (COUNT_TO_LAN, COUNT_FROM_LAN)
+_COUNTERS = (COUNT_TO_LAN,)
 
 
 def _change(fields: tuple) -> nftnl.Change:
@@ -189,7 +188,8 @@ class Nft:
     @staticmethod
     def _entries(hole: Pinhole) -> list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]]:
         """The elements that make one pinhole, as (set, key, value): inbound DNAT and outbound SNAT map
-        entries (and, for media, its two packet counters)."""
+        entries (for media, the SNAT element also counts the phone's packets), and for media the counter of
+        packets towards the phone."""
         public, lan = hole.public, hole.lan
         if hole.kind == "sip":
             if hole.remote_ip:
@@ -202,7 +202,6 @@ class Nft:
         entries: list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]] = [
             (SNAT_MAP, lan_key, public_key),
             (COUNT_TO_LAN, lan_key, None),
-            (COUNT_FROM_LAN, lan_key, None),
         ]
         if hole.kind == "media" and hole.remote_ip:
             entries.append((DNAT_STRICT_MAP, (hole.remote_ip, public.ip, public.port), lan_key))
@@ -314,14 +313,11 @@ class Nft:
             for hole, entries in added:
                 timeout = nftnl.timeout_attr(int(max(1, hole.timeout) * 1000))
                 userdata = nftnl.userdata_attr(element_comment(hole, self._epoch_of(hole.since)))
-                previous: tuple = ()
                 for name, key, value in entries:
                     message = adds.get(name)
                     if message is None:
                         message = adds[name] = nftnl.Message(nftnl.NFT_MSG_NEWSETELEM, name, [], [])
-                    if previous[:2] != (key, value):  # the two counter elements are the same bytes
-                        previous = (key, value, nftnl.add_element(key, value, timeout, userdata))
-                    message.elements.append(previous[2])
+                    message.elements.append(nftnl.add_element(key, value, timeout, userdata))
                     message.shown.append((key, value))
             out.extend(destroys.values())
             out.extend(adds.values())
@@ -356,8 +352,9 @@ class Nft:
         recreate = list(recreate)
         deleted: Deleted = {}
         # (pinhole, whether its counter elements go too) for every pinhole whose elements are deleted first.
-        # A state change (recreate) renews the map elements' comments; a packet counter keeps its element
-        # and its count, unless the kernel cannot update timeouts: then the counter follows, count restarted.
+        # A state change (recreate) renews the map elements' comments, so the SNAT element's count of the
+        # phone's packets restarts; the media_to_lan counter keeps its element and count, unless the kernel
+        # cannot update timeouts: then it is re-created too.
         cleared = [*((h, True) for h in remove), *((h, not timeout_update) for h in recreate)]
         if not timeout_update:
             # A re-add would leave the old timeout: every element is deleted before it is added again.
@@ -542,15 +539,17 @@ class Nft:
         return None
 
     def media_counters(self) -> dict[Endpoint, tuple[int, int, int, int]]:
-        """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it)."""
+        """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it): the counter
+        of its media_to_lan element, and that of its media_snat element."""
         result: dict[Endpoint, list[int]] = {}
-        for slot, name in ((0, COUNT_TO_LAN), (2, COUNT_FROM_LAN)):
-            rc, out, err = self._nft.cmd(f"list set ip {self.table} {name}")
+        for slot, kind, name in ((0, "set", COUNT_TO_LAN), (2, "map", SNAT_MAP)):
+            rc, out, err = self._nft.cmd(f"list {kind} ip {self.table} {name}")
             if rc != 0:
-                raise NftError(err.strip() or f"cannot list set {name}")
+                raise NftError(err.strip() or f"cannot list {kind} {name}")
             for item in json.loads(out).get("nftables", []):
-                for entry in (item.get("set") or {}).get("elem", []):
-                    elem = entry.get("elem", {})
+                for entry in (item.get(kind) or {}).get("elem", []):
+                    key_part = entry[0] if kind == "map" and isinstance(entry, list) else entry
+                    elem = key_part.get("elem", {}) if isinstance(key_part, dict) else {}
                     key = elem.get("val", {}).get("concat", [])
                     counter = elem.get("counter") or {}
                     if len(key) != 2:

@@ -33,7 +33,7 @@ SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . 
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
 COUNT_TO_LAN = "media_to_lan"  # LAN ip . port, one counter per media pinhole: packets towards the phone
-COUNT_FROM_LAN = "media_from_lan"  # ... and from it
+# Packets from the phone are counted by the media_snat element itself (keyed by the same LAN ip . port).
 QUEUE_CHAIN = "sip_queue"
 # The filter chains every forwarded packet traverses (see render() for what each does, and why in that order).
 BEFORE_SNAT_CHAIN = "before_snat"  # media counters + the first datagram of a new LAN -> WAN SIP flow
@@ -115,10 +115,12 @@ table ip {opts.table} {{
 \t\tflags timeout
 \t}}
 
-\t# LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named)
+\t# LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named).
+\t# Each element's counter counts the phone's media packets (looked up in chain {BEFORE_SNAT_CHAIN}).
 \tmap {SNAT_MAP} {{
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
 \t\tflags timeout
+\t\tcounter
 \t}}
 
 \t# A registered phone's SIP port, kept reachable for the registration's lifetime even after the UDP
@@ -140,15 +142,9 @@ table ip {opts.table} {{
 \t\tflags timeout
 \t}}
 
-\t# Media packet counters per pinhole (the far end -> phone and phone -> far end directions), read by
-\t# the daemon for per-call metrics and one-way-audio detection. Looked up in chain {BEFORE_SNAT_CHAIN}.
+\t# Media packet counter per pinhole, far end -> phone (phone -> far end: the {SNAT_MAP} element's), read
+\t# by the daemon for per-call metrics and one-way-audio detection. Looked up in chain {BEFORE_SNAT_CHAIN}.
 \tset {COUNT_TO_LAN} {{
-\t\ttype ipv4_addr . inet_service
-\t\tflags timeout
-\t\tcounter
-\t}}
-
-\tset {COUNT_FROM_LAN} {{
 \t\ttype ipv4_addr . inet_service
 \t\tflags timeout
 \t\tcounter
@@ -192,7 +188,7 @@ table ip {opts.table} {{
 \t\ttype filter hook postrouting priority mangle; policy accept;
 \t\tmeta l4proto != udp return
 \t\tip daddr . th dport @{COUNT_TO_LAN}
-\t\tip saddr . th sport @{COUNT_FROM_LAN}
+\t\tip saddr . th sport @{SNAT_MAP}
 \t\tth dport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t\tth sport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
