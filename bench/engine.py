@@ -5,8 +5,8 @@
 Per message: decode IPv4/UDP + parse SIP/SDP + decide + rewrite + encode (what the daemon does between
 reading a queued datagram and its verdict, minus the netlink calls), on an outbound INVITE with a 2-stream
 SDP, the 200 OK with SDP answering it, an un-rewritten BYE, and a REGISTER. Per transaction: installing
-the 2 pinholes (RTP + RTCP, 4 elements each: media_snat, media_dnat and the 2 counter sets) of an audio
-stream, and removing them, in a scratch network namespace, both ways side by side: the libnftables JSON
+the 2 pinholes (RTP + RTCP, 3 elements each: media_snat, media_dnat and the media_to_lan counter) of an
+audio stream, and removing them, in a scratch network namespace, both ways side by side: the libnftables JSON
 transaction (Nft.apply_json, the path used before) and the raw nfnetlink batch (Nft.apply, nfsip.kernel.nftnl),
 interleaved so that both see the same machine. Median and p99 over n runs, all in one run of this script
 (the machine is noisy: compare numbers from the same run).
@@ -236,7 +236,7 @@ def main() -> int:
         for kind, us in roundtrip.items():
             print(f"{kind:<24}{us:>12.1f} µs CPU")
     nft = bench_nft(min(args.n, 1000))
-    print("\nPinhole transaction, one audio stream = 2 pinholes = 8 elements: libnftables JSON vs raw nfnetlink")
+    print("\nPinhole transaction, one audio stream = 2 pinholes = 6 elements: libnftables JSON vs raw nfnetlink")
     if isinstance(nft, str):
         print(f"  {nft}")
     else:

@@ -17,8 +17,8 @@ and torn down in stages N/2, N/4, 0. At every level:
   nfsip_nft_transaction_seconds histogram: mean, and p50/p99 as precise as the Prometheus buckets);
 - a probe: in the router namespace, `Nft.apply()` (nfsip's adapter, libnftables JSON) adds and then
   removes the 2 pinholes of one extra audio stream in the same table, --probe times (median, p99), so
-  the element insert/delete cost is seen against the size of the maps (each media pinhole is 4 elements:
-  media_snat, media_dnat, and one in each counter set);
+  the element insert/delete cost is seen against the size of the maps (each media pinhole is 3 elements:
+  media_snat, media_dnat and media_to_lan);
 - the stage's duration (calls/s the daemon sustained bringing calls up or down).
 At N: `nfsip status --json` (its run time and what it reports). After teardown, leftovers: calls and
 pinholes in `nfsip status`, and UDP conntrack entries in the router other than the SIP flow itself; all
@@ -393,7 +393,7 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         "every 5 s) and Nft.media_counters() (sample_media, every media_sample_interval = 5 s), timed once at "
         "each level in the router; the daemon runs them in its reader thread (nfsip.kernel.reader), off the "
         "packet loop",
-        "probe: one extra audio stream (2 pinholes = 8 elements) added and removed by nfsip's Nft.apply() "
+        "probe: one extra audio stream (2 pinholes = 6 elements) added and removed by nfsip's Nft.apply() "
         f"{opts.probe} times at each level, in the daemon's table; daemon nft tx mean: the daemon's own "
         "transactions during the stage that led to the level (INVITE install + 200 re-create, or BYE removal)",
         f"calls driven by real SIP through the queue (bench/sipload.c hold mode, {opts.window} call steps in "
