@@ -15,7 +15,7 @@ and torn down in stages N/2, N/4, 0. At every level:
 - the daemon's resident memory (VmRSS of /proc/<pid>/status); per call = (RSS at N - RSS at 0) / N;
 - the cost of the daemon's own nft transactions during the stage that led there (deltas of its
   nfsip_nft_transaction_seconds histogram: mean, and p50/p99 as precise as the Prometheus buckets);
-- a probe: in the router namespace, `Nft.apply()` (nfsip's adapter, libnftables JSON) adds and then
+- a probe: in the router namespace, `Nft.apply()` (nfsip's adapter, a raw nfnetlink batch) adds and then
   removes the 2 pinholes of one extra audio stream in the same table, --probe times (median, p99), so
   the element insert/delete cost is seen against the size of the maps (each media pinhole is 3 elements:
   media_snat, media_dnat and media_to_lan);
