@@ -378,8 +378,8 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
             f"{profile_frames(prof)}"
         )
     result.notes += [
-        f"peak: {top.calls:,} calls up = {2 * top.calls:,} media pinholes ({8 * top.calls:,} nft elements: "
-        f"media_snat, media_dnat and the two counter sets); daemon RSS {levels[0].rss_kib / 1024:.1f} MiB at "
+        f"peak: {top.calls:,} calls up = {2 * top.calls:,} media pinholes ({6 * top.calls:,} nft elements: "
+        f"media_snat, media_dnat and media_to_lan); daemon RSS {levels[0].rss_kib / 1024:.1f} MiB at "
         f"start -> {top.rss_kib / 1024:.1f} MiB: **{per_call:,.0f} bytes per call**",
         f"`nfsip status --json` at the peak took {data.get('status_at_top', {}).get('seconds', float('nan')):.1f} s "
         f"and listed {data.get('status_at_top', {}).get('calls', '-')} calls / "
