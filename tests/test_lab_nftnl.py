@@ -9,7 +9,9 @@ import errno
 import itertools
 import json
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -294,3 +296,25 @@ def test_path_for_old_kernels_leaves_the_same_tables(tables):
             # Re-created too, so that its timeout follows the call's (its count starts again).
             assert [row[2] for row in listing(raw)[COUNT_TO_LAN] if "6000]" in row[0]] == [7200]
     assert all(rows == [] for rows in listing(raw).values())
+
+
+def test_counters_read_from_a_raw_dump_are_those_nft_lists(tables):
+    """Nft.media_counters parses GETSETELEM dumps itself; after real packets it gives what libnftables lists
+    (media_counters_json): towards the phone from media_to_lan, from it from the media_snat element."""
+    raw, _ref = tables
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # this test process is in the scratch netns
+    sender, receiver = (
+        Pinhole(Endpoint(PUBLIC, 40000 + i), Endpoint("127.0.0.1", 6000 + i), "call-1", f"m0.{i}", 180) for i in (0, 1)
+    )
+    raw.apply([sender, receiver], ())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 6001))
+        tx.bind(("127.0.0.1", 6000))
+        for _ in range(5):
+            tx.sendto(b"rtp" * 50, ("127.0.0.1", 6001))
+    time.sleep(0.1)
+    got = raw.media_counters()
+    assert got == raw.media_counters_json()
+    to_receiver, from_sender = got[receiver.lan][0], got[sender.lan][2]
+    assert to_receiver >= 5 and from_sender >= 5, got
+    assert got[receiver.lan][1] >= 5 * (150 + 28)  # bytes: IP + UDP + payload
