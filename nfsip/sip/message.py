@@ -1113,18 +1113,10 @@ class SipMessage:
             if "tag" not in t[s:e].lower():
                 return False
             # The usual To of an in-dialog request: what the parse would say, read off the match without
-            # building the NameAddr (every ACK and BYE asks; bench/engine.py). Only when _parse_single would
-            # take its fast path and _fast_name_addr accept the match (same limits); else the parse decides.
-            if t.count(";", s, e) <= MAX_SEPARATORS:
-                m = _NAME_ADDR_FAST_RE.fullmatch(t, s, e)
-                if m is not None:
-                    port_s, upb, hpb = m.group(_NA_PORT, _NA_UPB, _NA_PB)
-                    if (
-                        upb.count(";") <= MAX_PARAMS
-                        and hpb.count(";") <= MAX_PARAMS
-                        and (port_s is None or int(port_s) <= 65535)
-                    ):
-                        return _has_valued_param(hpb, "tag")
+            # building the NameAddr (every ACK and BYE asks; bench/engine.py).
+            m = self._usual_to_match()
+            if m is not None:
+                return _has_valued_param(m.group(_NA_PB), "tag")
         try:
             return self.to.tag is not None
         except SipParseError:
@@ -1136,20 +1128,26 @@ class SipMessage:
         bench/engine.py); only when _parse_single would take its fast path and _fast_name_addr accept the
         match (same limits), else from ``to``."""
         if self._to is None:
-            s, e = self._to_at
-            t = self._text
-            if t.count(";", s, e) <= MAX_SEPARATORS:
-                m = _NAME_ADDR_FAST_RE.fullmatch(t, s, e)
-                if m is not None:
-                    port_s, upb, hpb = m.group(_NA_PORT, _NA_UPB, _NA_PB)
-                    if (
-                        upb.count(";") <= MAX_PARAMS
-                        and hpb.count(";") <= MAX_PARAMS
-                        and (port_s is None or int(port_s) <= 65535)
-                    ):
-                        # From after '<' to before '>': the span _fast_name_addr gives the SipUri.
-                        return self.raw[m.start(_NA_SCHEME) : m.start(_NA_PB) - 1]
+            m = self._usual_to_match()
+            if m is not None:
+                # From after '<' to before '>': the span _fast_name_addr gives the SipUri.
+                return self.raw[m.start(_NA_SCHEME) : m.start(_NA_PB) - 1]
         return self.to.uri.span.slice(self.raw)
+
+    def _usual_to_match(self) -> re.Match[str] | None:
+        """The fast name-addr match of the unparsed To, only where _parse_single would take its fast path and
+        _fast_name_addr accept the match (same limits); None where the full parse must decide."""
+        s, e = self._to_at
+        t = self._text
+        if t.count(";", s, e) > MAX_SEPARATORS:
+            return None
+        m = _NAME_ADDR_FAST_RE.fullmatch(t, s, e)
+        if m is None:
+            return None
+        port_s, upb, hpb = m.group(_NA_PORT, _NA_UPB, _NA_PB)
+        if upb.count(";") > MAX_PARAMS or hpb.count(";") > MAX_PARAMS or (port_s is not None and int(port_s) > 65535):
+            return None
+        return m
 
     def validate(self) -> SipMessage:
         """Parse every part a lazy :func:`parse_message` deferred; raise :class:`SipParseError`.
