@@ -30,7 +30,7 @@ import select
 import socket
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -136,11 +136,13 @@ class Change(NamedTuple):
     comment: str | None = None
     destroy: bool = False
 
-    def describe(self) -> str:
-        text = " . ".join(str(f) for f in self.key)
-        if self.value is not None:
-            text += " : " + " . ".join(str(f) for f in self.value)
-        return f"{self.set_name} {{ {text} }}"
+
+def element_text(set_name: str, key: tuple[Field, ...], value: tuple[Field, ...] | None) -> str:
+    """An element as nft writes it: `media_snat { 10.0.0.2 . 6000 : 198.51.100.1 . 40000 }`."""
+    text = " . ".join(str(f) for f in key)
+    if value is not None:
+        text += " : " + " . ".join(str(f) for f in value)
+    return f"{set_name} {{ {text} }}"
 
 
 _ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
@@ -208,34 +210,36 @@ _TIMEOUTS: dict[int, bytes] = {}
 _PREFIXES: dict[tuple[str, str], bytes] = {}  # (table, set) -> nfgenmsg + table + set attributes
 
 
-def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[tuple[Field, ...], bytes]) -> bytes:
-    """NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA holding NFTA_DATA_VALUE with the concatenation."""
-    packed = concat(fields)
-    attr = _ATTR.pack(8 + len(packed), kind) + _ATTR.pack(4 + len(packed), NFTA_DATA_VALUE) + packed
+def _remember(memo: dict[Any, bytes], key: Any, attr: bytes) -> bytes:
+    """Keep `attr` under `key` in one of the memos above (emptied when full); returns it."""
     if len(memo) >= _MEMO_LIMIT:
         memo.clear()
-    memo[fields] = attr
+    memo[key] = attr
     return attr
+
+
+def _data_attr(kind: int, fields: tuple[Field, ...], memo: dict[Any, bytes]) -> bytes:
+    """NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA holding NFTA_DATA_VALUE with the concatenation."""
+    packed = concat(fields)
+    return _remember(
+        memo, fields, _ATTR.pack(8 + len(packed), kind) + _ATTR.pack(4 + len(packed), NFTA_DATA_VALUE) + packed
+    )
 
 
 def timeout_attr(timeout_ms: int) -> bytes:
     """NFTA_SET_ELEM_TIMEOUT (milliseconds, big endian)."""
     attr = _TIMEOUTS.get(timeout_ms)
-    if attr is None:
-        if len(_TIMEOUTS) >= _MEMO_LIMIT:
-            _TIMEOUTS.clear()
-        attr = _TIMEOUTS[timeout_ms] = _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
-    return attr
+    return (
+        attr
+        if attr is not None
+        else _remember(_TIMEOUTS, timeout_ms, _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms)))
+    )
 
 
 def userdata_attr(comment: str) -> bytes:
     """NFTA_SET_ELEM_USERDATA holding the comment (see _userdata). Raises ValueError when too long."""
     attr = _USERDATA.get(comment)
-    if attr is None:
-        if len(_USERDATA) >= _MEMO_LIMIT:
-            _USERDATA.clear()
-        attr = _USERDATA[comment] = _userdata(comment)
-    return attr
+    return attr if attr is not None else _remember(_USERDATA, comment, _userdata(comment))
 
 
 def add_element(
@@ -263,11 +267,8 @@ def delete_element(key: tuple[Field, ...]) -> bytes:
 def _prefix(table: str, set_name: str) -> bytes:
     prefix = _PREFIXES.get((table, set_name))
     if prefix is None:
-        if len(_PREFIXES) >= _MEMO_LIMIT:
-            _PREFIXES.clear()
-        prefix = _PREFIXES[(table, set_name)] = (
-            _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
-        )
+        prefix = _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
+        _remember(_PREFIXES, (table, set_name), prefix)
     return prefix
 
 
@@ -452,12 +453,7 @@ def _drain(sock: socket.socket) -> tuple[list[tuple[int, int, int]], bool]:
 
 def _describe(message: Message) -> str:
     """The elements of one message, as nft would write them (the first few of a long one)."""
-    shown = []
-    for key, value in message.shown[:3]:
-        text = " . ".join(str(f) for f in key)
-        if value is not None:
-            text += " : " + " . ".join(str(f) for f in value)
-        shown.append(f"{message.set_name} {{ {text} }}")
+    shown = [element_text(message.set_name, key, value) for key, value in message.shown[:3]]
     more = f" and {len(message.shown) - 3} more in this message" if len(message.shown) > 3 else ""
     return ", ".join(shown) + more
 
