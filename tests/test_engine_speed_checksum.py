@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from nfsip.packet import internet_checksum
 
+from .test_packet import rfc1071
+
 
 def reference(data: bytes) -> int:
     """The sum as it was computed before the folding: one big integer modulo 0xFFFF."""
@@ -17,16 +19,6 @@ def reference(data: bytes) -> int:
     total = int.from_bytes(data, "big") % 0xFFFF
     if total == 0 and any(data):
         total = 0xFFFF
-    return ~total & 0xFFFF
-
-
-def rfc1071(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
