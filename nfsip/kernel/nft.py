@@ -187,7 +187,7 @@ class Nft:
         }
 
     @staticmethod
-    def _entries(hole: Pinhole) -> list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]]:
+    def _entries(hole: Pinhole) -> list[Entry]:
         """The elements that make one pinhole, as (set, key, value): inbound DNAT and outbound SNAT map
         entries (for media, the SNAT element also counts the phone's packets), and for media the counter of
         packets towards the phone."""
@@ -200,7 +200,7 @@ class Nft:
             return [dnat, (SIP_SNAT_MAP, (lan.ip, lan.port), (public.ip, public.port))]
         lan_key = (lan.ip, lan.port)
         public_key = (public.ip, public.port)
-        entries: list[tuple[str, tuple[nftnl.Field, ...], tuple[str, int] | None]] = [
+        entries: list[Entry] = [
             (SNAT_MAP, lan_key, public_key),
             (COUNT_TO_LAN, lan_key, None),
         ]
