@@ -276,7 +276,7 @@ def scale(part: dict[str, Any], out: Path) -> Path | None:
         color=USERSPACE,
         label="daemon's own transactions (mean of stage)",
     )
-    ax2.set_xlabel("media pinholes in the maps (3 elements each)")
+    ax2.set_xlabel("media pinholes in the maps (2 elements each)")
     ax2.set_ylabel("µs per nft transaction")
     ax2.set_ylim(bottom=0)
     ax2.set_title("nft transaction cost as the maps grow")

@@ -6,15 +6,22 @@
 bench/media.py found masquerade through a router with nfsip loaded ((n)) slower than through the same router
 without it ((a)), for traffic that is neither SIP nor a pinhole. This measures that cost. One lab with
 masquerade; no daemon, so no queue rule (no packet here is SIP anyway), one media pinhole's elements added by
-hand (media_dnat, media_snat, media_to_lan, and media_from_lan in tables that have it: public
-198.51.100.1:40000 <-> phone1:6000). Table variants:
+hand (media_dnat, media_snat, and the counter sets media_to_lan and media_from_lan in the older tables that
+have them: public 198.51.100.1:40000 <-> phone1:6000). Conntrack accounting (net.netfilter.nf_conntrack_acct,
+which nfsip's table now turns on for its per-call media counts) is set after each table is loaded: off
+unless a variant says "+acct". Variants:
 
   none                  no nfsip table (the baseline)
+  none +acct            no nfsip table, accounting on: what accounting itself costs
   old                   the table as shipped at --old-rev (`git show REV:nft/nfsip.nft`)
   old -sip chains       old without sip_new_to_wan, sip_to_wan, sip_from_wan (the SIP divert filter chains)
   old -media_count      old without its forward chain that looks every UDP packet up in the counter sets
-  new                   the table as nfsip.kernel.ruleset.render() makes it now
-  new -before_snat      new without before_snat (media counters + first SIP datagram before NAT)
+  counters              the table as shipped at --counters-rev: the last one that counted media per packet,
+                        with two counter-set lookups in before_snat (accounting was not used then)
+  new                   the table as nfsip.kernel.ruleset.render() makes it now, accounting on: as the daemon
+                        runs it
+  new -acct             new with accounting off
+  new -before_snat      new without before_snat (the first SIP datagram of a flow before NAT)
   new -sip divert       new without sip_to_wan and sip_from_wan
   new nat only          new with none of its filter chains (the nat chains see only a flow's first packet)
   new emptied           new with its three filter base chains still hooked but without rules: what the
@@ -25,8 +32,8 @@ and flows (172-byte UDP, bench/udpblast.c for --seconds, counted at the receiver
   out       phone1:6100 -> server:7000, masqueraded (media.py case (a))
   in        server:7000 -> 198.51.100.1:6100, the reply direction of out's flow (case (a'); the inbound
             direction is the one that reaches the FIB lookup of sip_from_wan)
-  pinhole   server:7000 -> 198.51.100.1:40000 -> phone1:6000 through the pinhole (case (b), counted in
-            media_to_lan); a table variant without the nat chains cannot forward it, so `none` skips it
+  pinhole   server:7000 -> 198.51.100.1:40000 -> phone1:6000 through the pinhole (case (b)); a table
+            variant without the nat chains cannot forward it, so `none` skips it
 
 Every measurement flushes the router's conntrack first. Variants alternate within each round (in an order
 rotated by one each round) and the flows within each variant, so slow drifts of a shared machine spread over
@@ -65,20 +72,25 @@ from nfsip.lab.lab import Lab, can_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "a94ecf1"  # the last commit with the four-filter-chain table (media_count, sip_new_to_wan, ...)
+COUNTERS_REV = "d39362f"  # the last commit whose table counted media per packet (media_to_lan, media_snat)
 OLD_SIP = ["sip_new_to_wan", "sip_to_wan", "sip_from_wan"]
 NEW_FILTER = [ruleset.BEFORE_SNAT_CHAIN, ruleset.SIP_TO_WAN_CHAIN, ruleset.SIP_FROM_WAN_CHAIN]
 EMPTIED = "="  # a chain name with this prefix is flushed but kept: its rules go, the base chain stays hooked
-# name -> (which table, chains deleted from it); table None: no nfsip table at all
+ACCT = "+acct"  # in a variant's chain list: conntrack accounting on while it is measured
+# name -> (which table, chains deleted from it, and ACCT if so); table None: no nfsip table at all
 VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "none": (None, []),
+    "none +acct": (None, [ACCT]),
     "old": ("old", []),
     "old -sip chains": ("old", OLD_SIP),
     "old -media_count": ("old", ["media_count"]),
-    "new": ("new", []),
-    "new -before_snat": ("new", [ruleset.BEFORE_SNAT_CHAIN]),
-    "new -sip divert": ("new", [ruleset.SIP_TO_WAN_CHAIN, ruleset.SIP_FROM_WAN_CHAIN]),
-    "new nat only": ("new", NEW_FILTER),
-    "new emptied": ("new", [EMPTIED + c for c in NEW_FILTER]),
+    "counters": ("counters", []),
+    "new": ("new", [ACCT]),
+    "new -acct": ("new", []),
+    "new -before_snat": ("new", [ACCT, ruleset.BEFORE_SNAT_CHAIN]),
+    "new -sip divert": ("new", [ACCT, ruleset.SIP_TO_WAN_CHAIN, ruleset.SIP_FROM_WAN_CHAIN]),
+    "new nat only": ("new", [ACCT, *NEW_FILTER]),
+    "new emptied": ("new", [ACCT, *(EMPTIED + c for c in NEW_FILTER)]),
 }
 
 
@@ -123,14 +135,20 @@ FLOWS = {
 PINHOLE_ELEMENTS = f"""\
 add element ip nfsip {ruleset.DNAT_MAP} {{ {PUBLIC_IP} . {PUBLIC_PORT} timeout 1h : {PHONE_IP} . {PHONE_MEDIA_PORT} }}
 add element ip nfsip {ruleset.SNAT_MAP} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h : {PUBLIC_IP} . {PUBLIC_PORT} }}
-add element ip nfsip {ruleset.COUNT_TO_LAN} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}
 """
-# Tables before the SNAT map counted the phone's packets had a second counter set.
-FROM_LAN_SET = "media_from_lan"
-FROM_LAN_ELEMENT = f"add element ip nfsip {FROM_LAN_SET} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}\n"
+# Older tables counted media per packet in counter sets keyed by the phone's LAN address and port.
+COUNTER_SETS = ("media_to_lan", "media_from_lan")
 
 
-def old_table(rev: str) -> str:
+def counter_elements(table: str) -> str:
+    return "".join(
+        f"add element ip nfsip {name} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}\n"
+        for name in COUNTER_SETS
+        if f"set {name} " in table
+    )
+
+
+def table_at(rev: str) -> str:
     """The shipped table file at `rev`, for the router's WAN interface (the file is rendered for wan0)."""
     text = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:nft/nfsip.nft"], capture_output=True, text=True, check=True
@@ -143,16 +161,20 @@ def chains_of(table: str) -> set[str]:
 
 
 def load(lab: Lab, table: str | None, drop: list[str]) -> None:
+    # After the table: loading nfsip's table turns accounting on (its conntrack_accounting chain).
+    acct = ["sysctl", "-qw", f"net.netfilter.nf_conntrack_acct={int(ACCT in drop)}"]
     lab.nft(T.ROUTER, "add table ip nfsip\ndelete table ip nfsip\n")
     if table is None:
+        lab.run(T.ROUTER, acct)
         return
     lab.nft(T.ROUTER, table)
-    for chain in drop:
+    lab.run(T.ROUTER, acct)
+    for chain in (c for c in drop if c != ACCT):
         if chain.startswith(EMPTIED):
             lab.nft(T.ROUTER, f"flush chain ip nfsip {chain.removeprefix(EMPTIED)}\n")
         else:
             lab.nft(T.ROUTER, f"flush chain ip nfsip {chain}\ndelete chain ip nfsip {chain}\n")
-    lab.nft(T.ROUTER, PINHOLE_ELEMENTS + (FROM_LAN_ELEMENT if f"set {FROM_LAN_SET} " in table else ""))
+    lab.nft(T.ROUTER, PINHOLE_ELEMENTS + counter_elements(table))
 
 
 def receiver_table(match: str) -> str:
@@ -191,16 +213,26 @@ def runs(variant: str, flow: str) -> bool:
     return not (flow == "pinhole" and VARIANTS[variant][0] is None)
 
 
-def run(seconds: float, rounds: int, old_rev: str, variants: list[str], flows: list[str], workdir: Path) -> PartResult:
+def run(
+    seconds: float,
+    rounds: int,
+    old_rev: str,
+    variants: list[str],
+    flows: list[str],
+    workdir: Path,
+    counters_rev: str = COUNTERS_REV,
+) -> PartResult:
     started = time.monotonic()
     blaster = build("udpblast", workdir)
     tables = {
-        "old": old_table(old_rev),
+        "old": table_at(old_rev),
+        "counters": table_at(counters_rev),
         "new": ruleset.render(ruleset.options_from(Config(wan_interface=T.ROUTER_WAN_IF), native_queue=False)),
     }
     for variant in variants:
         which, drop = VARIANTS[variant]
-        missing = {c.removeprefix(EMPTIED) for c in drop} - chains_of(tables[which]) if which else set()
+        named = {c.removeprefix(EMPTIED) for c in drop if c != ACCT}
+        missing = named - chains_of(tables[which]) if which else set()
         if missing:
             raise SystemExit(f"{variant}: {which} table has no chain {sorted(missing)}")
     pps: dict[str, dict[str, list[float]]] = {v: {f: [] for f in flows if runs(v, f)} for v in variants}
@@ -221,7 +253,8 @@ def run(seconds: float, rounds: int, old_rev: str, variants: list[str], flows: l
                 + ", ".join(f"{v}/{f} {vals[-1] / 1000:.0f}k" for v, fl in pps.items() for f, vals in fl.items()),
                 flush=True,
             )
-    return report(pps, seconds, rounds, old_rev, load_before, time.monotonic() - started)
+    revs = f"{old_rev}, counters = {counters_rev}"
+    return report(pps, seconds, rounds, revs, load_before, time.monotonic() - started)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -277,11 +310,12 @@ def report(
                     "per round / none (median)": spread(per_round),
                 }
             )
-    if "old" in pps and "new" in pps:
-        for flow in pps["new"]:
-            result.notes.append(
-                f"new / old, {flow}, per round: {spread(paired(pps['new'][flow], pps['old'].get(flow, [])))}"
-            )
+    for other in ("old", "counters"):
+        if other in pps and "new" in pps:
+            for flow in pps["new"]:
+                result.notes.append(
+                    f"new / {other}, {flow}, per round: {spread(paired(pps['new'][flow], pps[other].get(flow, [])))}"
+                )
     result.data = {
         "pps": pps,
         "ratios_per_round_median": ratios,
@@ -293,7 +327,8 @@ def report(
     result.notes.append(
         f"{rounds} rounds x {seconds:g} s per variant and flow, variants alternated within each round (order "
         f"rotated each round); 172-byte UDP; old = nft/nfsip.nft at {old_rev}, new = the current render; no "
-        "daemon (no queue rule), one pinhole's elements in the maps and counter sets"
+        "daemon (no queue rule), one pinhole's elements in the maps (and in the counter sets of tables that have "
+        "them); conntrack accounting on only in the variants marked +acct and in new's (new -acct: off)"
     )
     result.notes.append(
         "pinhole is compared with none's `in` flow (plain routing + masquerade, same direction); "
@@ -313,6 +348,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--old-rev", default=OLD_REV, help="git revision whose nft/nfsip.nft is the old table")
+    parser.add_argument(
+        "--counters-rev", default=COUNTERS_REV, help="git revision whose nft/nfsip.nft is the `counters` table"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--flows", default=",".join(FLOWS), help=f"comma-separated, of: {', '.join(FLOWS)}")
     parser.add_argument("--out", type=Path, default=None)
@@ -324,7 +362,9 @@ def main() -> int:
         parser.error(f"unknown variant or flow: {', '.join(unknown)}")
     reason = can_run() or (None if shutil.which("gcc") else "needs gcc")
     return run_part(
-        reason, lambda workdir: run(args.seconds, args.rounds, args.old_rev, variants, flows, workdir), args.out
+        reason,
+        lambda workdir: run(args.seconds, args.rounds, args.old_rev, variants, flows, workdir, args.counters_rev),
+        args.out,
     )
 
 

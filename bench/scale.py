@@ -17,8 +17,11 @@ and torn down in stages N/2, N/4, 0. At every level:
   nfsip_nft_transaction_seconds histogram: mean, and p50/p99 as precise as the Prometheus buckets);
 - a probe: in the router namespace, `Nft.apply()` (nfsip's adapter, a raw nfnetlink batch) adds and then
   removes the 2 pinholes of one extra audio stream in the same table, --probe times (median, p99), so
-  the element insert/delete cost is seen against the size of the maps (each media pinhole is 3 elements:
-  media_snat, media_dnat and media_to_lan);
+  the element insert/delete cost is seen against the size of the maps (each media pinhole is 2 elements:
+  media_snat and media_dnat); and what the daemon's housekeeping reads back at that size: the table check,
+  and the per-call media counts (one dump of the UDP conntrack table). At the peak, before the probe,
+  phone1 sends one datagram from every held call's RTP and RTCP port, so that the counts are read over a
+  media flow per pinhole (2 conntrack entries per call, which the teardown must then purge);
 - the stage's duration (calls/s the daemon sustained bringing calls up or down).
 At N: `nfsip status --json` (its run time and what it reports). After teardown, leftovers: calls and
 pinholes in `nfsip status`, and UDP conntrack entries in the router other than the SIP flow itself; all
@@ -70,6 +73,17 @@ from nfsip.lab.nfsipd import NfsipDaemon
 PROBE = "--probe-child"
 PROBE_LAN_IP = "10.0.0.250"  # no such phone: probe elements never match traffic
 PROBE_PORT = 8000  # below the daemon's media range (10000-65000)
+MEDIA_BASE = 10000  # sipload -m: call i offers m=audio MEDIA_BASE + 2i (RTP) and + 1 (RTCP)
+DISCARD_PORT = 9  # the media touch's destination on the server (nothing listens)
+# One datagram from each of n consecutive LAN ports, starting at base: a conntrack entry per pinhole.
+TOUCH = """
+import socket, sys
+dst, base, n = (sys.argv[1], int(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
+for port in range(base, base + n):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", port))
+        s.sendto(b"rtp", dst)
+"""
 
 
 @dataclass
@@ -101,6 +115,7 @@ class Level:
 # --------------------------------------------------------------------------------------------- probe
 def probe_child(n: int) -> None:
     """Inside the router namespace: time n add and n remove transactions of one 2-pinhole audio stream."""
+    from nfsip.kernel.conntrack import read_media_counters
     from nfsip.kernel.nft import Nft
     from nfsip.kernel.ruleset import SNAT_MAP
     from nfsip.model import Endpoint, Pinhole
@@ -136,8 +151,9 @@ def probe_child(n: int) -> None:
     nft.table_exists()
     nft.has_queue_rule()
     check_s = time.perf_counter() - t0
+    lan = {hole.lan for hole in nft.media_pinholes() if hole.lan.ip != PROBE_LAN_IP}
     t0 = time.perf_counter()
-    nft.media_counters()
+    counts = read_media_counters(lan)
     counters_s = time.perf_counter() - t0
 
     def pct(v: list[float], q: float) -> float:
@@ -155,9 +171,19 @@ def probe_child(n: int) -> None:
                 "list_snat_s": list_s,
                 "table_check_s": check_s,
                 "media_counters_s": counters_s,
+                "media_endpoints": len(lan),
+                "media_endpoints_counted": sum(1 for v in counts.values() if v[2]),
             }
         )
     )
+
+
+def touch_media(lab: Lab, calls: int) -> None:
+    """One datagram from the RTP and RTCP port of each of the `calls` held calls (all of them pinholes now),
+    through the router to the server: SNATed by media_snat, one conntrack entry each."""
+    argv = [sys.executable, "-c", TOUCH, T.SERVER_IP, str(DISCARD_PORT), str(MEDIA_BASE), str(2 * calls)]
+    lab.run(PHONE, argv, timeout=300)
+    time.sleep(0.5)
 
 
 def probe(lab: Lab, n: int) -> dict[str, float]:
@@ -204,7 +230,7 @@ def run(opts: Options, workdir: Path) -> PartResult:
         pid = daemon.proc.pid
         uas = sipload_uas(lab, exe)
         argv = sipload_uac_args(
-            exe, lab, n=n, w=opts.window, H=True, T=30000, m=10000, s=25000, p=f"scale{int(time.time())}"
+            exe, lab, n=n, w=opts.window, H=True, T=30000, m=MEDIA_BASE, s=25000, p=f"scale{int(time.time())}"
         )
         uac = lab.popen(PHONE, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         time.sleep(0.2)
@@ -256,11 +282,15 @@ def run(opts: Options, workdir: Path) -> PartResult:
             metrics = now_metrics
             if phase == "up" and (target == n or stopped_early):
                 peak_status(daemon, data)
+                touch_media(lab, up)
             if phase == "up":
                 peak = up
                 if not plan:
                     plan = [peak // 2, peak // 4, 0]
             level.probe = probe(lab, opts.probe)
+            if phase == "up" and (target == n or stopped_early):
+                data["peak_endpoints"] = level.probe.get("media_endpoints")
+                data["peak_counted"] = level.probe.get("media_endpoints_counted")
             levels.append(level)
             print(
                 f"{phase} -> {up} calls in {secs:.1f} s ({failed} failed), RSS {level.rss_kib / 1024:.1f} MiB, "
@@ -378,8 +408,8 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
             f"{profile_frames(prof)}"
         )
     result.notes += [
-        f"peak: {top.calls:,} calls up = {2 * top.calls:,} media pinholes ({6 * top.calls:,} nft elements: "
-        f"media_snat, media_dnat and media_to_lan); daemon RSS {levels[0].rss_kib / 1024:.1f} MiB at "
+        f"peak: {top.calls:,} calls up = {2 * top.calls:,} media pinholes ({4 * top.calls:,} nft elements: "
+        f"media_snat and media_dnat); daemon RSS {levels[0].rss_kib / 1024:.1f} MiB at "
         f"start -> {top.rss_kib / 1024:.1f} MiB: **{per_call:,.0f} bytes per call**",
         f"`nfsip status --json` at the peak took {data.get('status_at_top', {}).get('seconds', float('nan')):.1f} s "
         f"and listed {data.get('status_at_top', {}).get('calls', '-')} calls / "
@@ -390,10 +420,12 @@ def summarize(levels: list[Level], data: dict[str, Any], opts: Options, stopped_
         f"pinholes {after.get('pinholes_active_gauge', '-')}; daemon RSS after "
         f"{after.get('rss_kib', 0) / 1024:.1f} MiB",
         "table check / counters read: Nft.table_exists() + has_queue_rule() (the daemon's ensure_installed, "
-        "every 5 s) and Nft.media_counters() (sample_media, every media_sample_interval = 5 s), timed once at "
-        "each level in the router; the daemon runs them in its reader thread (nfsip.kernel.reader), off the "
-        "packet loop",
-        "probe: one extra audio stream (2 pinholes = 6 elements) added and removed by nfsip's Nft.apply() "
+        "every 5 s) and conntrack.read_media_counters() of every media pinhole's LAN endpoint (sample_media, "
+        "every media_sample_interval = 5 s: one dump of the UDP conntrack table), timed once at each level in "
+        "the router; the daemon runs them in its reader thread (nfsip.kernel.reader), off the packet loop. At "
+        "the peak every pinhole has a media flow (one datagram from each RTP and RTCP port: "
+        f"{data.get('peak_counted', '-')} of {data.get('peak_endpoints', '-')} endpoints counted)",
+        "probe: one extra audio stream (2 pinholes = 4 elements) added and removed by nfsip's Nft.apply() "
         f"{opts.probe} times at each level, in the daemon's table; daemon nft tx mean: the daemon's own "
         "transactions during the stage that led to the level (INVITE install + 200 re-create, or BYE removal)",
         f"calls driven by real SIP through the queue (bench/sipload.c hold mode, {opts.window} call steps in "

@@ -78,6 +78,7 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
         results.append(
             CheckResult("conntrack", "fail", f"ctnetlink unavailable: {exc}", "modprobe nf_conntrack_netlink")
         )
+    results.append(_accounting_check())
 
     if config.wan_interface:
         from .kernel.netinfo import InterfaceError, primary_ipv4
@@ -106,6 +107,22 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
     if ip_forward.exists() and ip_forward.read_text().strip() != "1":
         results.append(CheckResult("forwarding", "warn", "IPv4 forwarding is off", "sysctl -w net.ipv4.ip_forward=1"))
     return results
+
+
+def _accounting_check() -> CheckResult:
+    """Conntrack accounting gives the per-call media counts; nfsip's table turns it on when it is loaded
+    (nfsip.kernel.ruleset.ACCOUNTING_CHAIN), so there is nothing to fix: this says which it is now."""
+    from .kernel.conntrack import accounting_enabled
+
+    state = accounting_enabled()
+    if state:
+        return CheckResult("accounting", "ok", "conntrack accounting on (per-call media counts)")
+    now = "off" if state is False else "not readable (is nf_conntrack loaded?)"
+    return CheckResult(
+        "accounting",
+        "ok",
+        f"conntrack accounting {now}; loading nfsip's table turns it on (per-call media counts)",
+    )
 
 
 def _kernel_alg_check(nft: object) -> CheckResult:

@@ -319,7 +319,7 @@ class Daemon:
         if now - self._last_sample >= self.config.media_sample_interval:
             self._last_sample = now
             if self.engine.calls.calls:
-                self.reader.ask(reader.COUNTERS)
+                self.reader.ask(reader.COUNTERS, self._media_endpoints())
             else:
                 self.sample_media(now, {})
         for what, value in self.reader.answers():
@@ -516,6 +516,15 @@ class Daemon:
     def sweep_conntrack(self) -> None:
         """Purge the scheduled media flows from conntrack, in the sweeper thread (nfsip.kernel.conntrack)."""
         self.conntrack.sweep_in_background(self.metrics.conntrack_purged.inc)
+
+    def _media_endpoints(self) -> frozenset[Endpoint]:
+        """The LAN ends of every live call's media streams: whose conntrack counters a sample reads."""
+        return frozenset(
+            Endpoint(call.lan_ip, port)
+            for call in self.engine.calls.calls.values()
+            for binding in call.streams.values()
+            for port in binding.lan_ports
+        )
 
     def sample_media(self, now: float, counters: dict[Endpoint, tuple[int, int, int, int]]) -> None:
         """Take a media counter sample (read by the reader's thread): per-call counts, one-way audio."""

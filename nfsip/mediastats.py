@@ -1,6 +1,7 @@
-"""Per-call media statistics from the kernel's per-pinhole packet counters (pure bookkeeping).
+"""Per-call media statistics from the kernel's per-flow packet counters (pure bookkeeping).
 
-The daemon samples the counters (nfsip.kernel.nft.Nft.media_counters) every few seconds; this module sums
+The daemon samples the conntrack accounting counters of the calls' media flows
+(nfsip.kernel.conntrack.read_media_counters, per LAN media endpoint) every few seconds; this module sums
 them per call and direction and spots one-way audio: an established call whose packets in one direction
 have not moved for `one_way_seconds` (the classic NAT symptom: the far end sends to an address nobody
 forwards). Sampling, not per-packet work: Python never sees a media packet.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .kernel.conntrack import read_media_counters
 from .kernel.nft import Nft, NftError
 
 
@@ -20,9 +21,14 @@ def collect(table: str) -> dict[str, Any]:
     try:
         media = nft.media_pinholes()
         registrations = nft.registration_pinholes()
-        counters = nft.media_counters()
     except NftError as exc:
         return {**empty, "installed": True, "error": str(exc)}
+    extra: dict[str, Any] = {}
+    try:
+        counters = read_media_counters({hole.lan for hole in media})
+    except OSError as exc:  # the pinholes are still worth showing without their counts
+        counters = {}
+        extra["counters_error"] = f"cannot read the media flows' conntrack counters: {exc}"
     now = time.time()
     calls: dict[tuple[str, str], dict[str, Any]] = {}
     for hole in media:
@@ -67,6 +73,7 @@ def collect(table: str) -> dict[str, Any]:
             }
             for hole in registrations
         ],
+        **extra,
     }
 
 
@@ -104,4 +111,7 @@ def format_table(state: dict[str, Any]) -> str:
                 f" {hole['media_from']:<15} {hole['packets_to_lan']:>9} {hole['packets_from_lan']:>10}"
                 f" {hole['seconds_left']:>5}s"
             )
+    if "counters_error" in state:
+        lines.append("")
+        lines.append(f"packet counts not shown: {state['counters_error']}")
     return "\n".join(lines)

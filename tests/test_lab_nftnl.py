@@ -19,9 +19,11 @@ from dataclasses import replace
 import pytest
 
 from nfsip.config import Config
+from nfsip.kernel import ctnetlink
+from nfsip.kernel.conntrack import accounting_enabled, read_media_counters
+from nfsip.kernel.ctnetlink import IPCTNL_MSG_CT_GET, NLM_F_DUMP, NLM_F_REQUEST, CtNetlink, _filter, source_key
 from nfsip.kernel.nft import CONSERVATIVE, Nft, NftError
 from nfsip.kernel.ruleset import (
-    COUNT_TO_LAN,
     DNAT_MAP,
     DNAT_STRICT_MAP,
     SIP_DNAT_ANY_MAP,
@@ -38,7 +40,6 @@ from .lab_support import require_lab
 pytestmark = pytest.mark.lab
 
 MAPS = (DNAT_MAP, DNAT_STRICT_MAP, SNAT_MAP, SIP_DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_SNAT_MAP)
-SETS = (COUNT_TO_LAN,)
 PUBLIC = "198.51.100.1"
 _names = itertools.count()
 
@@ -106,28 +107,26 @@ MIXED = [
 
 
 def listing(nft: Nft) -> dict[str, list[tuple]]:
-    """Every element of every map and set as nft lists it: key, value, configured timeout, comment, and
-    whether it has a counter (`expires` left out: it runs down between the two listings)."""
+    """Every element of every map as nft lists it: key, value, configured timeout, comment, and whether it
+    has a counter (`expires` left out: it runs down between the two listings)."""
     out = {}
-    for kind, names in (("map", MAPS), ("set", SETS)):
-        for name in names:
-            rc, text, err = nft._nft.cmd(f"list {kind} ip {nft.table} {name}")
-            assert rc == 0, err
-            rows = []
-            for item in json.loads(text)["nftables"]:
-                for entry in (item.get(kind) or {}).get("elem", []):
-                    key, value = (entry, None) if kind == "set" else entry
-                    elem = key["elem"]
-                    rows.append(
-                        (
-                            json.dumps(elem["val"]),
-                            json.dumps(value),
-                            elem.get("timeout"),
-                            elem.get("comment"),
-                            "counter" in elem,
-                        )
+    for name in MAPS:
+        rc, text, err = nft._nft.cmd(f"list map ip {nft.table} {name}")
+        assert rc == 0, err
+        rows = []
+        for item in json.loads(text)["nftables"]:
+            for key, value in (item.get("map") or {}).get("elem", []):
+                elem = key["elem"]
+                rows.append(
+                    (
+                        json.dumps(elem["val"]),
+                        json.dumps(value),
+                        elem.get("timeout"),
+                        elem.get("comment"),
+                        "counter" in elem,
                     )
-            out[name] = sorted(rows)
+                )
+        out[name] = sorted(rows)
     return out
 
 
@@ -145,16 +144,13 @@ def test_raw_batch_leaves_what_the_json_transaction_leaves(tables):
     got = listing(raw)
     assert got == listing(ref)
     assert len(got[SNAT_MAP]) == 4 and len(got[SIP_DNAT_MAP]) == 1 and len(got[SIP_DNAT_ANY_MAP]) == 1
-    # The kernel gave every counter element a counter, and every media_snat element (the phone's packets).
-    assert all(row[4] for name in (*SETS, SNAT_MAP) for row in got[name])
+    assert not any(row[4] for rows in got.values() for row in rows)  # no counters: conntrack accounting counts
     assert ("m40000 a 1700000000 call-1@10.0.0.2") in {row[3] for row in got[SNAT_MAP]}
     assert {row[2] for row in got[SIP_SNAT_MAP]} == {3630, 7200}
     same_pinholes(raw.media_pinholes(), ref.media_pinholes())
     same_pinholes(raw.registration_pinholes(), ref.registration_pinholes())
     assert sorted(h.call_id for h in raw.media_pinholes()) == ["call-1@10.0.0.2"] * 4
     assert {h.timeout for h in raw.media_pinholes()} <= {179, 180}
-    assert raw.media_counters() == ref.media_counters()
-    assert set(raw.media_counters()) == {Endpoint("10.0.0.2", p) for p in (6000, 6001, 6002, 6004)}
 
 
 def test_refresh_updates_the_timeout_and_keeps_the_comment(tables):
@@ -176,7 +172,7 @@ def test_remove_present_and_absent_elements(tables):
     assert listing(raw) == listing(ref)
     raw.apply((), MIXED)  # two of them are gone already
     assert all(rows == [] for rows in listing(raw).values())
-    assert raw.media_pinholes() == [] and raw.registration_pinholes() == [] and raw.media_counters() == {}
+    assert raw.media_pinholes() == [] and raw.registration_pinholes() == []
 
 
 def test_changed_mapping_is_removal_plus_install_in_one_batch(tables):
@@ -189,7 +185,7 @@ def test_changed_mapping_is_removal_plus_install_in_one_batch(tables):
     assert [h.public.port for h in raw.media_pinholes()] == [40010]
 
 
-def test_recreate_renews_map_comments_and_keeps_counter_elements(tables):
+def test_recreate_renews_the_comments(tables):
     raw, ref = tables
     attempt = hole(40000, 6000)
     established = replace(attempt, established=True)
@@ -199,8 +195,7 @@ def test_recreate_renews_map_comments_and_keeps_counter_elements(tables):
     got = listing(raw)
     assert got == listing(ref)
     assert [row[3] for row in got[SNAT_MAP]] == ["m40000 e 1700000000 call-1@10.0.0.2"]
-    # Not deleted, so still the element (and counter) of the first add, with its first comment.
-    assert [row[3] for row in got[COUNT_TO_LAN]] == ["m40000 a 1700000000 call-1@10.0.0.2"]
+    assert [row[3] for row in got[DNAT_MAP]] == ["m40000 e 1700000000 call-1@10.0.0.2"]
     assert [h.established for h in raw.media_pinholes()] == [True]
 
 
@@ -277,44 +272,50 @@ def test_path_for_old_kernels_leaves_the_same_tables(tables):
     ]
     raw.apply([attempt], ())
     ref.apply_json([attempt], ())
-    recreated = False
     for install, remove, recreate in steps:
         raw.apply(install, remove, recreate)
         ref.apply_json(install, remove, recreate)
-        got, want = listing(raw), listing(ref)
-        recreated = recreated or bool(recreate)
-        if recreated:  # the counter elements were re-created with the new comment; there they were kept
-            for name in SETS:
-                got[name] = [
-                    (*row[:3], want_row[3], row[4]) for row, want_row in zip(got[name], want[name], strict=True)
-                ]
-        assert got == want
+        assert listing(raw) == listing(ref)
         if recreate:
             assert [row[2:4] for row in listing(raw)[SNAT_MAP] if "6000]" in row[0]] == [
                 (7200, "m40000 e 1700000000 call-1@10.0.0.2")
             ]
-            # Re-created too, so that its timeout follows the call's (its count starts again).
-            assert [row[2] for row in listing(raw)[COUNT_TO_LAN] if "6000]" in row[0]] == [7200]
     assert all(rows == [] for rows in listing(raw).values())
 
 
-def test_counters_read_from_a_raw_dump_are_those_nft_lists(tables):
-    """Nft.media_counters parses GETSETELEM dumps itself; after real packets it gives what libnftables lists
-    (media_counters_json): towards the phone from media_to_lan, from it from the media_snat element."""
-    raw, _ref = tables
+def test_media_counts_are_the_conntrack_accounting_of_the_flows(tables):
+    """read_media_counters after real packets, with accounting turned on as the daemon does at start: a flow
+    the first endpoint started counts for it as sent (original direction) and received (reply), and for the
+    second endpoint, its reply source, the other way round. Exact counts: nothing else counts per packet.
+    Loading nfsip's table turned accounting on (its conntrack_accounting chain)."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # this test process is in the scratch netns
-    sender, receiver = (
-        Pinhole(Endpoint(PUBLIC, 40000 + i), Endpoint("127.0.0.1", 6000 + i), "call-1", f"m0.{i}", 180) for i in (0, 1)
-    )
-    raw.apply([sender, receiver], ())
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        rx.bind(("127.0.0.1", 6001))
-        tx.bind(("127.0.0.1", 6000))
+    assert accounting_enabled()
+    phone, far = Endpoint("127.0.0.1", 6000), Endpoint("127.0.0.1", 6001)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind((phone.ip, phone.port))
+        b.bind((far.ip, far.port))
         for _ in range(5):
-            tx.sendto(b"rtp" * 50, ("127.0.0.1", 6001))
+            a.sendto(b"rtp" * 50, (far.ip, far.port))
+        for _ in range(3):
+            b.sendto(b"rtcp" * 10, (phone.ip, phone.port))
     time.sleep(0.1)
-    got = raw.media_counters()
-    assert got == raw.media_counters_json()
-    to_receiver, from_sender = got[receiver.lan][0], got[sender.lan][2]
-    assert to_receiver >= 5 and from_sender >= 5, got
-    assert got[receiver.lan][1] >= 5 * (150 + 28)  # bytes: IP + UDP + payload
+    size_out, size_back = 28 + 150, 28 + 40  # IP + UDP + payload
+    got = read_media_counters({phone, far, Endpoint("127.0.0.1", 6002)})
+    assert got == {
+        phone: (3, 3 * size_back, 5, 5 * size_out),  # (to it: packets, bytes; from it: packets, bytes)
+        far: (5, 5 * size_out, 3, 3 * size_back),
+    }
+    assert read_media_counters({phone}) == {phone: got[phone]}
+    assert read_media_counters(set()) == {}
+    # The kernel lays UDP entries out as ctnetlink._sources expects: the fast read applies, not the fallback.
+    ct = CtNetlink()
+    try:
+        dump = ct._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(None, None, None, None), _read_sources)
+    finally:
+        ct.close()
+    assert "not the usual layout" not in dump, dump
+    assert (source_key(phone.ip, phone.port), source_key(far.ip, far.port)) in dump, dump
+
+
+def _read_sources(data: bytes, start: int, _end: int) -> tuple[bytes, bytes] | str:
+    return ctnetlink._sources(data, start) or "not the usual layout"

@@ -140,7 +140,7 @@ def ops(changes: list[nftnl.Change]) -> list[tuple[str, str]]:
     return [("add" if c.add else "destroy" if c.destroy else "delete", c.set_name) for c in changes]
 
 
-MEDIA_SETS = ["media_snat", "media_to_lan", "media_dnat"]
+MEDIA_SETS = ["media_snat", "media_dnat"]
 
 
 def test_destroy_removes_each_element_with_one_message(nft):
@@ -157,22 +157,23 @@ def test_destroy_message_is_the_delete_message_with_another_type():
     assert destroy[:4] + destroy[6:] == delete[:4] + delete[6:]
 
 
-def test_recreate_keeps_counter_elements_where_timeouts_update(nft):
+def test_recreate_re_creates_every_element(nft):
+    """A state change renews the comments: a re-add would keep the old one."""
     changes = nft._changes([], [], [MEDIA], NEW_KERNEL)
     assert ops(changes) == [("destroy", "media_snat"), ("destroy", "media_dnat")] + [("add", n) for n in MEDIA_SETS]
 
 
 def test_old_kernel_deletes_before_every_add(nft):
-    """Through Linux 6.11 a re-add leaves the old timeout: installs and state changes delete first, the
-    counters too (their timeout must follow the call's)."""
+    """Through Linux 6.11 a re-add leaves the old timeout: installs and state changes delete first."""
     cleared_then_added = [op for n in MEDIA_SETS for op in (("add", n), ("delete", n))] + [
         ("add", n) for n in MEDIA_SETS
     ]
     assert ops(nft._changes([MEDIA], [], (), OLD_KERNEL)) == cleared_then_added
     assert ops(nft._changes([], [], [MEDIA], OLD_KERNEL)) == cleared_then_added
     refresh = nft._changes([MEDIA], [], (), OLD_KERNEL)
-    assert all(c.timeout_ms == 1000 for c in refresh[:6] if c.add)  # the guard add before the delete
-    assert {c.timeout_ms for c in refresh[6:]} == {MEDIA.timeout * 1000}
+    cleared = 2 * len(MEDIA_SETS)
+    assert all(c.timeout_ms == 1000 for c in refresh[:cleared] if c.add)  # the guard add before the delete
+    assert {c.timeout_ms for c in refresh[cleared:]} == {MEDIA.timeout * 1000}
 
 
 @pytest.mark.parametrize(
@@ -184,11 +185,15 @@ def test_batch_is_what_libnftables_sends(nft, name, install, remove):
     assert normalise(captured) != captured  # the capture really has a set id / dirty padding to drop
     changes = nft._changes(install, remove, (), LIBNFTABLES)
     if name != "add_sip":
-        # The media captures were taken when a pinhole also had a media_from_lan counter element (its
-        # count now rides on the media_snat element): that element goes back in, after media_to_lan, to
-        # compare the encoding of what libnftables was asked for.
-        at = max(i for i, c in enumerate(changes) if c.set_name == "media_to_lan") + 1
-        changes[at:at] = [c._replace(set_name="media_from_lan") for c in changes if c.set_name == "media_to_lan"]
+        # The media captures were taken when a pinhole also had two counter set elements, keyed like its
+        # media_snat element, in sets media_to_lan and media_from_lan (per-call counts now come from
+        # conntrack accounting): they go back in, after media_snat, to compare the encoding of what
+        # libnftables was asked for. Set elements without a value are encoded as before.
+        at = max(i for i, c in enumerate(changes) if c.set_name == "media_snat") + 1
+        snat = [c for c in changes if c.set_name == "media_snat"]
+        changes[at:at] = [
+            c._replace(set_name=name, value=None) for name in ("media_to_lan", "media_from_lan") for c in snat
+        ]
     ours = nftnl.encode_batch(changes, "nfsip", 0, ack_last=False)
     assert ours == normalise(captured)
 
@@ -196,7 +201,7 @@ def test_batch_is_what_libnftables_sends(nft, name, install, remove):
 def test_only_the_last_element_message_asks_for_an_ack(nft):
     batch = nftnl.encode_batch(nft._changes([MEDIA], []), "nfsip", 7)
     msgs = messages(batch)
-    assert [m[2] for m in msgs] == list(range(7, 12))  # begin, media_snat, media_to_lan, media_dnat, end
+    assert [m[2] for m in msgs] == list(range(7, 11))  # begin, media_snat, media_dnat, end
     assert msgs[0][0] == nftnl.NFNL_MSG_BATCH_BEGIN and msgs[-1][0] == nftnl.NFNL_MSG_BATCH_END
     acks = [m for m in msgs if m[1] & nftnl.NLM_F_ACK]
     assert acks == [msgs[-2]]

@@ -63,7 +63,7 @@ RENDERED = render(options_from(Config(wan_interface="wan0"), True))
 def test_few_filter_base_chains_and_none_on_the_forward_hook():
     """Each filter base chain costs every forwarded packet a chain invocation (bench/ruleset_cost.py): the
     SIP divert needs one per hook position the daemon relies on (prerouting after DNAT, postrouting before
-    and after SNAT); the media counters share the one before SNAT instead of a forward chain of their own."""
+    and after SNAT), and nothing else has one: per-call media counts come from conntrack accounting."""
     hooks = {name: hook for name, (hook, _rules) in filter_chains(RENDERED).items()}
     assert hooks == {
         ruleset.BEFORE_SNAT_CHAIN: ("filter", "postrouting", -150),
@@ -80,11 +80,8 @@ def test_every_filter_chain_tests_the_protocol_once_then_the_sip_port_first():
         for rule in rules[1:]:
             # "udp dport" would add a hidden "meta l4proto udp" to the rule: after the first rule "th" suffices
             assert not re.search(r"\budp [sd]port\b", rule), (name, rule)
-            if ruleset.QUEUE_CHAIN in rule:
-                assert re.match(r"th [sd]port 5060 ", rule), (name, rule)
-                assert rule.endswith(f"jump {ruleset.QUEUE_CHAIN}"), (name, rule)
-            else:
-                assert re.fullmatch(r"ip [sd]addr \. th [sd]port @\w+", rule), (name, rule)
+            assert re.match(r"th [sd]port 5060 ", rule), (name, rule)
+            assert rule.endswith(f"jump {ruleset.QUEUE_CHAIN}"), (name, rule)
     fib = [r for _h, rules in filter_chains(RENDERED).values() for r in rules if "fib" in r]
     assert fib and all(r.index(" 5060 ") < r.index("iifname") < r.index("fib") for r in fib), fib
 
@@ -118,27 +115,24 @@ def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
     assert "@sip_ports" not in RENDERED
 
 
-def test_media_counters_see_lan_addresses_after_the_admin_filter():
-    """Media is counted by the phone's LAN address and port (towards it: media_to_lan; from it: its media_snat
-    element, so a pinhole needs no second counter element), looked up where both directions carry it in
-    the header: after DNAT (prerouting) and forwarding (so after the admin's forward filter), before any
-    SNAT, including nfsip's own (srcnat - 10)."""
-    assert re.search(r"map media_snat \{[^}]*\bcounter\b", RENDERED)
-    assert "media_from_lan" not in RENDERED
-    for key, counted in (
-        ("ip daddr . th dport", ruleset.COUNT_TO_LAN),
-        ("ip saddr . th sport", ruleset.SNAT_MAP),
-    ):
-        where = [
-            (hook, rule)
-            for hook, rules in filter_chains(RENDERED).values()
-            for rule in rules
-            if f"@{counted}" in rule and " map " not in rule
-        ]
-        assert len(where) == 1, where
-        (_type, hook, prio), rule = where[0]
-        assert rule == f"{key} @{counted}"
-        assert hook == "postrouting" and prio < _PRIORITY["srcnat"] - 10
+def test_no_per_packet_counters_in_the_table():
+    """Per-call media counts come from conntrack accounting (nfsip.kernel.conntrack.media_counters): no set
+    or map has counters, and no filter rule looks anything up (bench/ruleset_cost.py: the two counter
+    lookups the table had cost about 3 % of forwarding)."""
+    sets_and_maps = re.findall(r"^\t(?:set|map) \w+ \{.*?^\t\}", RENDERED, re.M | re.S)
+    assert len(sets_and_maps) == 7 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
+    assert "media_to_lan" not in RENDERED and "media_from_lan" not in RENDERED
+    rules = [r for _h, rs in filter_chains(RENDERED).values() for r in rs]
+    assert not [r for r in rules if "@" in r], rules
+
+
+def test_the_table_turns_conntrack_accounting_on_without_a_per_packet_rule():
+    """The per-call media counts need conntrack accounting; a rule that reads `ct packets` turns it on when
+    loaded (nft_ct_get_init). It sits in a regular chain that no rule jumps to, so no packet runs it."""
+    found = chains(RENDERED)
+    hook, rules = found[ruleset.ACCOUNTING_CHAIN]
+    assert hook is None and rules == ["ct packets 0 return"]
+    assert not re.search(rf"(jump|goto) {ruleset.ACCOUNTING_CHAIN}\b", RENDERED)
 
 
 @pytest.fixture
@@ -178,6 +172,10 @@ table ip nat {
         netns, "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wanpeer", check=True
     )  # no dummy module here
     in_ns(netns, "ip", "addr", "add", "192.0.2.1/24", "dev", "wan0", check=True)
+    acct = ("sysctl", "-n", "net.netfilter.nf_conntrack_acct")
+    assert in_ns(netns, *acct).stdout.strip() == "0"  # Linux's default in a new namespace
+    before = in_ns(netns, sys.executable, "-m", "nfsip", "check", "--wan-interface", "wan0").stdout
+    assert "[ok  ] accounting: conntrack accounting off; loading nfsip's table turns it on" in before, before
     code = (
         "from nfsip.config import Config\n"
         "from nfsip.daemon import Daemon\n"
@@ -195,6 +193,9 @@ table ip nat {
     assert queue_chain.count("queue num") == 1
     check = in_ns(netns, sys.executable, "-m", "nfsip", "check", "--wan-interface", "wan0")
     assert "[ok  ] queue" in check.stdout, check.stdout
+    # Loading the table turned conntrack accounting on, for the per-call media counts.
+    assert in_ns(netns, *acct).stdout.strip() == "1"
+    assert "[ok  ] accounting: conntrack accounting on" in check.stdout, check.stdout
     assert ("nft_compat" in check.stdout) == (proc.stdout.strip() == "compat")
     flush = in_ns(netns, sys.executable, "-m", "nfsip", "flush")
     assert flush.returncode == 0, flush.stderr

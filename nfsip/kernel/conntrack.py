@@ -13,6 +13,10 @@ daemon's housekeeping at most twice a second `sweep_in_background()`, one dump p
 a thread of its own with its own netlink socket. In the queue's thread the dumps held up every SIP message
 behind them: p99 latency 20 ms at 10 calls/s (docs/performance.md). The kernel walks the hash inside
 recv(), with the GIL released, so the packet loop runs on meanwhile.
+
+Per-call media counts come from conntrack accounting too (`media_counters`): each media flow's entry counts
+both its directions, in the kernel, at no cost measurable here (docs/nftables.md), where counter lookups
+in nft sets cost every forwarded packet about 3 %.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
 
 from ..model import Endpoint, Pinhole
-from .ctnetlink import CtNetlink, Entry
+from .ctnetlink import CtNetlink, Entry, SourceCounts, source_key
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +188,60 @@ def _dump(ct: CtNetlink, **filters: str) -> list[Entry]:
     except OSError as exc:
         log.warning("conntrack dump %s failed: %s", filters, exc)
         return []
+
+
+# Per network namespace (the one the opening process is in). Off by default in Linux; loading nfsip's table
+# turns it on (nfsip.kernel.ruleset.ACCOUNTING_CHAIN).
+ACCOUNTING_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
+
+
+def accounting_enabled(path: Path = ACCOUNTING_SYSCTL) -> bool | None:
+    """Whether conntrack accounting is on in this network namespace (None: cannot tell)."""
+    try:
+        return path.read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+MediaCounts = dict[Endpoint, tuple[int, int, int, int]]
+
+
+def media_counters(entries: Iterable[SourceCounts], lan: Collection[Endpoint]) -> MediaCounts:
+    """Per LAN media endpoint in `lan`: (packets to it, bytes to it, packets from it, bytes from it), summed
+    over the conntrack entries of its flows.
+
+    A flow the phone started has the phone as its original source: the original direction is from it, the
+    reply direction to it. A flow the far end started through a pinhole (DNAT) has the phone as its reply
+    source: the original direction is to it. A call between two LAN phones through their public ports is
+    one entry with a phone on each side, and counts for both."""
+    keys = {source_key(ep.ip, ep.port): ep for ep in lan}
+    out: dict[Endpoint, list[int]] = {}
+    for e in entries:
+        phone = keys.get(e.orig_source)
+        if phone is not None:
+            sums = out.setdefault(phone, [0, 0, 0, 0])
+            sums[0] += e.reply_packets
+            sums[1] += e.reply_bytes
+            sums[2] += e.orig_packets
+            sums[3] += e.orig_bytes
+        phone = keys.get(e.reply_source)
+        if phone is not None:
+            sums = out.setdefault(phone, [0, 0, 0, 0])
+            sums[0] += e.orig_packets
+            sums[1] += e.orig_bytes
+            sums[2] += e.reply_packets
+            sums[3] += e.reply_bytes
+    return {ep: (v[0], v[1], v[2], v[3]) for ep, v in out.items()}
+
+
+def read_media_counters(lan: Collection[Endpoint], ct: CtNetlink | None = None) -> MediaCounts:
+    """media_counters over one dump of the UDP conntrack table (a socket of its own unless given)."""
+    if not lan:
+        return {}
+    own = ct is None
+    sock = CtNetlink() if ct is None else ct
+    try:
+        return media_counters(sock.dump_counted({source_key(ep.ip, ep.port) for ep in lan}), lan)
+    finally:
+        if own:
+            sock.close()

@@ -9,6 +9,9 @@ Why not pyroute2 here (measured on this VM, pyroute2 0.9.7, see docs/performance
 This module encodes the few attributes nfsip needs with struct and reads the answers on a plain blocking
 netlink socket: tens of microseconds per request. It knows UDP over IPv4 only, which is all nfsip asks.
 pyroute2 stays in use for everything else (rtnetlink, the compat queue rule).
+
+It also reads the per-flow packet and byte counters of conntrack accounting (`dump_counted`): nfsip's
+per-call media counts (nfsip.kernel.conntrack.media_counters).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -32,7 +37,11 @@ NLMSG_DONE = 3
 NLA_F_NESTED = 0x8000
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
+CTA_COUNTERS_ORIG = 9
+CTA_COUNTERS_REPLY = 10
 CTA_FILTER = 25
+CTA_COUNTERS_PACKETS = 1
+CTA_COUNTERS_BYTES = 2
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
 CTA_IP_V4_SRC = 1
@@ -62,6 +71,21 @@ class Tuple:
 class Entry:
     orig: Tuple
     reply: Tuple
+
+
+class SourceCounts(NamedTuple):
+    """An entry's two sources (source_key bytes: who sent in each direction) and its accounting counters
+    (all 0 when it has none: accounting was off when the entry was created)."""
+
+    orig_source: bytes
+    reply_source: bytes
+    orig_packets: int
+    orig_bytes: int
+    reply_packets: int
+    reply_bytes: int
+
+
+_T = TypeVar("_T")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -113,6 +137,112 @@ def _parse_tuple(data: bytes, span: tuple[int, int]) -> Tuple | None:
     return Tuple(src, sport, dst, dport)
 
 
+def _counters(data: bytes, found: dict[int, tuple[int, int]], kind: int) -> tuple[int, int]:
+    """(packets, bytes) of a CTA_COUNTERS_ORIG/REPLY attribute; (0, 0) if absent."""
+    span = found.get(kind)
+    if span is None:
+        return 0, 0
+    inner = _attrs(data, *span)
+    packets = inner.get(CTA_COUNTERS_PACKETS)
+    size = inner.get(CTA_COUNTERS_BYTES)
+    return (
+        struct.unpack_from("!Q", data, packets[0])[0] if packets else 0,
+        struct.unpack_from("!Q", data, size[0])[0] if size else 0,
+    )
+
+
+def _entry(data: bytes, start: int, end: int) -> Entry | None:
+    return _entry_of(data, _attrs(data, start, end))
+
+
+def _entry_of(data: bytes, found: dict[int, tuple[int, int]]) -> Entry | None:
+    if CTA_TUPLE_ORIG not in found or CTA_TUPLE_REPLY not in found:
+        return None
+    orig = _parse_tuple(data, found[CTA_TUPLE_ORIG])
+    reply = _parse_tuple(data, found[CTA_TUPLE_REPLY])
+    return None if orig is None or reply is None else Entry(orig, reply)
+
+
+def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, bytes] | None) -> SourceCounts | None:
+    """The entry's SourceCounts; `sources` when _sources read them already."""
+    if sources is None:  # not the usual layout: the general parse
+        found = _attrs(data, start, end)
+        entry = _entry_of(data, found)
+        if entry is None:
+            return None
+        return SourceCounts(
+            source_key(entry.orig.src, entry.orig.sport),
+            source_key(entry.reply.src, entry.reply.sport),
+            *_counters(data, found, CTA_COUNTERS_ORIG),
+            *_counters(data, found, CTA_COUNTERS_REPLY),
+        )
+    # The counters come a few attributes after the tuples (status, timeout, ...): walk to them.
+    counts = [0, 0, 0, 0]
+    off = start + 104
+    while off + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
+            at = 0 if kind == CTA_COUNTERS_ORIG else 2
+            counts[at], counts[at + 1] = _counters(data, {kind: (off + 4, off + length)}, kind)
+            if kind == CTA_COUNTERS_REPLY:
+                break
+        off += (length + 3) & ~3
+    return SourceCounts(sources[0], sources[1], *counts)
+
+
+# The kernel writes a UDP/IPv4 entry's tuples first and always the same way (ctnetlink_fill_info):
+#   CTA_TUPLE_ORIG (52 bytes) { CTA_TUPLE_IP { V4_SRC, V4_DST }, CTA_TUPLE_PROTO { NUM, SRC_PORT, DST_PORT } }
+#   CTA_TUPLE_REPLY (52 bytes), the same
+# so both source addresses and ports sit at fixed offsets, checked against these attribute headers. A media
+# count read walks the whole UDP table (DNS and every other flow of the router) for the entries of the
+# calls' media ports: reading the sources there first, without building anything, makes an entry that is
+# not wanted cost a few byte compares instead of a parse. Measured here (one dump of 20,000 entries, CPU
+# time including the kernel's walk): 81 ms when 200 are wanted, 221 ms when all are; the general parse
+# took 16 µs per entry, 320 ms.
+_ORIG_HEAD = struct.pack("=HH", 52, CTA_TUPLE_ORIG | NLA_F_NESTED)
+_REPLY_HEAD = struct.pack("=HH", 52, CTA_TUPLE_REPLY | NLA_F_NESTED)
+_SRC_HEAD = struct.pack("=HHHH", 20, CTA_TUPLE_IP | NLA_F_NESTED, 8, CTA_IP_V4_SRC)
+_PROTO_HEAD = struct.pack("=HHHH", 28, CTA_TUPLE_PROTO | NLA_F_NESTED, 5, CTA_PROTO_NUM)
+_SPORT_HEAD = struct.pack("=HH", 6, CTA_PROTO_SRC_PORT)
+
+
+def _tuple_source(data: bytes, at: int) -> bytes | None:
+    """Address + port bytes of the source of the tuple whose payload starts at `at`, if laid out as above."""
+    starts = data.startswith
+    if starts(_SRC_HEAD, at) and starts(_PROTO_HEAD, at + 20) and starts(_SPORT_HEAD, at + 32):
+        return data[at + 8 : at + 12] + data[at + 36 : at + 38]
+    return None
+
+
+def _sources(data: bytes, start: int) -> tuple[bytes, bytes] | None:
+    """(original source, reply source) of the entry whose attributes start at `start`, as address + port
+    bytes; None when the entry is not laid out as above (then it is parsed in full)."""
+    if not (data.startswith(_ORIG_HEAD, start) and data.startswith(_REPLY_HEAD, start + 52)):
+        return None
+    orig = _tuple_source(data, start + 4)
+    reply = _tuple_source(data, start + 56)
+    return None if orig is None or reply is None else (orig, reply)
+
+
+def source_key(ip: str, port: int) -> bytes:
+    """An endpoint as _sources gives it."""
+    return socket.inet_aton(ip) + port.to_bytes(2, "big")
+
+
+def _filter(src: str | None, dst: str | None, sport: int | None, dport: int | None) -> bytes:
+    """A dump request's attributes: UDP only, and the original tuple's given fields (the kernel filters)."""
+    flags = FILTER_PROTO_NUM
+    flags |= FILTER_IP_SRC if src is not None else 0
+    flags |= FILTER_IP_DST if dst is not None else 0
+    flags |= FILTER_PROTO_SRC_PORT if sport is not None else 0
+    flags |= FILTER_PROTO_DST_PORT if dport is not None else 0
+    attrs = _tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport)
+    return attrs + _attr(CTA_FILTER | NLA_F_NESTED, _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
+
+
 class CtNetlink:
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -125,12 +255,22 @@ class CtNetlink:
 
     def _request(self, msg_type: int, flags: int, attrs: bytes) -> list[Entry]:
         """Send one request; collect the entries it answers with. Raises OSError with the kernel's errno."""
+        return self._ask(msg_type, flags, attrs, _entry)
+
+    def _ask(
+        self,
+        msg_type: int,
+        flags: int,
+        attrs: bytes,
+        parse: Callable[[bytes, int, int], _T | None],
+    ) -> list[_T]:
+        """Send one request; collect what `parse` makes of each conntrack message of the answer."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
         body = struct.pack("!BBH", socket.AF_INET, 0, 0) + attrs
         header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags, seq, 0)
         self._sock.send(header + body)
-        entries: list[Entry] = []
+        entries: list[_T] = []
         dump = flags & NLM_F_DUMP == NLM_F_DUMP
         while True:
             data = self._sock.recv(1 << 16)
@@ -148,12 +288,9 @@ class CtNetlink:
                     if kind == NLMSG_DONE:
                         return entries
                     if kind & 0xFF == IPCTNL_MSG_CT_NEW:
-                        found = _attrs(data, off + 20, off + length)
-                        if CTA_TUPLE_ORIG in found and CTA_TUPLE_REPLY in found:
-                            orig = _parse_tuple(data, found[CTA_TUPLE_ORIG])
-                            reply = _parse_tuple(data, found[CTA_TUPLE_REPLY])
-                            if orig is not None and reply is not None:
-                                entries.append(Entry(orig, reply))
+                        item = parse(data, off + 20, off + length)
+                        if item is not None:
+                            entries.append(item)
                         if not dump:
                             return entries  # a GET answers with one message (the ACK follows only if asked)
                 off += (length + 3) & ~3
@@ -172,14 +309,22 @@ class CtNetlink:
         self, *, src: str | None = None, dst: str | None = None, sport: int | None = None, dport: int | None = None
     ) -> list[Entry]:
         """UDP entries whose original tuple matches the given fields, filtered in the kernel (Linux 5.8+)."""
-        flags = FILTER_PROTO_NUM
-        flags |= FILTER_IP_SRC if src is not None else 0
-        flags |= FILTER_IP_DST if dst is not None else 0
-        flags |= FILTER_PROTO_SRC_PORT if sport is not None else 0
-        flags |= FILTER_PROTO_DST_PORT if dport is not None else 0
-        attrs = _tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport)
-        attrs += _attr(CTA_FILTER | NLA_F_NESTED, _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
-        return self._request(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, attrs)
+        return self._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(src, dst, sport, dport), _entry)
+
+    def dump_counted(self, sources: Collection[bytes] | None = None) -> list[SourceCounts]:
+        """The sources and accounting counters (net.netfilter.nf_conntrack_acct) of every UDP entry; with
+        `sources` (source_key()s), only of entries whose original or reply source is one of them."""
+
+        def parse(data: bytes, start: int, end: int) -> SourceCounts | None:
+            found = _sources(data, start)
+            if sources is not None and found is not None and found[0] not in sources and found[1] not in sources:
+                return None
+            got = _source_counts(data, start, end, found)
+            if got is None or sources is None or got.orig_source in sources or got.reply_source in sources:
+                return got
+            return None
+
+        return self._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(None, None, None, None), parse)
 
     def delete(self, orig: Tuple) -> bool:
         """Delete the entry with this original tuple; False when it was already gone."""

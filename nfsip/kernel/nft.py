@@ -16,7 +16,6 @@ import ctypes
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 from ..model import Endpoint, Pinhole, element_comment, parse_comment
 from . import nftnl
 from .ruleset import (
-    COUNT_TO_LAN,
     DNAT_MAP,
     DNAT_STRICT_MAP,
     QUEUE_CHAIN,
@@ -79,9 +77,6 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
-_COUNTERS = (COUNT_TO_LAN,)
-
-
 def _change(fields: tuple) -> nftnl.Change:
     """A Change from all seven fields in order, without NamedTuple.__new__'s keyword handling (up to a
     dozen per SIP message)."""
@@ -118,7 +113,7 @@ class ElementFeatures:
     destroy: bool
     # Re-adding an existing element sets the new timeout (Linux >= 6.12, "set element timeout update
     # support"). Through 6.11 the kernel accepts the re-add and changes nothing: a refresh must delete
-    # and add the element again (which also restarts a counter element's count).
+    # and add the element again.
     timeout_update: bool
 
     def describe(self) -> str:
@@ -188,9 +183,8 @@ class Nft:
 
     @staticmethod
     def _entries(hole: Pinhole) -> list[Entry]:
-        """The elements that make one pinhole, as (set, key, value): inbound DNAT and outbound SNAT map
-        entries (for media, the SNAT element also counts the phone's packets), and for media the counter of
-        packets towards the phone."""
+        """The elements that make one pinhole, as (set, key, value): its inbound DNAT and outbound SNAT map
+        entries. (Per-call media counts come from conntrack accounting, not from elements.)"""
         public, lan = hole.public, hole.lan
         if hole.kind == "sip":
             if hole.remote_ip:
@@ -200,10 +194,7 @@ class Nft:
             return [dnat, (SIP_SNAT_MAP, (lan.ip, lan.port), (public.ip, public.port))]
         lan_key = (lan.ip, lan.port)
         public_key = (public.ip, public.port)
-        entries: list[Entry] = [
-            (SNAT_MAP, lan_key, public_key),
-            (COUNT_TO_LAN, lan_key, None),
-        ]
+        entries: list[Entry] = [(SNAT_MAP, lan_key, public_key)]
         if hole.kind == "media" and hole.remote_ip:
             entries.append((DNAT_STRICT_MAP, (hole.remote_ip, public.ip, public.port), lan_key))
         elif hole.kind == "media":
@@ -320,8 +311,15 @@ class Nft:
                         message = adds[name] = nftnl.Message(nftnl.NFT_MSG_NEWSETELEM, name, [], [])
                     message.elements.append(nftnl.add_element(key, value, timeout, userdata))
                     message.shown.append((key, value))
-            out.extend(destroys.values())
-            out.extend(adds.values())
+            for message in (*destroys.values(), *adds.values()):
+                last = out[-1] if out else None
+                if last is not None and last.kind == message.kind and last.set_name == message.set_name:
+                    # The last message of a step (one part after another, see _plan) and the first of the
+                    # next change one set the same way: one message, as messages_of makes it.
+                    last.elements.extend(message.elements)
+                    last.shown.extend(message.shown)
+                else:
+                    out.append(message)
         return out
 
     def _plan(self, parts: Sequence[Part], timeout_update: bool) -> list[tuple[Deleted, list[Added]]]:
@@ -352,18 +350,15 @@ class Nft:
         install = list(install)
         recreate = list(recreate)
         deleted: Deleted = {}
-        # (pinhole, whether its counter elements go too) for every pinhole whose elements are deleted first.
-        # A state change (recreate) renews the map elements' comments, so the SNAT element's count of the
-        # phone's packets restarts; the media_to_lan counter keeps its element and count, unless the kernel
-        # cannot update timeouts: then it is re-created too.
-        cleared = [*((h, True) for h in remove), *((h, not timeout_update) for h in recreate)]
+        # Every pinhole whose elements are deleted first: removals, and state changes (recreate: a re-add
+        # keeps an element's comment, which carries the state).
+        cleared = [*remove, *recreate]
         if not timeout_update:
             # A re-add would leave the old timeout: every element is deleted before it is added again.
-            cleared.extend((h, True) for h in install)
-        for hole, with_counters in cleared:
+            cleared.extend(install)
+        for hole in cleared:
             for map_name, key, value in self._entries(hole):
-                if with_counters or map_name not in _COUNTERS:
-                    deleted.setdefault((map_name, key), value)
+                deleted.setdefault((map_name, key), value)
         # Re-adding an element with the same value refreshes its timeout (Linux >= 6.12; before, it was
         # deleted above); a changed mapping is always preceded by its removal in the same transaction.
         return deleted, [(hole, self._entries(hole)) for hole in [*install, *recreate]]
@@ -538,45 +533,6 @@ class Nft:
                 if "counter" in expr and isinstance(expr["counter"], dict):
                     return int(expr["counter"].get("packets", 0))
         return None
-
-    def media_counters(self) -> dict[Endpoint, tuple[int, int, int, int]]:
-        """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it): the counter
-        of its media_to_lan element, and that of its media_snat element. Read as GETSETELEM dumps parsed
-        without libnftables (nftnl.read_counters: a third of the CPU at 20,000 pinholes); media_counters_json
-        reads the same through libnftables."""
-        result: dict[Endpoint, list[int]] = {}
-        for slot, name in ((0, COUNT_TO_LAN), (2, SNAT_MAP)):
-            try:
-                counters = nftnl.read_counters(self.table, name)
-            except OSError as exc:
-                raise NftError(f"cannot read the counters of {name}: {exc}", exc.errno) from exc
-            for key, (packets, size) in counters.items():
-                if len(key) != 8:
-                    continue  # not an ipv4_addr . inet_service key
-                lan = Endpoint(socket.inet_ntoa(key[:4]), int.from_bytes(key[4:6], "big"))
-                values = result.setdefault(lan, [0, 0, 0, 0])
-                values[slot], values[slot + 1] = packets, size
-        return {ep: (v[0], v[1], v[2], v[3]) for ep, v in result.items()}
-
-    def media_counters_json(self) -> dict[Endpoint, tuple[int, int, int, int]]:
-        """media_counters through libnftables JSON (the reference for tests and `bench/scale.py`)."""
-        result: dict[Endpoint, list[int]] = {}
-        for slot, kind, name in ((0, "set", COUNT_TO_LAN), (2, "map", SNAT_MAP)):
-            rc, out, err = self._nft.cmd(f"list {kind} ip {self.table} {name}")
-            if rc != 0:
-                raise NftError(err.strip() or f"cannot list {kind} {name}")
-            for item in json.loads(out).get("nftables", []):
-                for entry in (item.get(kind) or {}).get("elem", []):
-                    key_part = entry[0] if kind == "map" and isinstance(entry, list) else entry
-                    elem = key_part.get("elem", {}) if isinstance(key_part, dict) else {}
-                    key = elem.get("val", {}).get("concat", [])
-                    counter = elem.get("counter") or {}
-                    if len(key) != 2:
-                        continue
-                    values = result.setdefault(Endpoint(str(key[0]), int(key[1])), [0, 0, 0, 0])
-                    values[slot] = int(counter.get("packets", 0))
-                    values[slot + 1] = int(counter.get("bytes", 0))
-        return {ep: (v[0], v[1], v[2], v[3]) for ep, v in result.items()}
 
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing

@@ -7,9 +7,8 @@ sends, byte for byte (tests/test_nftnl.py holds captured libnftables bytes), in 
 
     NFNL_MSG_BATCH_BEGIN, one message per set and kind of change (Message), NFNL_MSG_BATCH_END
 
-The kernel runs the batch as one transaction: all changes or none. It also reads element counters (a
-GETSETELEM dump, read_counters). Only socket and struct; the ruleset itself, the other reads and the dry
-runs stay with libnftables.
+The kernel runs the batch as one transaction: all changes or none. Only socket and struct; the ruleset
+itself, the reads and the dry runs stay with libnftables.
 
 Differences from libnftables, both deliberate:
 - no NFTA_SET_ELEM_LIST_SET_ID: libnftables sends the id of its cache entry, which the kernel consults
@@ -17,9 +16,6 @@ Differences from libnftables, both deliberate:
 - the last element message carries NLM_F_ACK. The kernel reports a failing message whether or not it asked
   for an ack, but it aborts some malformed batches silently; the ack of the last message is the positive
   proof that the batch was committed.
-
-Counter sets (`counter` in the set) need nothing here: libnftables sends no expression with the element
-and the kernel gives every new element a clone of the set's counter (nft_set_elem_expr_clone).
 """
 
 from __future__ import annotations
@@ -486,118 +482,3 @@ def _check(
         raise BatchError(errno_mod.ENOBUFS, "BATCH", f"table {table}: answers lost, the batch failed")
     if not acked:
         raise BatchError(errno_mod.EPROTO, "BATCH", f"table {table}: the kernel did not confirm the batch")
-
-
-# -- reading element counters --------------------------------------------------------------------------
-# Reading the media counters through libnftables took 0.93-0.99 s of CPU at 20,000 pinholes: 0.62 s in
-# libnftables (its cache fetch and JSON output, GIL released by ctypes) and about 0.3 s decoding and
-# walking the JSON (GIL held). A GETSETELEM dump parsed here gives the same numbers in 0.32-0.40 s, most
-# of it parsing with the GIL held: less CPU in all, about the same time the packet loop may wait.
-NFT_MSG_GETSETELEM = 13
-NLM_F_DUMP = 0x300
-NFTA_SET_ELEM_EXPR = 7
-NFTA_SET_ELEM_EXPRESSIONS = 10
-NFTA_EXPR_NAME = 1
-NFTA_EXPR_DATA = 2
-NFTA_COUNTER_BYTES = 1
-NFTA_COUNTER_PACKETS = 2
-_NLA_TYPE = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-
-
-def _attributes(data: bytes, offset: int, end: int) -> list[tuple[int, int, int]]:
-    """(type, payload start, payload end) of every attribute of one level between offset and end."""
-    out = []
-    unpack = _ATTR.unpack_from
-    while offset + 4 <= end:
-        size, kind = unpack(data, offset)
-        if size < 4:
-            break
-        out.append((kind & _NLA_TYPE, offset + 4, offset + size))
-        offset += (size + 3) & ~3
-    return out
-
-
-def _counter(data: bytes, start: int, end: int) -> tuple[int, int] | None:
-    """(packets, bytes) of a `counter` expression attribute's payload, None for any other expression."""
-    name = data_attrs = None
-    for kind, a, b in _attributes(data, start, end):
-        if kind == NFTA_EXPR_NAME:
-            name = data[a:b].rstrip(b"\0")
-        elif kind == NFTA_EXPR_DATA:
-            data_attrs = (a, b)
-    if name != b"counter" or data_attrs is None:
-        return None
-    packets = size = 0
-    for kind, a, _b in _attributes(data, *data_attrs):
-        if kind == NFTA_COUNTER_PACKETS:
-            packets = _BE64.unpack_from(data, a)[0]
-        elif kind == NFTA_COUNTER_BYTES:
-            size = _BE64.unpack_from(data, a)[0]
-    return packets, size
-
-
-def element_counters(message: bytes) -> list[tuple[bytes, tuple[int, int]]]:
-    """(key bytes, (packets, bytes)) of every element with a counter in one NEWSETELEM dump message
-    (nlmsghdr included). Offsets into the message, no copies but the keys: a dump at 20,000 pinholes is
-    40,000 elements (bench/scale.py)."""
-    out = []
-    for kind, list_start, list_end in _attributes(message, 16 + len(_NFGEN_ELEM), len(message)):
-        if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
-            continue
-        for _list_elem, elem_start, elem_end in _attributes(message, list_start, list_end):
-            key = None
-            exprs: list[tuple[int, int]] = []
-            for attr, a, b in _attributes(message, elem_start, elem_end):
-                if attr == NFTA_SET_ELEM_KEY:
-                    key = next((message[x:y] for t, x, y in _attributes(message, a, b) if t == NFTA_DATA_VALUE), None)
-                elif attr == NFTA_SET_ELEM_EXPR:  # one expression
-                    exprs.append((a, b))
-                elif attr == NFTA_SET_ELEM_EXPRESSIONS:  # several, as a list
-                    exprs.extend((x, y) for _t, x, y in _attributes(message, a, b))
-            if key is None:
-                continue
-            for a, b in exprs:
-                counter = _counter(message, a, b)
-                if counter is not None:
-                    out.append((key, counter))
-                    break
-    return out
-
-
-def dump_request(table: str, set_name: str, seq: int) -> bytes:
-    """NFT_MSG_GETSETELEM with NLM_F_DUMP: every element of `set_name`."""
-    body = _NFGEN_ELEM + _strz(NFTA_SET_ELEM_LIST_TABLE, table) + _strz(NFTA_SET_ELEM_LIST_SET, set_name)
-    kind = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM
-    return _HDR.pack(16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def read_counters(table: str, set_name: str) -> dict[bytes, tuple[int, int]]:
-    """Key bytes -> (packets, bytes) for every element of `set_name` that has a counter, in this process's
-    network namespace, through a socket of its own. Raises OSError (ENOENT: no such table or set)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    try:
-        sock.bind((0, 0))
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, 1 << 22)
-        seq = int.from_bytes(os.urandom(4), "big")
-        sock.send(dump_request(table, set_name, seq))
-        out: dict[bytes, tuple[int, int]] = {}
-        while True:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                size, kind, _flags, msg_seq, _pid = _HDR.unpack_from(data, offset)
-                if size < 16:
-                    raise OSError(errno_mod.EPROTO, "malformed netlink message in an element dump")
-                if msg_seq == seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        code = -_ERR.unpack_from(data, offset + 16)[0]
-                        if code:
-                            raise OSError(code, f"reading {table} {set_name}: {os.strerror(code)}")
-                    elif kind & 0xFF == NFT_MSG_NEWSETELEM:
-                        out.update(element_counters(data[offset : offset + size]))
-                offset += (size + 3) & ~3
-    finally:
-        sock.close()

@@ -1,12 +1,13 @@
-"""Reads of nfsip's table that are slow when the table is big, off the queue's thread.
+"""Kernel reads that are slow when the tables are big, off the queue's thread.
 
 At 20,000 pinholes (bench/scale.py) checking that the table and its queue rule are still in place took
-1.0 s and reading the media counters 0.8 s - libnftables fetches every set with its elements into its cache
-before answering - every 5 s, in the packet loop's thread: SIP waited behind them, or failed open past a
-full queue. Here a thread of its own, with its own libnftables context, does those reads when asked; the
-packet loop asks from its housekeeping and picks the answers up there. One SimpleQueue each way: nothing
-the packet path touches, no lock. (libnftables is called through ctypes, which releases the GIL; parsing
-its JSON does not, so a scrape of a big table still takes a little time from the packet loop.)
+1.0 s - libnftables fetches every set with its elements into its cache before answering - and reading the
+media counters 0.8 s, every 5 s, in the packet loop's thread: SIP waited behind them, or failed open past a
+full queue. Here a thread of its own, with its own libnftables context and conntrack socket, does those
+reads when asked; the packet loop asks from its housekeeping and picks the answers up there. One
+SimpleQueue each way: nothing the packet path touches, no lock. (libnftables is called through ctypes and
+the conntrack dump is walked by the kernel inside recv(), both with the GIL released; parsing their answers
+holds it, so a read of big tables still takes a little time from the packet loop.)
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import queue
 import threading
 from typing import Any
 
+from ..model import Endpoint
+from .conntrack import read_media_counters
 from .nft import Nft
 
 log = logging.getLogger(__name__)
 
 TABLE = "table"  # answer: table_state()
-COUNTERS = "counters"  # answer: Nft.media_counters()
+COUNTERS = "counters"  # answer: conntrack.read_media_counters() of the LAN media endpoints asked about
 
 # What table_state() finds.
 INSTALLED = "installed"
@@ -39,20 +42,21 @@ def table_state(nft: Nft) -> str:
 class KernelReader:
     def __init__(self, table: str) -> None:
         self._table = table
-        self._requests: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[str, frozenset[Endpoint]] | None] = queue.SimpleQueue()
         self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._asked: set[str] = set()  # the asking thread's own bookkeeping: one request of a kind at a time
 
-    def ask(self, what: str) -> None:
-        """Request a read (TABLE or COUNTERS) unless one of that kind is still under way."""
+    def ask(self, what: str, endpoints: frozenset[Endpoint] = frozenset()) -> None:
+        """Request a read (TABLE, or COUNTERS of these LAN media endpoints) unless one of that kind is still
+        under way."""
         if what in self._asked:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="nfsip-kernel-reader", daemon=True)
             self._thread.start()
         self._asked.add(what)
-        self._requests.put(what)
+        self._requests.put((what, endpoints))
 
     def answers(self) -> list[tuple[str, Any]]:
         """The reads done since the last call: (kind, value or the exception the read raised)."""
@@ -72,14 +76,16 @@ class KernelReader:
             self._thread = None
 
     def _serve(self) -> None:
-        while (what := self._requests.get()) is not None:
-            # A libnftables context keeps its cache - every set with its elements - for its lifetime: a
-            # context kept across reads held a copy of 80,000 elements (about 60 MB at 10,000 calls,
-            # bench/scale.py). A fresh one per read frees it after each read.
-            nft = Nft(self._table)
+        while (request := self._requests.get()) is not None:
+            what, endpoints = request
             try:
-                value: Any = table_state(nft) if what == TABLE else nft.media_counters()
+                value: Any = self._table_state() if what == TABLE else read_media_counters(endpoints)
             except Exception as exc:  # handed to the asking thread, which logs it
                 value = exc
-            del nft
             self._answers.put((what, value))
+
+    def _table_state(self) -> str:
+        # A libnftables context keeps its cache - every set with its elements - for its lifetime: a context
+        # kept across reads held a copy of 80,000 elements (about 60 MB at 10,000 calls, bench/scale.py). A
+        # fresh one per read frees it after each read.
+        return table_state(Nft(self._table))

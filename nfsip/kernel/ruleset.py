@@ -11,9 +11,11 @@ it only replaces its own table (`table ip nfsip`). Priorities, and why:
   an outbound message and the LAN host an inbound one is for (LAB.md, "Where each hook sees the packet").
   The daemon tells the directions apart by the hook (prerouting: inbound, postrouting: outbound).
 - Filter chains cost every forwarded packet, media included (bench/ruleset_cost.py): as few base chains
-  as the hooks above need (the media counters share the one before SNAT), one protocol test per chain,
-  and in each rule the port test that fails for media (a literal, not a set lookup) before interface
-  names, ct status or fib.
+  as the hooks above need, one protocol test per chain, and in each rule the port test that fails for
+  media (a literal, not a set lookup) before interface names, ct status or fib. No per-packet counter
+  lookups: per-call media counts come from conntrack accounting (nfsip.kernel.conntrack.media_counters);
+  the two counter-set lookups the table had cost about 3 % of forwarding. The table itself turns
+  accounting on, through a rule no packet runs (ACCOUNTING_CHAIN).
 - The queue statement itself sits alone in `sip_queue`, and the daemon adds it: as `queue num N bypass`
   where the kernel has nft_queue, else as the xt NFQUEUE target through nft_compat over netlink
   (nfsip.kernel.divert), which `nft -f` cannot express. So the same table text loads with `nft -f` (or an
@@ -32,13 +34,13 @@ SNAT_MAP = "media_snat"
 SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
-COUNT_TO_LAN = "media_to_lan"  # LAN ip . port, one counter per media pinhole: packets towards the phone
-# Packets from the phone are counted by the media_snat element itself (keyed by the same LAN ip . port).
 QUEUE_CHAIN = "sip_queue"
 # The filter chains every forwarded packet traverses (see render() for what each does, and why in that order).
-BEFORE_SNAT_CHAIN = "before_snat"  # media counters + the first datagram of a new LAN -> WAN SIP flow
+BEFORE_SNAT_CHAIN = "before_snat"  # the first datagram of a new LAN -> WAN SIP flow
 SIP_TO_WAN_CHAIN = "sip_to_wan"
 SIP_FROM_WAN_CHAIN = "sip_from_wan"
+# A regular chain nothing jumps to: loading its rule turns on conntrack accounting (see render()).
+ACCOUNTING_CHAIN = "conntrack_accounting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +118,9 @@ table ip {opts.table} {{
 \t}}
 
 \t# LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named).
-\t# Each element's counter counts the phone's media packets (looked up in chain {BEFORE_SNAT_CHAIN}).
 \tmap {SNAT_MAP} {{
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
 \t\tflags timeout
-\t\tcounter
 \t}}
 
 \t# A registered phone's SIP port, kept reachable for the registration's lifetime even after the UDP
@@ -140,14 +140,6 @@ table ip {opts.table} {{
 \tmap {SIP_SNAT_MAP} {{
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
 \t\tflags timeout
-\t}}
-
-\t# Media packet counter per pinhole, far end -> phone (phone -> far end: the {SNAT_MAP} element's), read
-\t# by the daemon for per-call metrics and one-way-audio detection. Looked up in chain {BEFORE_SNAT_CHAIN}.
-\tset {COUNT_TO_LAN} {{
-\t\ttype ipv4_addr . inet_service
-\t\tflags timeout
-\t\tcounter
 \t}}
 
 \t# NAT chains see only the first packet of a connection: their cost is per flow, not per packet.
@@ -174,21 +166,17 @@ table ip {opts.table} {{
 \t# for the packet that is neither SIP nor media: one protocol test per chain (the "th" loads after it
 \t# need no protocol test of their own), then the cheapest test that fails for it (the SIP port, compared
 \t# as a literal), and only then interface names, conntrack status or a FIB lookup. Media passes them
-\t# without a verdict; its cost here is the protocol tests, the port compares and the two counter lookups.
+\t# without a verdict; its cost here is the protocol tests and the port compares. (Per-call media counts
+\t# come from conntrack accounting, which the daemon turns on: no counter lookup per packet here.)
 
-\t# Before source NAT, after the admin's forward filter (what it drops is neither counted nor queued):
-\t# - the media counters: DNAT (prerouting) already put the LAN address into an inbound packet's
-\t#   destination, and SNAT has not yet replaced the LAN address in an outbound packet's source;
-\t# - the first datagram of a new LAN -> WAN SIP flow. At srcnat+10 its conntrack entry is not
-\t#   confirmed yet, so ctnetlink cannot say which LAN host sent it; the daemon notes the sender here and
-\t#   recognises the same bytes when they come back through {SIP_TO_WAN_CHAIN} (nfsip.kernel.firstpacket).
-\t#   "! confirmed", not "ct state new": a UDP flow stays "new" until its first reply, and every datagram
-\t#   of it would be queued twice.
+\t# Before source NAT, after the admin's forward filter (what it drops is not queued): the first datagram
+\t# of a new LAN -> WAN SIP flow. At srcnat+10 its conntrack entry is not confirmed yet, so ctnetlink
+\t# cannot say which LAN host sent it; the daemon notes the sender here and recognises the same bytes when
+\t# they come back through {SIP_TO_WAN_CHAIN} (nfsip.kernel.firstpacket). "! confirmed", not "ct state
+\t# new": a UDP flow stays "new" until its first reply, and every datagram of it would be queued twice.
 \tchain {BEFORE_SNAT_CHAIN} {{
 \t\ttype filter hook postrouting priority mangle; policy accept;
 \t\tmeta l4proto != udp return
-\t\tip daddr . th dport @{COUNT_TO_LAN}
-\t\tip saddr . th sport @{SNAT_MAP}
 \t\tth dport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t\tth sport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
 \t}}
@@ -213,5 +201,14 @@ table ip {opts.table} {{
 
 \tchain {QUEUE_CHAIN} {{
 {queue_rule}\t}}
+
+\t# Per-call media counts come from conntrack accounting (net.netfilter.nf_conntrack_acct), which Linux
+\t# leaves off. Loading a rule that reads a flow's packet count turns it on for this network namespace
+\t# (the kernel's nft_ct_get_init), through netlink: also under a service sandbox that hides /proc/sys,
+\t# and also when this file is loaded with `nft -f`. Nothing jumps to this chain: no packet runs the rule.
+\t# It stays on after nfsip is gone (other users' flows may count on it by then).
+\tchain {ACCOUNTING_CHAIN} {{
+\t\tct packets 0 return
+\t}}
 }}
 """
