@@ -184,12 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .kernel.nft import NftError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"nfsip: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except NftError as exc:  # from status or flush (run has its own): a message, not a traceback
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            print(f"nfsip: {exc}: nfsip needs CAP_NET_ADMIN (run as root)", file=sys.stderr)
+            return EXIT_MISSING
+        print(f"nfsip: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 
 from nfsip.config import Config
-from nfsip.kernel import ctnetlink
+from nfsip.kernel import ctnetlink, divert
 from nfsip.kernel.conntrack import accounting_enabled, read_media_counters
 from nfsip.kernel.ctnetlink import IPCTNL_MSG_CT_GET, NLM_F_DUMP, NLM_F_REQUEST, CtNetlink, _filter, source_key
 from nfsip.kernel.nft import CONSERVATIVE, Nft, NftError
@@ -319,3 +319,33 @@ def test_media_counts_are_the_conntrack_accounting_of_the_flows(tables):
 
 def _read_sources(data: bytes, start: int, _end: int) -> tuple[bytes, bytes] | str:
     return ctnetlink._sources(data, start) or "not the usual layout"
+
+
+def _json_queue_chain(nft: Nft) -> tuple[bool, int | None]:
+    """What libnftables lists for sip_queue (the reads before nftread): (holds a queue rule, its counter)."""
+    rc, out, err = nft._nft.cmd(f"list chain ip {nft.table} sip_queue")
+    assert rc == 0, err
+    exprs = [e for item in json.loads(out)["nftables"] for e in (item.get("rule") or {}).get("expr", [])]
+    queue = any("queue" in e or (e.get("xt") or {}).get("name") == "NFQUEUE" for e in exprs)
+    counters = [int(e["counter"]["packets"]) for e in exprs if isinstance(e.get("counter"), dict)]
+    return queue, counters[0] if counters else None
+
+
+def test_raw_reads_of_the_table_are_what_libnftables_lists(tables):
+    """Nft.table_exists / has_queue_rule / diverted_packets ask the kernel for the one table or chain
+    (nfsip.kernel.nftread) instead of libnftables' listing of everything: same answers, also after SIP
+    went through the queue chain (lo is the WAN interface here; no daemon: the queue rule's bypass lets
+    it through)."""
+    raw, ref = tables
+    assert raw.table_exists() and ref.table_exists() and not Nft("nfsip_absent").table_exists()
+    assert (raw.has_queue_rule(), raw.diverted_packets()) == _json_queue_chain(raw) == (False, 0)
+    divert.add_compat_queue_rule(raw.table, 5060, bypass=True)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for port in (5060, 5061, 5062):  # three flows, each queued before and after (no) SNAT
+            s.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n", ("127.0.0.1", port))
+    diverted = raw.diverted_packets()
+    assert (raw.has_queue_rule(), diverted) == _json_queue_chain(raw)
+    assert diverted is not None and diverted >= 2, diverted
+    raw.remove_table()
+    assert not raw.table_exists() and not raw.has_queue_rule() and raw.diverted_packets() is None

@@ -32,7 +32,8 @@ import json
 from collections.abc import Collection
 from typing import Any
 
-from . import divert
+from . import divert, nftread
+from .nft import is_queue_rule
 from .ruleset import QUEUE_CHAIN
 
 
@@ -158,12 +159,10 @@ class Fanout:
 
     def installed(self, ready: Collection[int]) -> bool:
         """Whether the dispatch rules are there and every ready worker's chain holds its queue rule (an
-        admin's `nft -f` with `flush ruleset`, or one that re-includes nft/nfsip.nft, removes them)."""
-        dispatch = [r for r in self._rules(QUEUE_CHAIN) if any("vmap" in e for e in r.get("expr", []))]
+        admin's `nft -f` with `flush ruleset`, or one that re-includes nft/nfsip.nft, removes them). Read
+        directly from the kernel (nftread): libnftables would fetch every set element first."""
+        # A vmap is a "lookup" expression into the anonymous verdict map; only the dispatch rules have one.
+        dispatch = [r for r in nftread.chain_rules(self.table, QUEUE_CHAIN) if any(e.name == "lookup" for e in r)]
         if len(dispatch) != 2:
             return False
-        for i in ready:
-            exprs = [e for r in self._rules(chain_name(i)) for e in r.get("expr", [])]
-            if not any("queue" in e or (e.get("xt") or {}).get("name") == "NFQUEUE" for e in exprs):
-                return False
-        return True
+        return all(any(is_queue_rule(r) for r in nftread.chain_rules(self.table, chain_name(i))) for i in ready)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..model import Endpoint, Pinhole, element_comment, parse_comment
-from . import nftnl
+from . import nftnl, nftread
 from .ruleset import (
     DNAT_MAP,
     DNAT_STRICT_MAP,
@@ -33,6 +33,11 @@ from .ruleset import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def is_queue_rule(rule: list[nftread.Expr]) -> bool:
+    """A rule that queues: the native `queue` statement, or the xt NFQUEUE target (nft_compat)."""
+    return any(e.name == "queue" or (e.name == "target" and e.xt_name == "NFQUEUE") for e in rule)
 
 
 class NftError(RuntimeError):
@@ -162,14 +167,11 @@ class Nft:
         return True
 
     def table_exists(self) -> bool:
-        rc, out, _err = self._nft.cmd("list tables ip")
-        if rc != 0:
-            return False
-        for item in json.loads(out or "{}").get("nftables", []):
-            table = item.get("table")
-            if table and table.get("name") == self.table:
-                return True
-        return False
+        """Asked of the kernel directly (nftread): libnftables would fetch every element first."""
+        try:
+            return nftread.table_exists(self.table)
+        except OSError as exc:
+            raise NftError(f"cannot ask for table ip {self.table}: {exc}", exc.errno) from exc
 
     # -- pinholes -------------------------------------------------------------------------------------
     def _element(self, map_name: str, key: Iterable, value: Iterable | None, extra: dict[str, Any]) -> dict:
@@ -510,28 +512,24 @@ class Nft:
                     )
         return holes
 
+    def _queue_chain(self) -> list[list[nftread.Expr]]:
+        try:
+            return nftread.chain_rules(self.table, QUEUE_CHAIN)
+        except OSError as exc:
+            raise NftError(f"cannot read chain {QUEUE_CHAIN}: {exc}", exc.errno) from exc
+
     def has_queue_rule(self) -> bool:
         """Whether `sip_queue` still holds the queue rule (native `queue`, or the xt NFQUEUE target). An
         admin's `nft -f /etc/nftables.conf` that includes nft/nfsip.nft recreates the table without it."""
-        rc, out, _err = self._nft.cmd(f"list chain ip {self.table} {QUEUE_CHAIN}")
-        if rc != 0:
-            return False
-        for item in json.loads(out).get("nftables", []):
-            for expr in (item.get("rule") or {}).get("expr", []):
-                if "queue" in expr or (expr.get("xt") or {}).get("name") == "NFQUEUE":
-                    return True
-        return False
+        return any(is_queue_rule(rule) for rule in self._queue_chain())
 
     def diverted_packets(self) -> int | None:
         """The packet count of `sip_queue`'s counter: every datagram the divert chains sent towards the queue
         (None without the table)."""
-        rc, out, _err = self._nft.cmd(f"list chain ip {self.table} {QUEUE_CHAIN}")
-        if rc != 0:
-            return None
-        for item in json.loads(out).get("nftables", []):
-            for expr in (item.get("rule") or {}).get("expr", []):
-                if "counter" in expr and isinstance(expr["counter"], dict):
-                    return int(expr["counter"].get("packets", 0))
+        for rule in self._queue_chain():
+            for expr in rule:
+                if expr.counter is not None:
+                    return expr.counter[0]
         return None
 
     def has_native_queue(self) -> bool:

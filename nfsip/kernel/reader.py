@@ -1,13 +1,13 @@
-"""Kernel reads that are slow when the tables are big, off the queue's thread.
+"""Kernel reads that can be slow when the tables are big, off the queue's thread.
 
 At 20,000 pinholes (bench/scale.py) checking that the table and its queue rule are still in place took
-1.0 s - libnftables fetches every set with its elements into its cache before answering - and reading the
-media counters 0.8 s, every 5 s, in the packet loop's thread: SIP waited behind them, or failed open past a
-full queue. Here a thread of its own, with its own libnftables context and conntrack socket, does those
-reads when asked; the packet loop asks from its housekeeping and picks the answers up there. One
-SimpleQueue each way: nothing the packet path touches, no lock. (libnftables is called through ctypes and
-the conntrack dump is walked by the kernel inside recv(), both with the GIL released; parsing their answers
-holds it, so a read of big tables still takes a little time from the packet loop.)
+1.0 s through libnftables (which fetched every set with its elements first; now nfsip.kernel.nftread asks
+for the one table and chain) and reading the media counters 0.8 s, every 5 s, in the packet loop's thread:
+SIP waited behind them, or failed open past a full queue. Here a thread of its own, with its own netlink
+sockets, does those reads when asked; the packet loop asks from its housekeeping and picks the answers up
+there. One SimpleQueue each way: nothing the packet path touches, no lock. (The conntrack dump is walked by
+the kernel inside recv(), with the GIL released; parsing the answer holds it, so a read of a big conntrack
+table still takes a little time from the packet loop.)
 """
 
 from __future__ import annotations
@@ -85,7 +85,4 @@ class KernelReader:
             self._answers.put((what, value))
 
     def _table_state(self) -> str:
-        # A libnftables context keeps its cache - every set with its elements - for its lifetime: a context
-        # kept across reads held a copy of 80,000 elements (about 60 MB at 10,000 calls, bench/scale.py). A
-        # fresh one per read frees it after each read.
-        return table_state(Nft(self._table))
+        return table_state(Nft(self._table))  # raw reads (nftread): no libnftables cache to keep or free
