@@ -930,8 +930,8 @@ def summarize(
         ),
         "(a), (a'), (c), (d), (e) run in a router without nfsip (the ALG table loaded only while (c) runs); "
         "(n), (b), (b') in the same topology with the nfsip daemon. n/a is what nfsip's table costs traffic "
-        "that is not media (its SIP divert chains and media counter lookups are evaluated for every forwarded "
-        "packet); b/n compares a pinhole with masquerade on the same nfsip router",
+        "that is not media (its SIP divert chains are evaluated for every forwarded packet, and the daemon "
+        "has turned conntrack accounting on); b/n compares a pinhole with masquerade on the same nfsip router",
         "(e) rtpengine discards packets on purpose once its socket backlog overflowed 5 times (flood "
         "protection), so it is paced: the value is the highest single-flow rate of "
         f"{', '.join(f'{r // 1000}k' for r in RTPENGINE_LADDER)} pps it forwarded with <= 1 % loss",
