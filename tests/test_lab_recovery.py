@@ -3,9 +3,11 @@ daemon at all, SIP still flows (queue bypass)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,63 @@ def test_wan_address_change_moves_rewrites_and_drops_old_pinholes(lab: Lab):
         assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+# The table the previous release (d39362f) shipped, verbatim: per-pinhole counter sets (media_to_lan, and a
+# counter on every media_snat element), 3 elements per media pinhole, no conntrack_accounting chain.
+PREVIOUS_TABLE = Path(__file__).parent / "previous_tables" / "nfsip-d39362f.nft"
+
+
+def _as_previous_release(lab: Lab) -> int:
+    """Turn the kernel state a killed daemon left into what the previous release would have left for the
+    same call: its table, with the same map elements (timeouts, comments), and a media_to_lan element per
+    media pinhole. Returns how many media pinholes there are."""
+    data = json.loads(lab.run(T.ROUTER, ["nft", "-j", "list", "table", "ip", "nfsip"]).stdout)["nftables"]
+    lines, media = [], 0
+    for item in data:
+        found = item.get("map")
+        if not found or not found.get("elem"):
+            continue
+        for key, value in found["elem"]:
+            elem = key["elem"]
+            k = " . ".join(str(v) for v in elem["val"]["concat"])
+            v = " . ".join(str(x) for x in value["concat"])
+            extra = f'timeout {elem["timeout"]}s comment "{elem["comment"]}"'
+            lines.append(f"add element ip nfsip {found['name']} {{ {k} {extra} : {v} }}")
+            if found["name"] == "media_snat":
+                lines.append(f"add element ip nfsip media_to_lan {{ {k} {extra} }}")
+                media += 1
+    lab.nft(T.ROUTER, PREVIOUS_TABLE.read_text() + "\n".join(lines) + "\n")
+    return media
+
+
+def test_upgrade_mid_call_from_the_table_with_counter_sets(lab: Lab):
+    """Upgrading the daemon with a call up, from the release whose table counted media per packet: its
+    table (counter sets, 3 elements per pinhole) is what the new daemon finds. It takes the call over,
+    replaces the table with its own (no counter sets, conntrack accounting on), media keeps flowing both
+    ways, and the BYE still tears everything down."""
+    first = NfsipDaemon(lab).start()
+    uas = SippUas(lab).start()
+    with Capture(lab, "phone1", "eth0") as at_phone, Capture(lab, T.SERVER, "eth0") as at_server:
+        uac = SippUac(lab, "phone1", pause_ms=9000).start()
+        time.sleep(2.5)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(5)
+        assert _as_previous_release(lab) == 2
+        old = lab.run(T.ROUTER, ["nft", "list", "set", "ip", "nfsip", "media_to_lan"]).stdout
+        assert old.count("comment") == 2, old
+        second = NfsipDaemon(lab).start()
+        try:
+            assert "took over 2 pinholes of 1 calls" in second.log(), second.log()
+            table = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
+            assert "media_to_lan" not in table and "chain conntrack_accounting" in table, table
+            assert second.status()["pinholes"] == 2
+            assert uac.wait(60).ok
+            assert uas.wait(20).ok
+            assert second.status()["pinholes"] == 0
+            assert second.metric("nfsip_calls_active") == 0
+        finally:
+            assert second.stop() == 0, second.log()
+    assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
+    assert count_rtp(at_server.packets(), dst=T.SERVER_IP) >= MIN_RTP
