@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,12 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def test_kill_9_mid_call_media_keeps_flowing_and_bye_after_restart_cleans_up(lab: Lab):
+def _restart_mid_call(
+    lab: Lab, while_down: Callable[[NfsipDaemon], None], restarted: Callable[[NfsipDaemon], None]
+) -> None:
+    """A call with RTP both ways; the daemon killed (-9) mid-call, then `while_down(first daemon)`; a second
+    daemon started, which must take the call over; `restarted(second daemon)`. The BYE must then tear
+    everything down, and media must have flowed both ways throughout."""
     first = NfsipDaemon(lab).start()
     uas = SippUas(lab).start()
     with Capture(lab, "phone1", "eth0") as at_phone, Capture(lab, T.SERVER, "eth0") as at_server:
@@ -44,12 +49,11 @@ def test_kill_9_mid_call_media_keeps_flowing_and_bye_after_restart_cleans_up(lab
         assert first.proc is not None
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(5)
-        # The daemon is gone; the kernel still holds the call's pinholes, and status reads them from there.
-        between = first.status()
-        assert len(between["calls"]) == 1 and between["pinholes"] == 2, between
+        while_down(first)
         second = NfsipDaemon(lab).start()
         try:
             assert "took over 2 pinholes of 1 calls" in second.log(), second.log()
+            restarted(second)
             assert uac.wait(60).ok
             assert uas.wait(20).ok
             assert second.status()["pinholes"] == 0
@@ -58,6 +62,15 @@ def test_kill_9_mid_call_media_keeps_flowing_and_bye_after_restart_cleans_up(lab
             assert second.stop() == 0, second.log()
     assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
     assert count_rtp(at_server.packets(), dst=T.SERVER_IP) >= MIN_RTP
+
+
+def test_kill_9_mid_call_media_keeps_flowing_and_bye_after_restart_cleans_up(lab: Lab):
+    def while_down(first: NfsipDaemon) -> None:
+        # The daemon is gone; the kernel still holds the call's pinholes, and status reads them from there.
+        between = first.status()
+        assert len(between["calls"]) == 1 and between["pinholes"] == 2, between
+
+    _restart_mid_call(lab, while_down, lambda _second: None)
     conntrack = lab.run(T.ROUTER, ["conntrack", "-L", "-p", "udp"], check=False).stdout
     assert "sport=6000 " not in conntrack and "dport=6001 " not in conntrack, conntrack
 
@@ -156,28 +169,15 @@ def test_upgrade_mid_call_from_the_table_with_counter_sets(lab: Lab):
     table (counter sets, 3 elements per pinhole) is what the new daemon finds. It takes the call over,
     replaces the table with its own (no counter sets, conntrack accounting on), media keeps flowing both
     ways, and the BYE still tears everything down."""
-    first = NfsipDaemon(lab).start()
-    uas = SippUas(lab).start()
-    with Capture(lab, "phone1", "eth0") as at_phone, Capture(lab, T.SERVER, "eth0") as at_server:
-        uac = SippUac(lab, "phone1", pause_ms=9000).start()
-        time.sleep(2.5)
-        assert first.proc is not None
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait(5)
+
+    def while_down(_first: NfsipDaemon) -> None:
         assert _as_previous_release(lab) == 2
         old = lab.run(T.ROUTER, ["nft", "list", "set", "ip", "nfsip", "media_to_lan"]).stdout
         assert old.count("comment") == 2, old
-        second = NfsipDaemon(lab).start()
-        try:
-            assert "took over 2 pinholes of 1 calls" in second.log(), second.log()
-            table = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
-            assert "media_to_lan" not in table and "chain conntrack_accounting" in table, table
-            assert second.status()["pinholes"] == 2
-            assert uac.wait(60).ok
-            assert uas.wait(20).ok
-            assert second.status()["pinholes"] == 0
-            assert second.metric("nfsip_calls_active") == 0
-        finally:
-            assert second.stop() == 0, second.log()
-    assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= MIN_RTP
-    assert count_rtp(at_server.packets(), dst=T.SERVER_IP) >= MIN_RTP
+
+    def restarted(second: NfsipDaemon) -> None:
+        table = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
+        assert "media_to_lan" not in table and "chain conntrack_accounting" in table, table
+        assert second.status()["pinholes"] == 2
+
+    _restart_mid_call(lab, while_down, restarted)

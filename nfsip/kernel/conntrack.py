@@ -217,20 +217,16 @@ def media_counters(entries: Iterable[SourceCounts], lan: Collection[Endpoint]) -
     keys = {source_key(ep.ip, ep.port): ep for ep in lan}
     out: dict[Endpoint, list[int]] = {}
     for e in entries:
-        phone = keys.get(e.orig_source)
-        if phone is not None:
-            sums = out.setdefault(phone, [0, 0, 0, 0])
-            sums[0] += e.reply_packets
-            sums[1] += e.reply_bytes
-            sums[2] += e.orig_packets
-            sums[3] += e.orig_bytes
-        phone = keys.get(e.reply_source)
-        if phone is not None:
-            sums = out.setdefault(phone, [0, 0, 0, 0])
-            sums[0] += e.orig_packets
-            sums[1] += e.orig_bytes
-            sums[2] += e.reply_packets
-            sums[3] += e.reply_bytes
+        # (the phone's side of the entry, its counts in the order of MediaCounts: to it, then from it)
+        for source, counts in (
+            (e.orig_source, (e.reply_packets, e.reply_bytes, e.orig_packets, e.orig_bytes)),
+            (e.reply_source, (e.orig_packets, e.orig_bytes, e.reply_packets, e.reply_bytes)),
+        ):
+            phone = keys.get(source)
+            if phone is not None:
+                sums = out.setdefault(phone, [0, 0, 0, 0])
+                for i, n in enumerate(counts):
+                    sums[i] += n
     return {ep: (v[0], v[1], v[2], v[3]) for ep, v in out.items()}
 
 

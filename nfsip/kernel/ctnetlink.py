@@ -137,9 +137,8 @@ def _parse_tuple(data: bytes, span: tuple[int, int]) -> Tuple | None:
     return Tuple(src, sport, dst, dport)
 
 
-def _counters(data: bytes, found: dict[int, tuple[int, int]], kind: int) -> tuple[int, int]:
-    """(packets, bytes) of a CTA_COUNTERS_ORIG/REPLY attribute; (0, 0) if absent."""
-    span = found.get(kind)
+def _counters(data: bytes, span: tuple[int, int] | None) -> tuple[int, int]:
+    """(packets, bytes) of a CTA_COUNTERS_ORIG/REPLY attribute's payload span; (0, 0) if absent."""
     if span is None:
         return 0, 0
     inner = _attrs(data, *span)
@@ -173,8 +172,8 @@ def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, byte
         return SourceCounts(
             source_key(entry.orig.src, entry.orig.sport),
             source_key(entry.reply.src, entry.reply.sport),
-            *_counters(data, found, CTA_COUNTERS_ORIG),
-            *_counters(data, found, CTA_COUNTERS_REPLY),
+            *_counters(data, found.get(CTA_COUNTERS_ORIG)),
+            *_counters(data, found.get(CTA_COUNTERS_REPLY)),
         )
     # The counters come a few attributes after the tuples (status, timeout, ...): walk to them.
     counts = [0, 0, 0, 0]
@@ -186,7 +185,7 @@ def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, byte
         kind &= 0x3FFF
         if kind in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             at = 0 if kind == CTA_COUNTERS_ORIG else 2
-            counts[at], counts[at + 1] = _counters(data, {kind: (off + 4, off + length)}, kind)
+            counts[at], counts[at + 1] = _counters(data, (off + 4, off + length))
             if kind == CTA_COUNTERS_REPLY:
                 break
         off += (length + 3) & ~3

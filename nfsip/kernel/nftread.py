@@ -17,32 +17,34 @@ import socket
 import struct
 from typing import NamedTuple
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWTABLE = 0
+# The netlink framing and attribute encoding are nftnl's (the element batches).
+from .nftnl import (
+    _ATTR,
+    _BE64,
+    _HDR,
+    NETLINK_NETFILTER,
+    NFNL_SUBSYS_NFTABLES,
+    NFPROTO_IPV4,
+    NFTA_LIST_ELEM,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    _strz,
+)
+
 NFT_MSG_GETTABLE = 1
-NFT_MSG_NEWRULE = 6
 NFT_MSG_GETRULE = 7
-NFPROTO_IPV4 = 2
-NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
 
 NFTA_TABLE_NAME = 1
 NFTA_RULE_TABLE = 1
 NFTA_RULE_CHAIN = 2
 NFTA_RULE_EXPRESSIONS = 4
-NFTA_LIST_ELEM = 1
 NFTA_EXPR_NAME = 1
 NFTA_EXPR_DATA = 2
 NFTA_COUNTER_BYTES = 1
 NFTA_COUNTER_PACKETS = 2
 NFTA_TARGET_NAME = 1  # also NFTA_MATCH_NAME: the xt extension's name in a "target" / "match" expression
-
-_HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
-_BE64 = struct.Struct("!Q")
 
 
 class Expr(NamedTuple):
@@ -52,15 +54,6 @@ class Expr(NamedTuple):
     name: str
     xt_name: str | None = None
     counter: tuple[int, int] | None = None
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return _ATTR.pack(size, kind) + payload + b"\0" * (-size % 4)
-
-
-def _strz(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
 
 
 def _attrs(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:

@@ -76,13 +76,12 @@ class KernelReader:
             self._thread = None
 
     def _serve(self) -> None:
+        # One for the thread's life: its table reads go through nftread, so no libnftables cache builds up.
+        nft = Nft(self._table)
         while (request := self._requests.get()) is not None:
             what, endpoints = request
             try:
-                value: Any = self._table_state() if what == TABLE else read_media_counters(endpoints)
+                value: Any = table_state(nft) if what == TABLE else read_media_counters(endpoints)
             except Exception as exc:  # handed to the asking thread, which logs it
                 value = exc
             self._answers.put((what, value))
-
-    def _table_state(self) -> str:
-        return table_state(Nft(self._table))  # raw reads (nftread): no libnftables cache to keep or free
