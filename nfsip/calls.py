@@ -48,6 +48,23 @@ class Call:
     # from the far end's SDP; until it is known a stream is outbound-only (SNAT, no DNAT).
     strict: bool = False
     far_media: dict[int, str] = field(default_factory=dict)
+    # The call's signalling path, learned from the phone's own messages (the LAN side is trusted to choose
+    # whom it talks to): the remote addresses it sent this call's SIP to, and its SIP ports. Only a message
+    # from one of those addresses to one of those ports may change the call from the WAN side. Empty for a
+    # call rebuilt after a restart until the phone sends again (the kernel elements do not keep it).
+    peer_ips: set[str] = field(default_factory=set)
+    sip_ports: set[int] = field(default_factory=set)
+
+    def learn_path(self, remote_ip: str, lan_port: int) -> None:
+        """The phone sent this call's SIP to `remote_ip` from `lan_port`."""
+        self.peer_ips.add(remote_ip)
+        self.sip_ports.add(lan_port)
+
+    def on_path(self, remote_ip: str, lan_port: int) -> bool:
+        """Whether an inbound message from `remote_ip` to the phone's `lan_port` may change the call."""
+        if not self.peer_ips:
+            return True  # adopted after a restart, nothing learned yet
+        return remote_ip in self.peer_ips and lan_port in self.sip_ports
 
     def pinholes(self, timeout: int = 0) -> list[Pinhole]:
         if len(self.streams) == 1:

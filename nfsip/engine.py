@@ -216,6 +216,8 @@ class Engine:
             call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, splices)
         else:
             call = self.calls.get(msg.call_id, lan_ip)
+        if call is not None:
+            call.learn_path(flow.remote.ip, flow.lan.port)
         self._transitions(msg, call, flow.direction, now, change)
         return self._finish(msg, splices, change, now)
 
@@ -343,7 +345,7 @@ class Engine:
         if not msg.is_request:
             via = msg.top_via
             if msg.cseq_method == "REGISTER":
-                self._registered(msg, via.branch, now, change)
+                self._registered(msg, via.branch, flow.remote.ip, now, change)
             sent_by = via.sent_by
             if sent_by.host == public_ip:
                 # The parameters first: split once, the branch is then read from them (Via.branch).
@@ -360,16 +362,21 @@ class Engine:
             hp: HostPort | None = msg.request_uri.hostport
             if hp is not None and hp.host == public_ip:
                 splices.append((hp._hs, hp._pe, _hostport_bytes(lan_sip)))
+        call = self.calls.get(msg.call_id, lan_sip.ip)
+        if call is not None and not call.on_path(flow.remote.ip, lan_sip.port):
+            # Not the call's signalling path (another host, or another port of the phone than its SIP
+            # port): it is passed on, but changes neither the call's state nor its pinholes.
+            change.refuse("not-dialog-peer", f"{msg.call_id}: from {flow.remote} to {lan_sip}, not the call's peer")
+            return self._finish(msg, splices, change, now)
         if msg.sdp is not None:
-            self._far_end_sdp(msg, msg.sdp, lan_sip.ip, change)
-        self._transitions(msg, self.calls.get(msg.call_id, lan_sip.ip), flow.direction, now, change)
+            self._far_end_sdp(msg, msg.sdp, lan_sip.ip, call, change)
+        self._transitions(msg, call, flow.direction, now, change)
         return self._finish(msg, splices, change, now)
 
-    def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, change: _Change) -> None:
+    def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, call: Call | None, change: _Change) -> None:
         """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""
         if not self.media_from_sdp:
             return
-        call = self.calls.get(msg.call_id, lan_ip)
         if call is None:
             # An inbound call's offer comes before the phone's answer creates the call: keep the far end's
             # addresses until then (bounded, like the Via memory).
@@ -395,11 +402,16 @@ class Engine:
             call.far_media[index] = conn.address
             change.install_call = call
 
-    def _registered(self, msg: SipMessage, branch: str | None, now: float, change: _Change) -> None:
+    def _registered(self, msg: SipMessage, branch: str | None, remote_ip: str, now: float, change: _Change) -> None:
         """A registrar's final answer to a REGISTER: keep, refresh or drop the phone's SIP pinhole."""
         if msg.status is None or msg.status < 200:
             return
         pending = self.registrations.pending(branch)
+        if pending is not None and pending.registrar.ip != remote_ip:
+            # Only the host the REGISTER went to answers it: a response from elsewhere (sent through a
+            # registration pinhole open to any sender, say) neither opens nor closes anything.
+            change.refuse("not-dialog-peer", f"REGISTER answered by {remote_ip}, sent to {pending.registrar.ip}")
+            return
         granted: int | None = None
         if pending is not None and 200 <= msg.status < 300:
             for contact in msg.contacts:

@@ -463,3 +463,91 @@ def test_live_pinhole_count_is_kept_exactly():
         eng.handle(flow, message, float(i))
         assert eng.calls.pinholes_total == sum(len(c.pinholes()) for c in eng.calls.calls.values())
     assert eng.calls.pinholes_total == 0
+
+
+# -- only the call's signalling path changes the call (issue 13: a BYE forged from outside) ---------------
+
+ATTACKER = Endpoint("192.0.2.66", 5060)
+
+
+def from_host(lan_ip: str, remote: Endpoint, sip_port: int = 5060) -> Flow:
+    return Flow(Direction.INBOUND, Endpoint(lan_ip, sip_port), Endpoint(PUBLIC, 0), remote)
+
+
+def established(eng: Engine, callid: str = "c1", lan_ip: str = "10.0.0.2") -> set[Endpoint]:
+    d = eng.handle(outbound(lan_ip), invite(lan_ip, callid=callid), 0.0)
+    eng.handle(inbound(lan_ip), response(200, callid=callid), 1.0)
+    return {h.public for h in d.install}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(bye(), id="BYE"),
+        pytest.param(response(200, method="BYE"), id="200-to-BYE"),
+        pytest.param(response(487), id="487-to-INVITE"),
+        pytest.param(bye().replace(b"BYE ", b"CANCEL ", 1).replace(b"2 BYE", b"1 CANCEL"), id="CANCEL"),
+    ],
+)
+def test_a_host_that_is_not_the_calls_peer_cannot_end_it(message: bytes):
+    eng = engine()
+    established(eng)
+    forged = eng.handle(from_host("10.0.0.2", ATTACKER), message, 2.0)
+    assert forged.remove == () and forged.ended == () and "not-dialog-peer" in forged.refusals
+    assert eng.calls.get("c1", "10.0.0.2") is not None
+    # The real peer still can.
+    assert eng.handle(inbound("10.0.0.2"), bye(), 3.0).ended
+
+
+def test_the_peer_itself_cannot_end_a_call_through_another_port_of_the_phone():
+    """What arrives at a phone's media port (through a media pinhole) is not the call's signalling path."""
+    eng = engine()
+    established(eng)
+    through_media = eng.handle(from_host("10.0.0.2", SERVER, sip_port=6000), bye(), 2.0)
+    assert through_media.ended == () and "not-dialog-peer" in through_media.refusals
+
+
+def test_the_phones_own_answer_to_a_forged_bye_ends_the_call():
+    """The phone is the judge of its call: when it accepts a BYE (from anyone), its 200 ends the call."""
+    eng = engine()
+    established(eng)
+    eng.handle(from_host("10.0.0.2", ATTACKER), bye(), 2.0)
+    ok = response(200, method="BYE", via_host="192.0.2.66").replace(b"1 BYE", b"2 BYE")
+    to_attacker = Flow(Direction.OUTBOUND, Endpoint("10.0.0.2", 5060), Endpoint(PUBLIC, 5060), ATTACKER)
+    assert eng.handle(to_attacker, ok, 3.0).ended
+
+
+def test_a_forged_reinvite_does_not_move_the_media_of_a_strict_call():
+    eng = Engine(PUBLIC, PortAllocator(40000, 49999), Timeouts(setup=180, call=7200), media_from_sdp=True)
+    eng.handle(outbound("10.0.0.2"), invite(), 0.0)
+    answer = response(200, extra="Content-Type: application/sdp\r\n").replace(b"Content-Length: 0\r\n\r\n", b"")
+    sdp = SDP.format(ip="198.51.100.9", conn="198.51.100.9", port=7000).encode()
+    eng.handle(inbound("10.0.0.2"), answer + b"Content-Length: %d\r\n\r\n" % len(sdp) + sdp, 1.0)
+    assert eng.calls.get("c1", "10.0.0.2").far_media == {0: "198.51.100.9"}
+    moved = invite("192.0.2.66", callid="c1", branch="9")
+    d = eng.handle(from_host("10.0.0.2", ATTACKER), moved, 2.0)
+    assert d.install == () and d.remove == () and "not-dialog-peer" in d.refusals
+    assert eng.calls.get("c1", "10.0.0.2").far_media == {0: "198.51.100.9"}
+
+
+def test_in_dialog_requests_with_another_phones_call_id_touch_nothing():
+    eng = engine()
+    established(eng, "c1", "10.0.0.2")
+    d = eng.handle(inbound("10.0.0.3"), bye("c1"), 2.0)  # delivered to another phone
+    assert d.ended == () and eng.calls.get("c1", "10.0.0.2") is not None
+    d = eng.handle(
+        Flow(Direction.OUTBOUND, Endpoint("10.0.0.3", 5060), Endpoint(PUBLIC, 5060), SERVER),
+        bye("c1").replace(b"Via: SIP/2.0/UDP 198.51.100.2", b"Via: SIP/2.0/UDP 10.0.0.3"),
+        2.0,
+    )
+    assert d.ended == () and eng.calls.get("c1", "10.0.0.2") is not None
+
+
+def test_only_the_registrar_the_register_went_to_can_answer_it():
+    eng = engine()
+    eng.handle(outbound("10.0.0.2", public_port=1024), REGISTER.format(branch="a", cseq=1, expires=3600).encode(), 0)
+    contacts = f"Contact: <sip:alice@{PUBLIC}:1024>;expires=600\r\n"
+    forged = eng.handle(from_host("10.0.0.2", ATTACKER), register_ok("a", 1, contacts), 0.1)
+    assert forged.install == () and "not-dialog-peer" in forged.refusals and len(eng.registrations) == 0
+    ok = eng.handle(inbound("10.0.0.2"), register_ok("a", 1, contacts), 0.2)
+    assert [h.remote_ip for h in ok.install + ok.recreate] == [SERVER.ip]

@@ -280,3 +280,53 @@ def test_media_from_sdp_keeps_third_parties_out(lab: Lab, media_from: str, reach
         assert (probe_count(lab, "phone1") > 0) == reaches_phone
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+FORGE = """
+import socket, sys, time
+call_id, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('', 5060))
+head = ("Via: SIP/2.0/UDP 198.51.100.3:5060;branch=z9hG4bKforged\\r\\n"
+        "From: <sip:service@198.51.100.2>;tag=1\\r\\nTo: <sip:sipp@10.0.0.2>;tag=2\\r\\n"
+        f"Call-ID: {call_id}\\r\\n")
+tail = "CSeq: 9 BYE\\r\\nContent-Length: 0\\r\\n\\r\\n"
+for i in range(3):
+    s.sendto((f"BYE sip:sipp@{target}:5060 SIP/2.0\\r\\n" + head + tail).encode(), (target, port))
+    s.sendto(("SIP/2.0 200 OK\\r\\n" + head + tail).encode(), (target, port))
+    time.sleep(0.05)
+"""
+
+
+def test_a_bye_forged_through_a_media_pinhole_ends_nothing(lab: Lab):
+    """An outside host that is not the call's signalling peer sends a BYE (and a 200 to BYE) with the live
+    call's Call-ID from its port 5060 to the call's public media ports: the media pinhole DNATs it to the
+    phone, but nfsip's table never queues what a media pinhole forwards, so the call and its media live
+    on; and the phone's next call has media both ways."""
+    daemon = NfsipDaemon(lab).start()  # the defaults: no sip_servers allowlist, media_from = "any"
+    try:
+        uas = SippUas(lab).start()
+        with Capture(lab, "phone1", "eth0") as at_phone:
+            uac = SippUac(lab, "phone1", pause_ms=9000).start()
+            time.sleep(2.5)
+            (call,) = daemon.status()["calls"]
+            for hole in call["pinholes"]:
+                lab.run(
+                    "wanhost2",
+                    [sys.executable, "-c", FORGE, call["call_id"], T.ROUTER_WAN_IP, str(hole["public_port"])],
+                )
+            time.sleep(0.5)
+            assert [c["call_id"] for c in daemon.status()["calls"]] == [call["call_id"]], daemon.log()
+            assert uac.wait(60).ok and uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
+        assert f"call {call['call_id']} ended: BYE (out)" in daemon.log()  # the phone's own BYE ended it
+        # The queue never saw the forged messages (the engine would refuse them too: tests/test_engine.py).
+        assert daemon.metric("nfsip_policy_refusals_total", reason="not-dialog-peer") == 0
+        # The phone's next call, on the same ports: media both ways.
+        with SippUas(lab) as uas2, Capture(lab, "phone1", "eth0") as at_phone:
+            assert run_uac(lab, "phone1").ok
+            assert uas2.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
+        assert daemon.status()["calls"] == []
+    finally:
+        assert daemon.stop() == 0, daemon.log()

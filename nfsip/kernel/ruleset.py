@@ -191,11 +191,15 @@ table ip {opts.table} {{
 
 \t# WAN -> LAN SIP, after destination NAT: the queue sees the LAN host it is for. Datagrams for the router
 \t# itself (scans, floods of udp/5060 with no LAN flow behind them) are not queued; that FIB lookup is the
-\t# dearest test here, so only SIP from the WAN gets that far.
+\t# dearest test here, so only SIP from the WAN gets that far. A datagram from a SIP port that a media
+\t# pinhole DNATed to a phone's media port (its LAN ip . port is a key of {SNAT_MAP}) is media whatever
+\t# it carries: never queued, so no outside host reaches the engine through a call's media ports (a BYE
+\t# forged there would end the call). The dport rule needs no such test: a media pinhole never leads to
+\t# a SIP port (nfsip.policy).
 \tchain {SIP_FROM_WAN_CHAIN} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth sport {sip} iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
+\t\tth sport {sip} iifname "{wan}" fib daddr type != local ip daddr . th dport != @{SNAT_MAP} jump {QUEUE_CHAIN}
 \t\tth dport {sip} iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
 \t}}
 
