@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import logsetup
     from .daemon import Daemon
     from .kernel.nft import NftError
 
@@ -49,9 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if os.environ.get("JOURNAL_STREAM")
         else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.basicConfig(level=getattr(logging, config.log_level.upper()), format=log_format)
-    # pyroute2 logs every netlink message at debug level: far too much even for nfsip's own debug output.
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logsetup.configure(config.log_level, log_format)
     try:
         if config.workers > 1:
             from .supervisor import Supervisor, WorkerError

@@ -34,6 +34,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+from . import logsetup
 from .config import Config
 from .daemon import Daemon
 from .kernel.fanout import shard
@@ -213,8 +214,7 @@ def worker_main(config: Config, index: int, link: Connection, parent: int, log_f
     """Entry point of a worker process (multiprocessing, "spawn": a fresh interpreter that inherits no
     netlink socket, nft context or thread of the supervisor)."""
     _set_up_process(parent, index)
-    logging.basicConfig(level=getattr(logging, config.log_level.upper()), format=log_format)
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logsetup.configure(config.log_level, log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     try:
         daemon = WorkerDaemon(config, index, link)
