@@ -1,23 +1,58 @@
 """Access to ../shared/corpus (third-party SIP data kept outside the project) for the tests.
 
-Tests that need it call `corpus_dir()` which skips cleanly when the folder is absent.
+NFSIP_CORPUS names another folder (the tests of the guards point it at one that does not exist). Tests
+that need the corpus go through `need` or `corpus_dir`, which skip when it is absent, or fail under
+NFSIP_REQUIRE_LAB=1 (scripts/test): there a missing corpus must not pass as "nothing to test".
+A test parametrised over corpus items takes `cases(items, folder)` and calls `case(item)` first: with no
+items pytest would collapse the test into one skip ("got empty parameter set") that nobody sees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+from .lab_support import require
+
+CORPUS = Path(os.environ.get("NFSIP_CORPUS") or Path(__file__).resolve().parents[1].parent / "shared" / "corpus")
+T = TypeVar("T")
+
+
+def need(path: Path) -> Path:
+    """`path` (a corpus file or folder), or a skip (a failure under NFSIP_REQUIRE_LAB=1) when it is absent."""
+    require(path.exists(), f"SIP corpus data not found: {path} (it lives in ../shared/corpus beside the project)")
+    return path
 
 
 def corpus_dir(sub: str = "") -> Path:
-    path = CORPUS / sub if sub else CORPUS
-    if not path.is_dir():
-        pytest.skip(f"SIP corpus not found at {path} (it lives in ../shared/corpus beside the project)")
+    path = need(CORPUS / sub if sub else CORPUS)
+    require(path.is_dir(), f"SIP corpus folder is not a folder: {path}")
     return path
+
+
+@dataclass(frozen=True)
+class NoCases:
+    """The one parameter of a corpus test whose folder gave no items."""
+
+    folder: Path
+
+
+def cases(items: Sequence[Any], folder: Path) -> list[Any]:
+    """Parameters for one test per corpus item: `items`, or when there are none a single case that
+    `case` turns into a skip (a failure under NFSIP_REQUIRE_LAB=1)."""
+    return list(items) or [pytest.param(NoCases(folder), id=f"{folder.name}-no-cases")]
+
+
+def case(item: T) -> T:
+    if isinstance(item, NoCases):
+        need(item.folder)
+        require(False, f"no test cases found in the SIP corpus folder {item.folder}")
+    return item
 
 
 def vendor_messages() -> list[Path]:

@@ -6,20 +6,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from nfsip import config as configmod
 from nfsip.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_MISSING, EXIT_OK, build_parser
 from nfsip.config import Config
 from nfsip.kernel import ruleset
 from nfsip.metrics import Metrics, QueueCollector
+
+from .lab_support import require, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -134,8 +133,7 @@ def test_metric_names_in_the_docs_exist():
 
 
 def test_example_alerts_and_scrape_config_pass_promtool(tmp_path: Path):
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    require_tool("promtool", "prometheus")
     blocks = code_blocks(doc("metrics.md"), "yaml")
     rules = [b for b in blocks if b.startswith("groups:")]
     scrape = [b for b in blocks if b.startswith("scrape_configs:")]
@@ -188,8 +186,9 @@ def test_every_table_object_is_documented():
 
 def test_firewall_example_loads_beside_the_table(tmp_path: Path):
     """`nft -c` (check only) in a network namespace of its own: nothing is loaded anywhere."""
-    if os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"):
-        pytest.skip("needs root, nft and unshare")
+    require(os.geteuid() == 0, "needs root (a network namespace of its own)")
+    require_tool("nft", "nftables")
+    require_tool("unshare", "util-linux")
     example = next(b for b in code_blocks(doc("nftables.md"), "") if b.startswith("flush ruleset"))
     table = tmp_path / "nfsip.nft"
     table.write_text(ruleset.render(ruleset.options_from(Config(wan_interface="wan0"), native_queue=True)))

@@ -9,7 +9,6 @@ Each call takes about 8.1 s (the 7.05 s pcap plus margin), so the module runs in
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -17,8 +16,10 @@ import pytest
 
 from nfsip.lab import topology as T
 from nfsip.lab.capture import Capture, count_rtp, media_report, sip_messages, stop_all
-from nfsip.lab.lab import Lab, can_run, cleanup_stale, list_namespaces
+from nfsip.lab.lab import Lab, cleanup_stale, list_namespaces
 from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
+
+from .lab_support import require_lab
 
 pytestmark = pytest.mark.lab
 
@@ -26,20 +27,9 @@ MIN_RTP = int(PCAP_RTP_PACKETS * 0.95)
 """A direction "works" when at least 95 % of the 236 played packets arrive (measured: all 236)."""
 
 
-def _skip_reason() -> str | None:
-    reason = can_run()
-    if reason:
-        return reason
-    missing = [t for t in ("sipp", "dumpcap", "conntrack") if shutil.which(t) is None]
-    return f"missing tools: {', '.join(missing)}" if missing else None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _requirements() -> None:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    cleanup_stale()
+    require_lab()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ restarted and its next call working.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -31,7 +30,7 @@ from nfsip.lab.nfsipd import NfsipDaemon
 from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippCaller, SippPhone, SippUac, SippUas
 from nfsip.sip.message import parse_message
 
-from .lab_support import require_lab
+from .lab_support import require, require_lab, require_tool
 from .test_lab_ops import ADMIN_CONF
 
 pytestmark = pytest.mark.lab
@@ -190,8 +189,7 @@ def test_watchdog_pings_only_while_every_worker_beats(lab: Lab):
 def test_one_metrics_endpoint_with_per_call_media_passes_promtool(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
     """The supervisor's scrape: the workers' counters summed, the per-call media series of the worker that
     holds the call while it is live (gone once it ended), and valid exposition format."""
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool not installed")
+    require_tool("promtool", "prometheus")
     uas = SippUas(lab).start()
     uac = SippUac(lab, "phone2").start()
     series = f'lan_host="{T.PHONE_IPS[1]}"'
@@ -218,8 +216,7 @@ def test_call_from_the_wan_through_a_registration_reaches_the_phones_worker(
     """phone2 (shard 1) registers; once its SIP flow's conntrack entry expired, Kamailio's INVITE enters
     through the registration pinhole (DNAT): the server's address is shard 0, so only the `ct status dnat
     ct reply ip saddr` rule sends it to worker 1."""
-    if not have_kamailio():
-        pytest.skip("kamailio not installed")
+    require(have_kamailio(), "kamailio not installed (Debian package kamailio; scripts/setup installs it)")
     assert shard(T.SERVER_IP, 2) == 0 and shard(T.PHONE_IPS[1], 2) == 1
     for key, value in (("nf_conntrack_udp_timeout", 5), ("nf_conntrack_udp_timeout_stream", 10)):
         lab.sysctl(T.ROUTER, f"net.netfilter.{key}", value)

@@ -1,7 +1,8 @@
 """Real-world corpus: vendor messages and SIP carried in 32 public captures.
 
 The corpus is third-party data kept outside the repository (see
-/work/shared/corpus/SOURCES.md); tests skip cleanly when it is absent.
+/work/shared/corpus/SOURCES.md); tests skip when it is absent, and fail under
+NFSIP_REQUIRE_LAB=1 (tests/corpus.py).
 
 For every message with SDP a NAT-style rewrite is applied (private IPv4 in the
 top Via sent-by, Contact hosts, SDP o=/c= -> 203.0.113.7; every m= port +1000)
@@ -24,19 +25,14 @@ import pytest
 
 from nfsip.sip import Edit, SipMessage, SipParseError, apply_edits, parse_message
 
+from .corpus import CORPUS, case, cases, need
 from .test_sip_lazy import message_fields, parse_both
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 VENDORS = CORPUS / "vendors"
 PCAPS = CORPUS / "pcap"
 
 PUBLIC = b"203.0.113.7"
 _PRIVATE_NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
-
-
-def _need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"corpus not available: {path}")
 
 
 def is_private_v4(host: str) -> bool:
@@ -149,15 +145,15 @@ def _vendor_files() -> list[str]:
 
 
 def test_vendor_index_complete() -> None:
-    _need(VENDORS / "index.tsv")
+    need(VENDORS / "index.tsv")
     files = _vendor_files()
     assert len(files) == 57
     assert sorted(files) == sorted(p.name for p in VENDORS.glob("*.sip"))
 
 
-@pytest.mark.parametrize("name", _vendor_files() or ["<absent>"])
+@pytest.mark.parametrize("name", cases(_vendor_files(), VENDORS))
 def test_vendor_message(name: str) -> None:
-    _need(VENDORS / name)
+    need(VENDORS / case(name))
     data = (VENDORS / name).read_bytes()
     msg = parse_both(data)
     kind = name.split("__")[1]
@@ -178,7 +174,7 @@ def test_vendor_message(name: str) -> None:
 
 def test_vendor_nat_sample_values() -> None:
     """Spot values in the best NAT sample (Nero SIPPS behind NAT, ws-aaa)."""
-    _need(VENDORS)
+    need(VENDORS)
     msg = parse_message((VENDORS / "nero-sipps-2.0__INVITE-sdp__ws-aaa-f223.sip").read_bytes())
     assert msg.vias[0].sent_by.host == "192.168.1.2"
     assert msg.contacts[0].uri.hostport is not None
@@ -193,7 +189,7 @@ def test_vendor_nat_sample_values() -> None:
 
 
 def test_snom_utf8_display_name() -> None:
-    _need(VENDORS)
+    need(VENDORS)
     msg = parse_message(
         (VENDORS / "snom360__INVITE-sdp-utf8-displayname__jsip-RussianDisplayNameTest.sip").read_bytes()
     )
@@ -381,13 +377,13 @@ def _flow_count(name: str) -> int:
 
 
 def test_pcap_set_complete() -> None:
-    _need(PCAPS)
+    need(PCAPS)
     assert len(_pcap_files()) == 32
 
 
-@pytest.mark.parametrize("name", _pcap_files() or ["<absent>"])
+@pytest.mark.parametrize("name", cases(_pcap_files(), PCAPS))
 def test_pcap_messages(name: str) -> None:
-    _need(PCAPS / name)
+    need(PCAPS / case(name))
     st = read_capture(PCAPS / name)
     parsed: list[SipMessage] = []
     errors: Counter[str] = Counter()
@@ -432,7 +428,7 @@ def test_pcap_messages(name: str) -> None:
 
 
 def test_pcap_ipv6_fragments_reassembled() -> None:
-    _need(PCAPS / "sngrep-ipv6frag.pcap")
+    need(PCAPS / "sngrep-ipv6frag.pcap")
     st = read_capture(PCAPS / "sngrep-ipv6frag.pcap")
     msgs = [parse_message(p) for p in st.udp if looks_like_sip(p)]
     assert st.skipped["ipv6-incomplete"] == 0
@@ -447,7 +443,7 @@ def test_pcap_ipv6_fragments_reassembled() -> None:
 
 def test_pcap_junk_before_request_is_not_sip() -> None:
     """zeek-sip-junk-before-request: junk datagram, then a header-less REGISTER."""
-    _need(PCAPS / "zeek-sip-junk-before-request.pcap")
+    need(PCAPS / "zeek-sip-junk-before-request.pcap")
     st = read_capture(PCAPS / "zeek-sip-junk-before-request.pcap")
     reasons = []
     for payload in st.udp:
@@ -461,7 +457,7 @@ def test_suricata_escaped_quote_display_name() -> None:
     """flowsynth wrote 'From: \\"arik\\" <sip:...>': quotes not at the start of
     the display-name are plain characters of an (invalid, tolerated) unquoted
     name -- unlike RFC 4475 quotbal whose display-name *starts* a quoted-string."""
-    _need(PCAPS / "suricata-sip_compact_form.pcap")
+    need(PCAPS / "suricata-sip_compact_form.pcap")
     st = read_capture(PCAPS / "suricata-sip_compact_form.pcap")
     msg = parse_message(st.udp[0])
     assert msg.from_.display_name == '\\"arik\\"'
@@ -470,7 +466,7 @@ def test_suricata_escaped_quote_display_name() -> None:
 
 def test_pcap_tcp_large_body() -> None:
     """suricata-sip-body-large: ~65 KB INVITE body over 5 TCP segments."""
-    _need(PCAPS / "suricata-sip-body-large.pcap")
+    need(PCAPS / "suricata-sip-body-large.pcap")
     st = read_capture(PCAPS / "suricata-sip-body-large.pcap")
     sizes = []
     for segs in st.tcp_streams.values():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -11,10 +10,10 @@ from hypothesis import strategies as st
 
 from nfsip.sip import Edit, SipParseError, apply_edits, parse_message
 
+from .corpus import CORPUS
 from .test_sip_lazy import message_fields, parse_both
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 tokens = st.text(TOKEN_CHARS, min_size=1, max_size=12)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,15 @@ import pytest
 
 from nfsip import config
 
+from .lab_support import require_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "nfsip.service"
 
 
 @pytest.fixture
 def unit(tmp_path: Path) -> Path:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
+    require_tool("systemd-analyze", "systemd")
     # verify checks that ExecStart's binary exists: point it at the nfsip this test suite runs.
     nfsip = Path(sys.executable).with_name("nfsip")
     text = UNIT.read_text().replace("/usr/local/bin/nfsip", str(nfsip))
