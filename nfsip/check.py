@@ -63,7 +63,7 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
     if nft.has_native_queue():
         results.append(CheckResult("queue", "ok", "native nft `queue` statement (nft_queue)"))
     else:
-        results.append(_compat_queue_check())
+        results.extend(_compat_queue_check())
 
     features = nft.element_features()
     # Both are speed only: without them nfsip sends more messages per transaction (nfsip.kernel.nft).
@@ -171,33 +171,74 @@ def _has_cap_net_admin() -> bool:
     return os.geteuid() == 0
 
 
-def _compat_queue_check() -> CheckResult:
-    """No nft_queue: verify that the xt NFQUEUE target works through nft_compat, in a throwaway table."""
+def _compat_queue_check() -> list[CheckResult]:
+    """No nft_queue: verify that the xt NFQUEUE target works through nft_compat, in a throwaway table, and
+    that `nft list` can print the rule (_compat_listing_check)."""
     from .kernel import divert
-    from .kernel.nft import Nft, NftError
+    from .kernel.nft import Nft, NftError, _nftables
     from .kernel.ruleset import QUEUE_CHAIN
 
     probe = Nft("nfsip_probe")
     try:
         probe.run_text(f"add table ip nfsip_probe\nadd chain ip nfsip_probe {QUEUE_CHAIN}\n")
         divert.add_compat_queue_rule("nfsip_probe", 0)
-        return CheckResult(
-            "queue",
-            "ok",
-            "no native nft `queue` (CONFIG_NFT_QUEUE off): using the xt NFQUEUE target through nft_compat",
-        )
+        # Text output, as `nft list` prints it (the JSON output names the xt target without its library).
+        rc, listing, err = _nftables().cmd(f"list chain ip nfsip_probe {QUEUE_CHAIN}")
+        return [
+            CheckResult(
+                "queue",
+                "ok",
+                "no native nft `queue` (CONFIG_NFT_QUEUE off): using the xt NFQUEUE target through nft_compat",
+            ),
+            _compat_listing_check(listing or "")
+            if rc == 0
+            else CheckResult("queue-listing", "warn", f"`nft list` of the probe chain failed: {err.strip()}"),
+        ]
     except Exception as exc:
-        return CheckResult(
-            "queue",
-            "fail",
-            f"neither nft `queue` nor xt NFQUEUE through nft_compat works: {exc}",
-            "load nft_queue (modprobe nft_queue) or nft_compat + xt_NFQUEUE (modprobe nft_compat xt_NFQUEUE)",
-        )
+        return [
+            CheckResult(
+                "queue",
+                "fail",
+                f"neither nft `queue` nor xt NFQUEUE through nft_compat works: {exc}",
+                "load nft_queue (modprobe nft_queue) or nft_compat + xt_NFQUEUE (modprobe nft_compat xt_NFQUEUE)",
+            )
+        ]
     finally:
         try:
             probe.remove_table()
         except NftError:
             pass
+
+
+def _compat_listing_check(listing: str) -> CheckResult:
+    """Can `nft list` print the compat queue rule? `listing` is `nft list chain` of a chain that holds
+    only that rule. libnftables prints an xt target through its xtables extension library (libxtables
+    looks for libxt_NFQUEUE.so in XTABLES_LIBDIR, else in its built-in directory; Debian's `iptables`
+    package ships it). Without it the rule prints as an empty line: the divert still works, but `nft list
+    ruleset` shows nfsip's queue chain empty, and a ruleset saved from that listing loads without error and
+    without the divert rule."""
+    shown = [
+        line.strip()
+        for line in listing.splitlines()
+        if line.strip() and not line.strip().startswith(("table ", "chain ", "}", "#"))
+    ]
+    queue = [line for line in shown if line.startswith("queue ")]
+    if queue:
+        return CheckResult("queue-listing", "ok", f"`nft list` shows the compat queue rule as `{queue[0]}`")
+    if shown:
+        cause = f"printed as {shown[0]!r}"
+    else:
+        where = os.environ.get("XTABLES_LIBDIR")
+        cause = "printed as an empty line: the xtables extension libxt_NFQUEUE.so is missing" + (
+            f" from XTABLES_LIBDIR={where}" if where else ""
+        )
+    return CheckResult(
+        "queue-listing",
+        "warn",
+        f"`nft list` cannot print the xt NFQUEUE rule ({cause}): `nft list ruleset` shows nfsip's queue chain "
+        "empty, and a ruleset saved from it (`nft list ruleset > /etc/nftables.conf`) has no divert rule",
+        "install Debian's iptables package (it ships libxt_NFQUEUE.so); nfsip's own divert works either way",
+    )
 
 
 def run_checks(config: Config, kernel: bool = True) -> list[CheckResult]:
