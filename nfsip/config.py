@@ -56,6 +56,11 @@ class Config:
     max_registrations: int = 5000
     pinhole_rate_per_host: int = 20
     pinhole_burst_per_host: int = 80
+    # SIP datagrams per second to or from one LAN host that go to the queue (a token bucket in the kernel,
+    # before the queue: nfsip.kernel.ruleset); beyond it a host's SIP passes unchanged, so that one flooding
+    # host cannot push every other phone's SIP past a full queue.
+    sip_rate_per_host: int = 250
+    sip_burst_per_host: int = 500
     # Media counters are sampled this often (seconds) for per-call metrics and one-way-audio detection; an
     # established call whose media is silent in one direction for one_way_seconds is flagged and logged.
     media_sample_interval: int = 5
@@ -149,7 +154,12 @@ def _validate_value(key: str, value: Any) -> Any:
             except ValueError:
                 raise ConfigError(f"{key}[{i}]", f"not an IPv4 address or prefix: {item!r}") from None
         return tuple(nets)
-    if key.startswith("max_") or key in ("pinhole_rate_per_host", "pinhole_burst_per_host"):
+    if key.startswith("max_") or key in (
+        "pinhole_rate_per_host",
+        "pinhole_burst_per_host",
+        "sip_rate_per_host",
+        "sip_burst_per_host",
+    ):
         return _expect_int(key, value, 1, 1_000_000)
     if key == "queue_bypass":
         if not isinstance(value, bool):

@@ -55,10 +55,12 @@ class MediaCollector:
 
 
 class QueueCollector:
-    """What reached the daemon of what the kernel diverted, read from the kernel at scrape time (its own
-    libnftables context, in the HTTP thread; nothing on the packet path): the `sip_queue` chain's counter
-    and the queues' own counters. Diverted minus enqueued passed nfsip by unchanged - failed open on a full
-    queue (an overloaded daemon) or found no daemon bound - and was not rewritten."""
+    """What the kernel diverted to the queue and what it let pass the rate check, read from the kernel at
+    scrape time (in the HTTP thread; nothing on the packet path): the `sip_queue` chain's counter, the rate
+    chains' counters and the queues' own counters. Diverted minus the verdicts the daemon gave
+    (nfsip_verdicts_total) passed nfsip by unchanged: failed open on a full queue or socket (an overloaded
+    daemon), or found no daemon bound. Enqueued is no measure of that: the kernel counts a datagram as
+    enqueued before it finds the daemon's socket full and fails open."""
 
     def __init__(self, table: str, queue_nums: tuple[int, ...]) -> None:
         self._table = table
@@ -70,13 +72,15 @@ class QueueCollector:
 
         try:
             # A fresh libnftables context per scrape: one kept alive keeps its cache of every set element.
-            diverted = Nft(self._table).diverted_packets()
+            nft = Nft(self._table)
+            diverted: int | None = nft.diverted_packets()
+            over_rate: int | None = nft.over_rate_packets() if diverted is not None else None
         except (NftError, OSError):
-            diverted = None
-        yield from self.families(diverted, queue_stats(self._queue_nums))
+            diverted = over_rate = None
+        yield from self.families(diverted, over_rate, queue_stats(self._queue_nums))
 
     @staticmethod
-    def families(diverted: int | None, stats: dict[str, int] | None) -> Iterator[Metric]:
+    def families(diverted: int | None, over_rate: int | None, stats: dict[str, int] | None) -> Iterator[Metric]:
         """The families for these kernel values (a family whose value the kernel did not give is left out)."""
         if diverted is not None:
             family = CounterMetricFamily(
@@ -85,10 +89,19 @@ class QueueCollector:
             )
             family.add_metric([], diverted)
             yield family
+        if over_rate is not None:
+            family = CounterMetricFamily(
+                "nfsip_sip_over_rate_packets",
+                "SIP datagrams of LAN hosts over sip_rate_per_host, accepted unchanged instead of queued "
+                "(kernel counter; restarts with the table)",
+            )
+            family.add_metric([], over_rate)
+            yield family
         if stats is not None:
             enqueued = CounterMetricFamily(
                 "nfsip_queue_enqueued_packets",
-                "Of those, datagrams the kernel put on nfsip's queue(s) (restarts when a queue is bound anew)",
+                "Datagrams the kernel tried to deliver on nfsip's queue(s), including those that failed open at "
+                "a full socket (restarts when a queue is bound anew)",
             )
             enqueued.add_metric([], stats["enqueued"])
             dropped = CounterMetricFamily(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -221,7 +222,8 @@ print('sent')
 
 
 def test_flood_of_malformed_datagrams(lab: Lab):
-    daemon = NfsipDaemon(lab).start()
+    # The per-host SIP rate out of reach: the junk is meant to reach the parser here.
+    daemon = NfsipDaemon(lab, config={"sip_rate_per_host": 1_000_000, "sip_burst_per_host": 1_000_000}).start()
     try:
         assert daemon.proc is not None
         pid = daemon.proc.pid
@@ -328,5 +330,123 @@ def test_a_bye_forged_through_a_media_pinhole_ends_nothing(lab: Lab):
             assert uas2.wait(20).ok
         assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
         assert daemon.status()["calls"] == []
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+# -- one flooding host (issue 13.2, 13.3) -----------------------------------------------------------------
+
+OPTIONS_FLOOD = """
+import socket, sys, time
+ip, port, server, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+msg = (f"OPTIONS sip:x@{server} SIP/2.0\\r\\nVia: SIP/2.0/UDP {ip}:{port};branch=z9hG4bKflood\\r\\n"
+       f"From: <sip:f@{ip}>;tag=1\\r\\nTo: <sip:x@{server}>\\r\\nCall-ID: flood-{port}\\r\\nCSeq: 1 OPTIONS\\r\\n"
+       "Max-Forwards: 70\\r\\nContent-Length: 0\\r\\n\\r\\n").encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, port))
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    for _ in range(500):
+        s.sendto(msg, (server, 5060))
+    sent += 500
+print(sent)
+"""
+FLOOD_PORTS = (5071, 5072, 5073)
+# At the server: every OPTIONS counted, and those whose Via still names the phone (nfsip never saw them:
+# it rewrites the Via of every request it reads), then dropped. "OPTIONS sip:x@198.51.100.2 SIP/2.0\r\n
+# Via: SIP/2.0/UDP " is 53 bytes, so the Via's host starts at bit (8 + 53) * 8 of the UDP header.
+FLOOD_SINK = """
+table inet sink {
+    chain pre {
+        type filter hook prerouting priority raw; policy accept;
+        udp dport 5060 @th,64,56 0x4f5054494f4e53 counter
+        udp dport 5060 @th,488,64 0x31302e302e302e32 counter
+        udp dport 5060 @th,64,56 0x4f5054494f4e53 drop
+    }
+}
+"""
+
+
+def sink_counts(lab: Lab) -> tuple[int, int]:
+    """(OPTIONS that reached the server, of which unrewritten)."""
+    out = json.loads(lab.run(T.SERVER, ["nft", "-j", "list", "table", "inet", "sink"]).stdout)
+    rules = [i["rule"]["expr"] for i in out["nftables"] if "rule" in i]
+    counts = [expr[-1]["counter"]["packets"] for expr in rules if "counter" in expr[-1]]
+    return counts[0], counts[1]
+
+
+def flood(lab: Lab, seconds: float) -> list:
+    return [
+        lab.popen(
+            "phone1",
+            [sys.executable, "-c", OPTIONS_FLOOD, T.PHONE_IPS[0], str(port), T.SERVER_IP, str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for port in FLOOD_PORTS
+    ]
+
+
+def bypassed(daemon: NfsipDaemon) -> float:
+    """What the kernel diverted to the queue but the daemon never read (docs/metrics.md)."""
+    scrape = daemon.metrics()
+    verdicts = sum(float(v) for v in re.findall(r"^nfsip_verdicts_total\{[^}]*\} (\S+)$", scrape, re.M))
+    return daemon.metric("nfsip_sip_diverted_packets_total") - verdicts
+
+
+def test_a_flooding_host_loses_only_its_own_service(lab: Lab):
+    """One LAN host floods valid OPTIONS from three processes; another phone calls meanwhile. The per-host
+    rate before the queue passes the flood's excess on unchanged (counted), so the queue never overflows:
+    the other phone's INVITE is rewritten and its call has media both ways, and nothing bypassed nfsip."""
+    daemon = NfsipDaemon(lab).start()
+    try:
+        lab.nft(T.SERVER, FLOOD_SINK)
+        with SippUas(lab) as uas, Capture(lab, "phone2", "eth0") as at_phone:
+            senders = flood(lab, 4.0)
+            time.sleep(0.5)
+            call = run_uac(lab, "phone2")
+            sent = sum(int(p.communicate(timeout=60)[0]) for p in senders)
+            assert call.ok and uas.wait(20).ok
+        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[1], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
+        arrived, unrewritten = sink_counts(lab)
+        over_rate = daemon.metric("nfsip_sip_over_rate_packets_total")
+        print(f"flood: {sent} OPTIONS sent, {arrived} arrived, {over_rate:.0f} over rate, {unrewritten} unrewritten")
+        assert over_rate >= sent * 0.5, (sent, over_rate)
+        assert bypassed(daemon) == 0
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_the_bypass_count_is_what_passed_nfsip_by(lab: Lab):
+    """Without the per-host rate (set out of reach), the same flood overflows the queue and most of it
+    fails open. What docs/metrics.md tells admins to alert on (diverted minus the verdicts given) equals the
+    OPTIONS that reached the server unrewritten, up to the first datagram of each flow (queued twice: before
+    and after SNAT). The kernel's enqueued counter, which the docs used to name, counts them all as enqueued."""
+    daemon = NfsipDaemon(lab, config={"sip_rate_per_host": 1_000_000, "sip_burst_per_host": 1_000_000}).start()
+    try:
+        lab.nft(T.SERVER, FLOOD_SINK)
+        senders = flood(lab, 2.5)
+        sent = sum(int(p.communicate(timeout=60)[0]) for p in senders)
+        time.sleep(1)
+        arrived, unrewritten = sink_counts(lab)
+        count = bypassed(daemon)
+        enqueued = daemon.metric("nfsip_queue_enqueued_packets_total")
+        diverted = daemon.metric("nfsip_sip_diverted_packets_total")
+        print(
+            f"flood: {sent} sent, {arrived} arrived, {unrewritten} unrewritten, bypass metric {count:.0f}, "
+            f"diverted {diverted:.0f}, enqueued {enqueued:.0f}"
+        )
+        assert arrived == sent and unrewritten > 0
+        # The daemon passes a few on unchanged itself (no-conntrack: a flow's sender not found yet), and
+        # those it read before SNAT ("not-translated") come back after it.
+        scrape = daemon.metrics()
+        passed_unchanged = sum(
+            float(v)
+            for outcome, v in re.findall(r'^nfsip_verdicts_total\{outcome="([^"]+)"\} (\S+)$', scrape, re.M)
+            if outcome not in ("rewritten", "not-translated")
+        )
+        assert abs(count + passed_unchanged - unrewritten) <= len(FLOOD_PORTS), (count, passed_unchanged, unrewritten)
+        assert daemon.metric("nfsip_sip_over_rate_packets_total") == 0
+        assert diverted - enqueued < unrewritten / 10  # the old measure saw (almost) none of it
     finally:
         assert daemon.stop() == 0, daemon.log()

@@ -81,7 +81,7 @@ def test_every_filter_chain_tests_the_protocol_once_then_the_sip_port_first():
             # "udp dport" would add a hidden "meta l4proto udp" to the rule: after the first rule "th" suffices
             assert not re.search(r"\budp [sd]port\b", rule), (name, rule)
             assert re.match(r"th [sd]port 5060 ", rule), (name, rule)
-            assert rule.endswith(f"jump {ruleset.QUEUE_CHAIN}"), (name, rule)
+            assert rule.endswith((f"jump {ruleset.RATE_OUT_CHAIN}", f"jump {ruleset.RATE_IN_CHAIN}")), (name, rule)
     fib = [r for _h, rules in filter_chains(RENDERED).values() for r in rules if "fib" in r]
     assert fib and all(r.index(" 5060 ") < r.index("iifname") < r.index("fib") for r in fib), fib
 
@@ -91,11 +91,11 @@ def test_sip_divert_covers_both_ports_in_every_position():
     with the conditions it had (WAN side; before SNAT only a flow's unconfirmed first packet; inbound not for
     the router itself)."""
     rules = {name: r for name, (_h, r) in filter_chains(RENDERED).items()}
-    divert = {name: [r for r in rs if ruleset.QUEUE_CHAIN in r] for name, rs in rules.items()}
+    divert = {name: [r for r in rs if " jump sip_rate_" in r] for name, rs in rules.items()}
     want = {
-        ruleset.BEFORE_SNAT_CHAIN: ('ct status ! confirmed oifname "wan0"',),
-        ruleset.SIP_TO_WAN_CHAIN: ('oifname "wan0"',),
-        ruleset.SIP_FROM_WAN_CHAIN: ('iifname "wan0"', "fib daddr type != local"),
+        ruleset.BEFORE_SNAT_CHAIN: ('ct status ! confirmed oifname "wan0"', f"jump {ruleset.RATE_OUT_CHAIN}"),
+        ruleset.SIP_TO_WAN_CHAIN: ('oifname "wan0"', f"jump {ruleset.RATE_OUT_CHAIN}"),
+        ruleset.SIP_FROM_WAN_CHAIN: ('iifname "wan0"', "fib daddr type != local", f"jump {ruleset.RATE_IN_CHAIN}"),
     }
     for name, conditions in want.items():
         for port in ("sport", "dport"):
@@ -108,7 +108,7 @@ def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
     """One port is compared inline (no set lookup per packet); several are an anonymous set. The named set
     keeps the configured ports either way."""
     text = render(options_from(Config(wan_interface="wan0", sip_ports=(5060, 5080)), True))
-    divert = [r for _h, rules in filter_chains(text).values() for r in rules if ruleset.QUEUE_CHAIN in r]
+    divert = [r for _h, rules in filter_chains(text).values() for r in rules if " jump sip_rate_" in r]
     assert len(divert) == 6 and all(re.match(r"th [sd]port \{ 5060, 5080 \} ", r) for r in divert), divert
     assert "elements = { 5060, 5080 }" in text
     assert "elements = { 5060 }" in RENDERED
@@ -121,12 +121,12 @@ def test_no_per_packet_counters_in_the_table():
     the two counter lookups the table had cost about 3 % of forwarding). The one lookup, that keeps media
     pinholes away from the queue, comes after the SIP port and the FIB tests."""
     sets_and_maps = re.findall(r"^\t(?:set|map) \w+ \{.*?^\t\}", RENDERED, re.M | re.S)
-    assert len(sets_and_maps) == 7 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
+    assert len(sets_and_maps) == 9 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
     assert "media_to_lan" not in RENDERED and "media_from_lan" not in RENDERED
     rules = [r for _h, rs in filter_chains(RENDERED).values() for r in rs]
-    lookups = [r for r in rules if "@" in r]
+    lookups = [r for r in rules if "@" in r]  # the per-host rate sets are updated only in the rate chains
     assert lookups == [
-        'th sport 5060 iifname "wan0" fib daddr type != local ip daddr . th dport != @media_snat jump sip_queue'
+        'th sport 5060 iifname "wan0" fib daddr type != local ip daddr . th dport != @media_snat jump sip_rate_in'
     ]
 
 
@@ -205,3 +205,27 @@ table ip nat {
     assert flush.returncode == 0, flush.stderr
     listing = in_ns(netns, "nft", "-j", "list", "ruleset").stdout
     assert {i["table"]["name"] for i in json.loads(listing)["nftables"] if "table" in i} == {"filter", "nat"}
+
+
+def test_each_lan_host_has_its_own_sip_rate_before_the_queue():
+    """Every divert path reaches sip_queue only through a rate chain: a host over sip_rate_per_host has its
+    excess accepted unchanged (and counted) before the queue, keyed by the LAN host in each direction."""
+    text = render(options_from(Config(wan_interface="wan0", sip_rate_per_host=40, sip_burst_per_host=90), True))
+    all_chains = chains(text)
+    limit = "limit rate over 40/second burst 90 packets"
+    assert all_chains[ruleset.RATE_OUT_CHAIN] == (
+        None,
+        [
+            f"ct direction original update @{ruleset.RATE_OUT_SET} {{ ct original ip saddr {limit} }} counter accept",
+            f"ct direction reply update @{ruleset.RATE_OUT_SET} {{ ct reply ip saddr {limit} }} counter accept",
+            f"jump {ruleset.QUEUE_CHAIN}",
+        ],
+    )
+    assert all_chains[ruleset.RATE_IN_CHAIN] == (
+        None,
+        [f"update @{ruleset.RATE_IN_SET} {{ ip daddr {limit} }} counter accept", f"jump {ruleset.QUEUE_CHAIN}"],
+    )
+    jumps_to_queue = [
+        n for n, (_h, rules) in all_chains.items() for r in rules if r.endswith(f"jump {ruleset.QUEUE_CHAIN}")
+    ]
+    assert sorted(jumps_to_queue) == sorted([ruleset.RATE_OUT_CHAIN, ruleset.RATE_IN_CHAIN])

@@ -26,6 +26,8 @@ from .ruleset import (
     DNAT_MAP,
     DNAT_STRICT_MAP,
     QUEUE_CHAIN,
+    RATE_IN_CHAIN,
+    RATE_OUT_CHAIN,
     SIP_DNAT_ANY_MAP,
     SIP_DNAT_MAP,
     SIP_SNAT_MAP,
@@ -531,6 +533,18 @@ class Nft:
                 if expr.counter is not None:
                     return expr.counter[0]
         return None
+
+    def over_rate_packets(self) -> int:
+        """SIP datagrams accepted unchanged by the per-LAN-host rate check instead of queued: the counters of
+        the rate chains' accept rules (0 where the table has no such chain)."""
+        total = 0
+        for chain in (RATE_OUT_CHAIN, RATE_IN_CHAIN):
+            try:
+                rules = nftread.chain_rules(self.table, chain)
+            except OSError as exc:
+                raise NftError(f"cannot read chain {chain}: {exc}", exc.errno) from exc
+            total += sum(expr.counter[0] for rule in rules for expr in rule if expr.counter is not None)
+        return total
 
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing

@@ -35,6 +35,14 @@ SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . 
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
 QUEUE_CHAIN = "sip_queue"
+# The per-LAN-host SIP rate check in front of the queue: one chain per direction, each with the dynamic set
+# that holds one token bucket per LAN host (see render()).
+RATE_OUT_CHAIN = "sip_rate_out"
+RATE_IN_CHAIN = "sip_rate_in"
+RATE_OUT_SET = "sip_hosts_out"
+RATE_IN_SET = "sip_hosts_in"
+# Buckets kept at once per direction; a host beyond that is not rate-checked (its SIP is queued as before).
+RATE_SET_SIZE = 65536
 # The filter chains every forwarded packet traverses (see render() for what each does, and why in that order).
 BEFORE_SNAT_CHAIN = "before_snat"  # the first datagram of a new LAN -> WAN SIP flow
 SIP_TO_WAN_CHAIN = "sip_to_wan"
@@ -51,6 +59,8 @@ class RulesetOptions:
     sip_ports: tuple[int, ...]
     native_queue: bool  # False: sip_queue gets its NFQUEUE rule through nft_compat
     bypass: bool = True
+    sip_rate_per_host: int = 250
+    sip_burst_per_host: int = 500
 
 
 def options_from(config: Config, native_queue: bool) -> RulesetOptions:
@@ -61,6 +71,8 @@ def options_from(config: Config, native_queue: bool) -> RulesetOptions:
         sip_ports=config.sip_ports,
         native_queue=native_queue,
         bypass=config.queue_bypass,
+        sip_rate_per_host=config.sip_rate_per_host,
+        sip_burst_per_host=config.sip_burst_per_host,
     )
 
 
@@ -79,6 +91,7 @@ def render(opts: RulesetOptions) -> str:
     # port tests runs for every forwarded UDP packet (bench/ruleset_cost.py: about 5 % of forwarding).
     sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
     bypass = " bypass" if opts.bypass else ""
+    limit = f"limit rate over {opts.sip_rate_per_host}/second burst {opts.sip_burst_per_host} packets"
     if opts.native_queue:
         queue_line = f"queue num {opts.queue_num}{bypass}"
     else:
@@ -177,16 +190,16 @@ table ip {opts.table} {{
 \tchain {BEFORE_SNAT_CHAIN} {{
 \t\ttype filter hook postrouting priority mangle; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth dport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
-\t\tth sport {sip} ct status ! confirmed oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth dport {sip} ct status ! confirmed oifname "{wan}" jump {RATE_OUT_CHAIN}
+\t\tth sport {sip} ct status ! confirmed oifname "{wan}" jump {RATE_OUT_CHAIN}
 \t}}
 
 \t# LAN -> WAN SIP, after source NAT: the queue sees the public address and port the server will see.
 \tchain {SIP_TO_WAN_CHAIN} {{
 \t\ttype filter hook postrouting priority srcnat + 10; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth dport {sip} oifname "{wan}" jump {QUEUE_CHAIN}
-\t\tth sport {sip} oifname "{wan}" jump {QUEUE_CHAIN}
+\t\tth dport {sip} oifname "{wan}" jump {RATE_OUT_CHAIN}
+\t\tth sport {sip} oifname "{wan}" jump {RATE_OUT_CHAIN}
 \t}}
 
 \t# WAN -> LAN SIP, after destination NAT: the queue sees the LAN host it is for. Datagrams for the router
@@ -199,8 +212,39 @@ table ip {opts.table} {{
 \tchain {SIP_FROM_WAN_CHAIN} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
 \t\tmeta l4proto != udp return
-\t\tth sport {sip} iifname "{wan}" fib daddr type != local ip daddr . th dport != @{SNAT_MAP} jump {QUEUE_CHAIN}
-\t\tth dport {sip} iifname "{wan}" fib daddr type != local jump {QUEUE_CHAIN}
+\t\tth sport {sip} iifname "{wan}" fib daddr type != local ip daddr . th dport != @{SNAT_MAP} jump {RATE_IN_CHAIN}
+\t\tth dport {sip} iifname "{wan}" fib daddr type != local jump {RATE_IN_CHAIN}
+\t}}
+
+\t# One token bucket of SIP datagrams per LAN host and direction, before the queue: a host over its rate
+\t# (sip_rate_per_host, burst sip_burst_per_host) has the excess of its SIP accepted unchanged, here, and
+\t# counted, so that its flood cannot fill the queue and push other phones' SIP past nfsip (a full queue
+\t# fails open for everyone). The LAN host of an outbound datagram is its flow's original source (a flow
+\t# the phone opened), or the reply source of a flow opened towards it (a registration pinhole); of an
+\t# inbound one, its destination after DNAT. Buckets of hosts quiet for a minute are forgotten.
+\tset {RATE_OUT_SET} {{
+\t\ttype ipv4_addr
+\t\tsize {RATE_SET_SIZE}
+\t\tflags dynamic,timeout
+\t\ttimeout 1m
+\t}}
+
+\tset {RATE_IN_SET} {{
+\t\ttype ipv4_addr
+\t\tsize {RATE_SET_SIZE}
+\t\tflags dynamic,timeout
+\t\ttimeout 1m
+\t}}
+
+\tchain {RATE_OUT_CHAIN} {{
+\t\tct direction original update @{RATE_OUT_SET} {{ ct original ip saddr {limit} }} counter accept
+\t\tct direction reply update @{RATE_OUT_SET} {{ ct reply ip saddr {limit} }} counter accept
+\t\tjump {QUEUE_CHAIN}
+\t}}
+
+\tchain {RATE_IN_CHAIN} {{
+\t\tupdate @{RATE_IN_SET} {{ ip daddr {limit} }} counter accept
+\t\tjump {QUEUE_CHAIN}
 \t}}
 
 \tchain {QUEUE_CHAIN} {{
