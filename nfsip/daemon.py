@@ -473,13 +473,15 @@ class Daemon:
         try:
             self.nft.apply_batch([(d.install, d.remove, d.recreate) for d in decisions])
         except NftError as exc:
-            # Nothing of the transaction was applied: each decision again on its own, and one whose own
-            # transaction fails, element by element (one bad element costs only itself).
+            # Nothing of the transaction was applied: each decision again on its own (one bad message costs
+            # only itself), and its pinholes all or none (_apply_one).
             self.metrics.nft_errors.inc()
-            log.warning("nft transaction failed (%s); retrying message by message, element by element", exc)
+            log.warning("nft transaction failed (%s); retrying message by message", exc)
             for d in decisions:
                 if not self._apply_one(d):
                     failed.add(id(d))
+            if failed:
+                self._forget_refused([d for d in decisions if id(d) in failed])
         self.metrics.nft_seconds.observe(time.perf_counter() - started)
         closed = sum(_media_count(d.remove) for d in decisions)
         opened = sum(_media_count(d.opened) for d in decisions if id(d) not in failed)
@@ -491,14 +493,44 @@ class Daemon:
         return failed
 
     def _apply_one(self, decision: Decision) -> bool:
+        """One message's changes in a transaction of their own; False when its pinholes are not installed.
+        Its installs are all or nothing, never pinhole by pinhole: a message passed unchanged must not leave
+        half its pinholes behind (an RTP element without its RTCP one stayed for the call's lifetime)."""
         try:
             self.nft.apply(decision.install, decision.remove, decision.recreate)
             return True
         except NftError:
-            errors = self.nft.apply_each([*decision.install, *decision.recreate], decision.remove)
-            for error in errors:
-                log.warning("nft: %s", error)
-            return not any(e.startswith("install") for e in errors)
+            pass
+        # The removals on their own (the engine has forgotten those pinholes: take out what can be), then the
+        # installs once more, each key cleared first (a stale value left by an earlier run refuses the add).
+        for error in self.nft.apply_each((), decision.remove):
+            log.warning("nft: %s", error)
+        if not decision.install and not decision.recreate:
+            return True
+        try:
+            self.nft.apply_replacing(decision.install, decision.recreate)
+            return True
+        except NftError as exc:
+            log.warning("nft: pinholes of one message not installed, none of them: %s", exc)
+            return False
+
+    def _forget_refused(self, decisions: list[Decision]) -> None:
+        """The engine forgets what these messages opened, since none of it reached the kernel (their
+        datagrams pass unchanged): no call is kept with pinholes it does not have. The forgotten pinholes
+        are deleted too, in case a later message of the drain (its 200 OK, say) installed them after all."""
+        now = self.clock()
+        dropped: list[Pinhole] = []
+        ended: list[CallEnded] = []
+        for decision in decisions:
+            holes, gone = self.engine.forget_opened(decision, now)
+            dropped.extend(holes)
+            ended.extend(gone)
+        if dropped:
+            try:
+                self.nft.apply((), dropped)
+            except NftError as exc:
+                log.warning("nft: deleting pinholes that were refused: %s", exc)
+        self._log_ended(ended)
 
     def _after_verdict(self, remove: tuple[Pinhole, ...], fresh: tuple[Pinhole, ...]) -> None:
         """Queue the conntrack purge: removed pinholes lose their flows; new ones lose the flows that went
@@ -528,6 +560,10 @@ class Daemon:
 
     def sample_media(self, now: float, counters: dict[Endpoint, tuple[int, int, int, int]]) -> None:
         """Take a media counter sample (read by the reader's thread): per-call counts, one-way audio."""
+        refused = getattr(counters, "refused", ())  # conntrack.MediaCounts: endpoints it could not look up
+        if refused:
+            self.metrics.media_sample_errors.inc(len(refused))
+            log.warning("media counters: %d endpoint(s) left out, e.g. %s", len(refused), refused[0])
         calls = list(self.engine.calls.calls.values())
         for stats in self.media.update(calls, counters, now):
             silent = "far end -> phone" if stats.one_way == "to-lan" else "phone -> far end"

@@ -251,7 +251,15 @@ class Engine:
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
                     change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
-            lan_ports, labels = _stream_ports(index, media)
+            derived = _stream_ports(index, media)
+            if derived is None:
+                change.refuse(
+                    "media-port-range",
+                    f"SDP m={media.port}/{media.port_count} of {lan_ip} makes port {_out_of_range_port(media)}, "
+                    "outside 1-65535",
+                )
+                continue
+            lan_ports, labels = derived
             if not ports_allowed(lan_ports):
                 change.refuse("media-port", f"SDP asks for port {media.port} of {lan_ip}")
                 continue
@@ -263,7 +271,8 @@ class Engine:
                 change.remove.extend(calls.drop_stream(call, index, now))
             for index, media in held:
                 binding = call.streams.get(index)
-                if binding is not None and binding.lan_ports == _stream_ports(index, media)[0]:
+                derived = _stream_ports(index, media)
+                if binding is not None and derived is not None and binding.lan_ports == derived[0]:
                     _port_splices(media, binding, edits)
         if not wanted:
             splices.extend(edits)
@@ -540,6 +549,36 @@ class Engine:
         removed.extend(self.registrations.drop_all(now))
         return removed
 
+    def forget_opened(self, decision: Decision, now: float) -> tuple[list[Pinhole], list[CallEnded]]:
+        """The kernel refused `decision`'s pinholes (its transaction changed nothing, and the message passes
+        unchanged): forget the streams and the registration it opened, and end a call left without any
+        stream, so that no call is kept with pinholes it does not have. Returns the pinholes forgotten (the
+        daemon deletes them too, in case a later message of the same drain installed them) and the ended
+        calls."""
+        dropped: list[Pinhole] = []
+        touched: dict[tuple[str, str], Call] = {}
+        calls = self.calls
+        for hole in decision.opened:
+            if hole.kind == "sip":
+                dropped.extend(self.registrations.forget(hole))
+                continue
+            call = calls.get(hole.call_id, hole.lan.ip)
+            if call is None:
+                continue  # ended since (a BYE in the same drain)
+            for index, binding in list(call.streams.items()):
+                if hole.lan.port in binding.lan_ports and hole.public.port in binding.public_ports:
+                    dropped.extend(calls.drop_stream(call, index, now))
+            touched[(call.call_id, call.lan_ip)] = call
+        ended: list[CallEnded] = []
+        for call in touched.values():
+            if not call.streams:  # as when its ports ran out (_outbound_sdp): no call without its media
+                holes = tuple(h for h in dropped if h.call_id == call.call_id and h.lan.ip == call.lan_ip)
+                calls.end(call, now)
+                ended.append(
+                    _call_ended(call.call_id, call.lan_ip, "pinholes refused by nft", now - call.created, holes)
+                )
+        return dropped, ended
+
     def expire(self, now: float) -> list[Pinhole]:
         """Drop state whose deadline passed; returns the pinholes to remove (and whose flows to purge)."""
         return self.expire_ended(now)[0]
@@ -678,28 +717,41 @@ def _port_splices(media: SdpMedia, binding: StreamBinding, splices: list[_Splice
         splices.append((rtcp._s, rtcp._e, str(rtcp_public).encode()))
 
 
-def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
     """LAN ports a stream receives on, with labels: RTP ports, then RTCP (RFC 3550: port+1; RFC 3605
     a=rtcp names it explicitly; RFC 5761 rtcp-mux puts it on the RTP port). `m=video 49170/2` means two RTP
-    ports 49170 and 49172, with RTCP on 49171 and 49173 (RFC 8866 §5.14)."""
+    ports 49170 and 49172, with RTCP on 49171 and 49173 (RFC 8866 §5.14).
+
+    None when a port the stream derives falls outside 1-65535 (`m=audio 65535` makes RTCP 65536): such a
+    stream opens nothing (_out_of_range_port says which). A UDP port has 16 bits; the nft and conntrack
+    encoders refuse anything else, and a bad key once failed the whole transaction and every media sample."""
     count = media.port_count
     if count <= 1 and index < _LABELS_CACHED:
         # The usual m= line, one RTP port: spared the general loop and its label formatting.
         rtp = media.port
+        if not 0 < rtp <= _MAX_PORT:
+            return None
         if media.rtcp_mux:
             return (rtp,), _RTP_ONLY_LABELS[index]
         rtcp = media.rtcp.port if media.rtcp is not None else rtp + 1
         if rtcp == rtp:
             return (rtp,), _RTP_ONLY_LABELS[index]
+        if not 0 < rtcp <= _MAX_PORT:
+            return None
         if rtcp > rtp:
             return (rtp, rtcp), _RTP_RTCP_LABELS[index]
         return (rtcp, rtp), _RTCP_RTP_LABELS[index]
+    # Checked before the loop: the count comes from the network (`m=audio 1024/30000` once cost 6.5 s here).
+    if _out_of_range_port(media) is not None:
+        return None
     count = max(count, 1)
     ports: list[int] = []
     labels: list[str] = []
+    seen: set[int] = set()  # the membership test of the loop: a list made it quadratic in the count
     for i in range(count):
         rtp = media.port + 2 * i
         ports.append(rtp)
+        seen.add(rtp)
         labels.append(f"m{index}.rtp" if count == 1 else f"m{index}.rtp{i}")
         if media.rtcp_mux:
             continue
@@ -707,13 +759,33 @@ def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[s
             rtcp = media.rtcp.port
         else:
             rtcp = rtp + 1
-        if rtcp not in ports:
+        if rtcp not in seen:
             ports.append(rtcp)
+            seen.add(rtcp)
             labels.append(f"m{index}.rtcp" if count == 1 else f"m{index}.rtcp{i}")
     order = sorted(range(len(ports)), key=ports.__getitem__)
     return tuple(ports[i] for i in order), tuple(labels[i] for i in order)
 
 
+def _out_of_range_port(media: SdpMedia) -> int | None:
+    """A port of `media`'s RTP/RTCP ports (as _stream_ports derives them) outside 1-65535, or None: an
+    a=rtcp port of 0, else the highest port. Arithmetic only, whatever the count: the highest port is the
+    last RTP port's RTCP port (the last RTP port with rtcp-mux, or with a=rtcp and a single RTP port)."""
+    rtp = media.port
+    if not 0 < rtp <= _MAX_PORT:
+        return rtp
+    count = max(media.port_count, 1)
+    highest = rtp + 2 * (count - 1)
+    if not media.rtcp_mux:
+        explicit = media.rtcp.port if media.rtcp is not None else None
+        if explicit is not None and not 0 < explicit <= _MAX_PORT:
+            return explicit
+        if explicit is None or count > 1:  # a=rtcp replaces the first RTP port's port+1 only
+            highest += 1
+    return highest if highest > _MAX_PORT else None
+
+
+_MAX_PORT = 65535
 _LABELS_CACHED = 16
 _RTP_ONLY_LABELS = tuple((f"m{i}.rtp",) for i in range(_LABELS_CACHED))
 _RTP_RTCP_LABELS = tuple((f"m{i}.rtp", f"m{i}.rtcp") for i in range(_LABELS_CACHED))

@@ -170,6 +170,11 @@ class Metrics:
             registry=r,
         )
         self.nft_errors = Counter("nfsip_nft_errors", "Failed nft transactions", registry=r)
+        self.media_sample_errors = Counter(
+            "nfsip_media_sample_errors",
+            "LAN media endpoints left out of a media counter sample: not a valid UDP endpoint",
+            registry=r,
+        )
         self.conntrack_purged = Counter(
             "nfsip_conntrack_purged", "Conntrack entries of media flows deleted", registry=r
         )

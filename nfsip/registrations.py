@@ -15,7 +15,7 @@ stay reachable is the endpoint, not the AOR.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .model import Endpoint, Pinhole
 
@@ -136,6 +136,17 @@ class RegistrationTable:
         self.by_lan[hole.lan] = Registration(
             hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at, hole.since or now
         )
+
+    def forget(self, hole: Pinhole) -> list[Pinhole]:
+        """Forget the registration whose new pinhole `hole` the kernel refused (it was never installed);
+        returns it, or nothing when the endpoint's registration is another one by now."""
+        reg = self.by_lan.get(hole.lan)
+        if reg is None or reg.public != hole.public:
+            return []
+        del self.by_lan[hole.lan]
+        self._counted(hole.lan, -1)
+        self.accounts.pop(hole.lan, None)
+        return [replace(hole, timeout=0)]
 
     def drop_all(self, now: float) -> list[Pinhole]:
         holes = [r.pinhole(now, self.grace) for r in self.by_lan.values()]

@@ -13,6 +13,7 @@ import pytest
 from nfsip import daemon as daemon_module
 from nfsip.config import Config
 from nfsip.daemon import BATCH_MAX, NF_INET_POST_ROUTING, Daemon
+from nfsip.kernel.conntrack import MediaCounts
 from nfsip.kernel.nft import NftError
 from nfsip.model import Endpoint
 from nfsip.packet import decode_ipv4_udp, internet_checksum
@@ -92,6 +93,9 @@ class RecordingNft:
     def apply_each(self, install, remove) -> list[str]:
         return [f"install {h.call_id}: EEXIST" for h in install if h.call_id in self.fail_alone]
 
+    def apply_replacing(self, install, recreate=()) -> None:
+        self.apply(install, (), recreate)
+
 
 class KnownConntrack:
     def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint:
@@ -168,6 +172,40 @@ def test_failed_transaction_falls_back_per_message_and_passes_only_the_failed_on
     assert samples[("nfsip_verdicts_total", (("outcome", "nft-error"),))] == 1
     assert samples[("nfsip_verdicts_total", (("outcome", "rewritten"),))] == 1
     assert samples[("nfsip_nft_errors_total", ())] == 1
+
+
+def test_a_message_whose_pinholes_were_refused_leaves_no_call_behind(daemon, caplog):
+    """Its datagram passes unchanged and none of its pinholes is in the kernel: the engine forgets the call
+    (it kept it before, counted as live, with pinholes it did not have, until its timeout)."""
+    daemon.nft.fail_batches = True
+    daemon.nft.fail_alone = {"c2"}
+    queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("INVITE", "c2", sdp(6002)))
+    with caplog.at_level("INFO", logger="nfsip"):
+        daemon.flush()
+    assert daemon.engine.calls.get("c1", PHONE) is not None
+    assert daemon.engine.calls.get("c2", PHONE) is None
+    assert daemon.engine.calls.pinholes_total == 2 and len(daemon.engine.calls) == 1
+    samples = {s.name: s.value for m in daemon.metrics.registry.collect() for s in m.samples}
+    assert samples["nfsip_calls_active"] == 1 and samples["nfsip_pinholes_active"] == 2
+    assert "call c2 ended: pinholes refused by nft" in caplog.text
+    # Its public ports went back to the allocator: the next call on that LAN port installs and is rewritten.
+    daemon.nft.fail_alone = set()
+    (again,) = queue(daemon, sip("INVITE", "c3", sdp(6002)))
+    daemon.flush()
+    assert again.new is not None and daemon.engine.calls.get("c3", PHONE) is not None
+
+
+def test_a_bad_endpoint_in_a_media_sample_is_counted_and_the_calls_still_are(daemon):
+    """read_media_counters leaves out what cannot be a conntrack key (a port 65536 before the engine
+    refused such SDP) and says so; the daemon counts it, and samples every other call as usual."""
+    queue(daemon, sip("INVITE", "c1", sdp(6000)))
+    daemon.flush()
+    counts = MediaCounts({Endpoint(PHONE, 6000): (3, 300, 5, 500)}, refused=(Endpoint(PHONE, 65536),))
+    daemon.sample_media(1.0, counts)
+    samples = {s.name: s.value for m in daemon.metrics.registry.collect() for s in m.samples}
+    assert samples["nfsip_media_sample_errors_total"] == 1
+    stats = daemon.media.get("c1", PHONE)
+    assert (stats.to_lan_packets, stats.from_lan_packets) == (3, 5)
 
 
 def test_an_unexpected_error_still_gives_every_datagram_its_verdict(daemon):

@@ -19,6 +19,7 @@ from dataclasses import replace
 import pytest
 
 from nfsip.config import Config
+from nfsip.daemon import Daemon
 from nfsip.kernel import ctnetlink, divert
 from nfsip.kernel.conntrack import accounting_enabled, read_media_counters
 from nfsip.kernel.ctnetlink import IPCTNL_MSG_CT_GET, NLM_F_DUMP, NLM_F_REQUEST, CtNetlink, _filter, source_key
@@ -33,7 +34,7 @@ from nfsip.kernel.ruleset import (
     options_from,
     render,
 )
-from nfsip.model import Endpoint, Pinhole
+from nfsip.model import Decision, Direction, Endpoint, Flow, Pinhole
 
 from .lab_support import require_lab
 
@@ -220,6 +221,66 @@ def test_failed_batch_raises_and_changes_nothing(tables):
     assert {(h.public.port, h.lan.port) for h in raw.media_pinholes()} == {(40030, 6030), (40020, 6000)}
 
 
+def _daemon_on(nft: Nft) -> Daemon:
+    """A daemon of this namespace whose element changes go to `nft` (the fixture's table `nfsip`)."""
+    daemon = Daemon(Config(wan_interface="lo", public_address=PUBLIC, table_name=nft.table))
+    daemon.nft = nft
+    return daemon
+
+
+@pytest.mark.parametrize("conservative", [False, True], ids=["destroy", "linux<6.3"])
+def test_a_refused_message_leaves_none_of_its_pinholes(tables, conservative):
+    """Issue 13: `m=audio 65535` made an RTCP pinhole to LAN port 65536; its transaction failed and the
+    retry pinhole by pinhole installed the RTP one. A message's pinholes are all installed or none: one the
+    encoder refuses, and two the kernel refuses together (one LAN port mapped to two public ports)."""
+    raw, _ref = tables
+    if conservative:
+        raw._features = CONSERVATIVE
+    daemon = _daemon_on(raw)
+    other = hole(40100, 6100, call="other")  # another call's pinhole: untouched throughout
+    raw.apply([other], ())
+    before = listing(raw)
+    for pair in ([hole(40000, 65535), hole(40001, 65536)], [hole(40030, 6030), hole(40032, 6030, call="c2")]):
+        decision = Decision(None, "rewritten", install=tuple(pair), opened=tuple(pair))
+        assert daemon._apply([decision]) == {id(decision)}
+        assert listing(raw) == before, pair
+
+
+def test_a_refused_call_is_forgotten_by_the_engine(tables):
+    """The kernel refused a call's pinholes (here: no table): its INVITE passes unchanged, and the engine
+    keeps no call, no live pinhole count and no public port for it."""
+    raw, _ref = tables
+    daemon = _daemon_on(raw)
+    flow = Flow(Direction.OUTBOUND, Endpoint("10.0.0.2", 5060), Endpoint(PUBLIC, 5060), Endpoint("198.51.100.2", 5060))
+    sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+    invite = (
+        "INVITE sip:bob@198.51.100.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1\r\n"
+        "From: <sip:a@example.org>;tag=1\r\nTo: <sip:b@example.org>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:a@10.0.0.2:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+    ).encode()
+    decision = daemon.engine.handle(flow, invite, daemon.clock())
+    assert len(decision.opened) == 2 and len(daemon.engine.calls) == 1
+    raw.remove_table()
+    assert daemon._apply([decision]) == {id(decision)}
+    assert len(daemon.engine.calls) == 0 and daemon.engine.calls.pinholes_total == 0
+    assert not any(daemon.engine.calls.ports.in_use(h.public.port) for h in decision.opened)
+
+
+@pytest.mark.parametrize("conservative", [False, True], ids=["destroy", "linux<6.3"])
+def test_a_stale_value_is_replaced_in_one_transaction(tables, conservative):
+    """The daemon's retry of a refused message: each key cleared of a stale value (another public port for
+    the same LAN port, left by an earlier run), then every pinhole of the message added, together."""
+    raw, _ref = tables
+    if conservative:
+        raw._features = CONSERVATIVE
+    raw.apply([hole(40000, 6000, call="stale")], ())
+    mine = [hole(40030, 6030), hole(40020, 6000)]
+    with pytest.raises(NftError):
+        raw.apply(mine, ())
+    raw.apply_replacing(mine)
+    assert {(h.public.port, h.lan.port) for h in raw.media_pinholes()} == {(40030, 6030), (40020, 6000)}
+
+
 def test_missing_table_is_enoent(tables):
     raw, _ref = tables
     raw.remove_table()
@@ -306,6 +367,12 @@ def test_media_counts_are_the_conntrack_accounting_of_the_flows(tables):
         far: (5, 5 * size_out, 3, 3 * size_back),
     }
     assert read_media_counters({phone}) == {phone: got[phone]}
+    # An endpoint that cannot be a conntrack key (issue 13: a LAN port 65536) is left out, and said so;
+    # it once failed the whole sample ("int too big to convert"), every call's counts.
+    bad = Endpoint("127.0.0.1", 65536)
+    partial = read_media_counters({phone, bad})
+    assert partial == {phone: got[phone]} and partial.refused == (bad,)
+    assert read_media_counters({bad}) == {}
     assert read_media_counters(set()) == {}
     # The kernel lays UDP entries out as ctnetlink._sources expects: the fast read applies, not the fallback.
     ct = CtNetlink()

@@ -203,7 +203,31 @@ def accounting_enabled(path: Path = ACCOUNTING_SYSCTL) -> bool | None:
         return None
 
 
-MediaCounts = dict[Endpoint, tuple[int, int, int, int]]
+class MediaCounts(dict[Endpoint, tuple[int, int, int, int]]):
+    """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it). `refused`: the
+    endpoints asked about that cannot be a conntrack source (a port outside 1-65535, an address that is not
+    dotted-quad IPv4), left out of the sample, for the caller to count."""
+
+    __slots__ = ("refused",)
+
+    def __init__(
+        self, counts: dict[Endpoint, tuple[int, int, int, int]] | None = None, refused: tuple[Endpoint, ...] = ()
+    ) -> None:
+        super().__init__(counts or {})
+        self.refused = refused
+
+
+def _source_keys(lan: Collection[Endpoint]) -> tuple[dict[bytes, Endpoint], tuple[Endpoint, ...]]:
+    """source_key() of each endpoint, and the endpoints it refuses. One endpoint with a port of 65536 once
+    failed every sample ("int too big to convert"): the media counts of all calls, for the call's lifetime."""
+    keys: dict[bytes, Endpoint] = {}
+    refused: list[Endpoint] = []
+    for ep in lan:
+        try:
+            keys[source_key(ep.ip, ep.port)] = ep
+        except (OverflowError, OSError, TypeError, ValueError):
+            refused.append(ep)
+    return keys, tuple(refused)
 
 
 def media_counters(entries: Iterable[SourceCounts], lan: Collection[Endpoint]) -> MediaCounts:
@@ -213,8 +237,14 @@ def media_counters(entries: Iterable[SourceCounts], lan: Collection[Endpoint]) -
     A flow the phone started has the phone as its original source: the original direction is from it, the
     reply direction to it. A flow the far end started through a pinhole (DNAT) has the phone as its reply
     source: the original direction is to it. A call between two LAN phones through their public ports is
-    one entry with a phone on each side, and counts for both."""
-    keys = {source_key(ep.ip, ep.port): ep for ep in lan}
+    one entry with a phone on each side, and counts for both. An endpoint that cannot be a conntrack source
+    is left out and listed in the result's `refused`; the others are counted all the same."""
+    keys, refused = _source_keys(lan)
+    return _summed(entries, keys, refused)
+
+
+def _summed(entries: Iterable[SourceCounts], keys: dict[bytes, Endpoint], refused: tuple[Endpoint, ...]) -> MediaCounts:
+    """media_counters of the endpoints `keys` maps to (by source_key), `refused` carried along."""
     out: dict[Endpoint, list[int]] = {}
     for e in entries:
         # (the phone's side of the entry, its counts in the order of MediaCounts: to it, then from it)
@@ -227,17 +257,18 @@ def media_counters(entries: Iterable[SourceCounts], lan: Collection[Endpoint]) -
                 sums = out.setdefault(phone, [0, 0, 0, 0])
                 for i, n in enumerate(counts):
                     sums[i] += n
-    return {ep: (v[0], v[1], v[2], v[3]) for ep, v in out.items()}
+    return MediaCounts({ep: (v[0], v[1], v[2], v[3]) for ep, v in out.items()}, refused)
 
 
 def read_media_counters(lan: Collection[Endpoint], ct: CtNetlink | None = None) -> MediaCounts:
     """media_counters over one dump of the UDP conntrack table (a socket of its own unless given)."""
-    if not lan:
-        return {}
+    keys, refused = _source_keys(lan)
+    if not keys:
+        return MediaCounts({}, refused)
     own = ct is None
     sock = CtNetlink() if ct is None else ct
     try:
-        return media_counters(sock.dump_counted({source_key(ep.ip, ep.port) for ep in lan}), lan)
+        return _summed(sock.dump_counted(keys.keys()), keys, refused)
     finally:
         if own:
             sock.close()

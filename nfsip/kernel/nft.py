@@ -412,6 +412,19 @@ class Nft:
         if rc != 0:
             raise NftError(err.strip() or f"nft transaction failed with code {rc}")
 
+    def apply_replacing(self, install: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()) -> None:
+        """Install one message's pinholes as one transaction, all or nothing, each key first cleared of
+        whatever it holds: a stale value left by an earlier run refuses the plain add (EEXIST). Raises
+        NftError, having added nothing. Before Linux 6.3 (no destroy) clearing an absent key fails the
+        whole transaction, so the keys are cleared one by one first: deletes only, never a half install."""
+        holes = [*install, *recreate]
+        if self.element_features().destroy:
+            self.apply((), (), holes)  # recreate: destroy every key, then add, in one batch
+            return
+        for hole in holes:
+            self._delete_keys(hole)
+        self.apply(holes, ())
+
     def apply_each(self, install: Iterable[Pinhole], remove: Iterable[Pinhole]) -> list[str]:
         """Fallback after a failed transaction: one pinhole at a time, so one bad element (say, a key left
         with another value by an earlier run) costs only itself. Returns the errors."""
