@@ -14,12 +14,13 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, NamedTuple
 
 from .config import Config
 from .engine import Engine, Timeouts
 from .kernel import divert, reader, ruleset
-from .kernel.conntrack import Conntrack
+from .kernel.conntrack import Conntrack, MediaCounts
 from .kernel.firstpacket import FirstPackets
 from .kernel.netinfo import AddressWatcher, InterfaceError, primary_ipv4
 from .kernel.nft import Nft, NftError
@@ -31,6 +32,8 @@ from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .policy import policy_from
 from .ports import PortAllocator
 from .sdnotify import Notifier
+from .sip.errors import SipParseError
+from .sip.message import parse_message
 
 log = logging.getLogger("nfsip")
 
@@ -71,6 +74,55 @@ class _Held(NamedTuple):
 
 NF_INET_PRE_ROUTING = 0
 NF_INET_POST_ROUTING = 4
+_HOOK_DIRECTION = {NF_INET_PRE_ROUTING: "in", NF_INET_POST_ROUTING: "out"}
+
+
+def _log_datagram(h: _Held, outcome: str) -> None:
+    """log_level = "debug": one line per queued datagram, after its verdict: the hook it was queued from
+    and its direction, the message's method (or status and CSeq method), its Call-ID, and what was done
+    (the verdict's outcome, with the engine's reason when it gave one). Parses the datagram a second time:
+    only at debug level."""
+    what, call_id = "-", "-"
+    try:
+        msg = parse_message(decode_ipv4_udp(h.raw).payload)
+        what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
+        call_id = msg.call_id
+    except (PacketError, SipParseError):
+        pass
+    decision = h.decision
+    reason = ""
+    if decision is not None:
+        reason = "; ".join(filter(None, (", ".join(decision.refusals), decision.detail)))
+    hook = getattr(h.pkt, "hook", "?")
+    log.debug(
+        "hook %s %s: %s, Call-ID %s: %s%s",
+        hook,
+        _HOOK_DIRECTION.get(hook, "?"),
+        what,
+        call_id,
+        outcome,
+        f" ({reason})" if reason else "",
+    )
+
+
+def _log_end(end: CallEnded, sampled: CallMedia | None, final: MediaCounts | OSError | None) -> None:
+    """The `call ... ended` line. `final`: the counts read as the call ended (per LAN media endpoint), or
+    the error that read met (then the last sample is shown, and said to be one), or None: no media pinhole."""
+    ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
+    if isinstance(final, dict):
+        to_lan = sum(c[0] for c in final.values())
+        from_lan = sum(c[2] for c in final.values())
+        media = f"media to phone {to_lan} pkts, from phone {from_lan} pkts"
+    elif final is None:
+        media = "no media pinholes"
+    elif sampled is not None:
+        media = (
+            f"media to phone {sampled.to_lan_packets} pkts, from phone {sampled.from_lan_packets} pkts at the last "
+            f"sample (reading the final counts failed: {final})"
+        )
+    else:
+        media = f"media not counted (reading the counts failed: {final})"
+    log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
 
 
 class Daemon:
@@ -384,10 +436,11 @@ class Daemon:
             except Exception:  # whatever happened, every datagram still gets its verdict
                 log.exception("internal error applying pinhole changes; datagrams passed unchanged")
                 failed = {id(d) for d in changing}
+        debug = log.isEnabledFor(logging.DEBUG)  # once per drain: at info the per-datagram line costs nothing
         for h in held:
-            self._verdict(h, h.decision is not None and id(h.decision) in failed)
+            self._verdict(h, h.decision is not None and id(h.decision) in failed, debug)
 
-    def _verdict(self, h: _Held, failed: bool) -> None:
+    def _verdict(self, h: _Held, failed: bool, debug: bool = False) -> None:
         outcome, remove, fresh = h.outcome, (), ()
         decision = h.decision
         try:
@@ -412,6 +465,8 @@ class Daemon:
         counter.inc()
         self.metrics.verdict_seconds.observe(time.perf_counter() - h.started)
         self._after_verdict(remove, fresh)
+        if debug:
+            _log_datagram(h, outcome)
 
     def _process(self, hook: int, raw: bytes) -> tuple[str, Decision | None]:
         try:
@@ -436,8 +491,6 @@ class Daemon:
         for reason in decision.refusals:
             self.metrics.refusals.labels(reason).inc()
             self._log_refusal(reason, flow.lan.ip, decision.detail)
-        if decision.detail and decision.outcome != "parse-error":
-            log.debug("%s %s: %s", flow.direction.value, decision.kind, decision.detail)
         return decision.outcome, decision
 
     def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
@@ -578,19 +631,19 @@ class Daemon:
         self._media_snapshot = list(self.media.calls.values())
 
     def _log_ended(self, ended: Sequence[CallEnded]) -> None:
-        """One line per ended call: Call-ID, why, duration, ports, media packets each way (last sample)."""
+        """One line per ended call: Call-ID, why, duration, ports, media packets each way. The counts are
+        read when the call ends: by the conntrack sweep that purges its media flows, just before it deletes
+        them (the line comes from there, half a second later at most); the last sample could be seconds old."""
         if not ended:
             return
         if log.isEnabledFor(logging.INFO):
             for end in ended:
-                stats = self.media.get(end.call_id, end.lan_ip)
-                ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
-                media = (
-                    f"media to phone {stats.to_lan_packets} pkts, from phone {stats.from_lan_packets} pkts"
-                    if stats is not None
-                    else "media not sampled"
-                )
-                log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
+                lan = frozenset(h.lan for h in end.pinholes if h.kind != "sip")
+                sampled = self.media.get(end.call_id, end.lan_ip)
+                if lan:
+                    self.conntrack.read_before_purge(lan, partial(_log_end, end, sampled))
+                else:
+                    _log_end(end, sampled, None)
         # An ended call's metric series go at once, not at the next counter sample. Most calls under load
         # end before any sample took them in: then the snapshot (every sampled call) is left as it is.
         gone = {(end.call_id, end.lan_ip) for end in ended if self.media.get(end.call_id, end.lan_ip) is not None}

@@ -21,8 +21,8 @@ _LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10
 
 
 class MediaCollector:
-    """Per-call media counters, from the daemon's latest kernel counter sample (read on each scrape from a
-    snapshot the packet loop replaces whole: no nft access from the HTTP thread)."""
+    """Per-call media counters, from the daemon's latest sample of conntrack accounting (read on each scrape
+    from a snapshot the packet loop replaces whole: no kernel access from the HTTP thread)."""
 
     def __init__(self, snapshot: Callable[[], list[CallMedia]]) -> None:
         self._snapshot = snapshot
@@ -31,12 +31,12 @@ class MediaCollector:
         calls = self._snapshot()
         packets = CounterMetricFamily(
             "nfsip_call_media_packets",
-            "Media packets of a live call, per direction (sampled from nft counters)",
+            "Media packets of a live call, per direction (sampled from conntrack accounting)",
             labels=["call_id", "lan_host", "direction"],
         )
         octets = CounterMetricFamily(
             "nfsip_call_media_bytes",
-            "Media bytes of a live call, per direction (sampled from nft counters)",
+            "Media bytes of a live call, per direction (sampled from conntrack accounting)",
             labels=["call_id", "lan_host", "direction"],
         )
         # (Call-ID, LAN host) identifies a call: the two legs of a hairpin call share a Call-ID.

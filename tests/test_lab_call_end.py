@@ -1,6 +1,7 @@
-"""What the docs tell admins about a daemon's stop and start, checked in the lab: a clean stop leaves the
-media of a call in progress running (docs/security.md), and `nfsip run` without the privilege says so and
-exits 3 (docs/cli.md)."""
+"""What the docs tell admins about a call's end and a daemon's stop, checked on real sipp calls in the lab:
+the `call ... ended` line carries the call's media totals (docs/troubleshooting.md), a clean stop leaves
+the media of a call in progress running (docs/security.md), and `log_level = "debug"` logs one line per
+queued datagram and nothing of pyroute2's (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .lab_support import require_lab
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[1]
+ENDED = re.compile(r"call (\S+) ended: .*; media to phone (\d+) pkts, from phone (\d+) pkts$")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,6 +39,40 @@ def lab() -> Iterator[Lab]:
     with Lab(phones=1) as lab:
         lab.masquerade()
         yield lab
+
+
+def ended_lines(daemon: NfsipDaemon, timeout: float = 5.0) -> list[re.Match[str]]:
+    """The `call ... ended` lines with media counts (they come from the conntrack sweeper, after the BYE)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for line in daemon.log().splitlines() if (m := ENDED.search(line))]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_ended_line_reports_the_media_totals_of_the_call(lab: Lab):
+    """The default media_sample_interval (5 s) samples an 8 s call once or twice; the ended line used to
+    report the last sample (about 150-185 of 236 packets each way) as if it were the call's total."""
+    daemon = NfsipDaemon(lab, config={"metrics_listen": ""}).start()
+    try:
+        uas = SippUas(lab).start()
+        with Capture(lab, T.SERVER, "eth0") as at_server, Capture(lab, "phone1", "eth0") as at_phone:
+            uac = SippUac(lab, "phone1").start()
+            assert uac.wait(60).ok and uas.wait(20).ok
+        to_phone = count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0])
+        to_server = count_rtp(at_server.packets(), dst=T.SERVER_IP)
+        found = ended_lines(daemon)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert len(found) == 1, daemon.log()
+    logged_to, logged_from = int(found[0].group(2)), int(found[0].group(3))
+    print(f"logged to phone {logged_to}, from phone {logged_from}; received phone {to_phone}, server {to_server}")
+    assert to_phone >= PCAP_RTP_PACKETS * 0.95 and to_server >= PCAP_RTP_PACKETS * 0.95
+    # Counted where the router received them: what reached the endpoints, give or take a packet in flight.
+    assert PCAP_RTP_PACKETS * 0.9 <= logged_to <= PCAP_RTP_PACKETS + 5, found[0].group(0)
+    assert PCAP_RTP_PACKETS * 0.9 <= logged_from <= PCAP_RTP_PACKETS + 5, found[0].group(0)
+    assert logged_to >= to_phone * 0.9 and logged_from >= to_server * 0.9, found[0].group(0)
 
 
 def test_clean_stop_keeps_the_media_of_a_call_in_progress(lab: Lab):
@@ -70,6 +106,29 @@ def test_clean_stop_keeps_the_media_of_a_call_in_progress(lab: Lab):
     assert count_rtp(after_phone, dst=T.PHONE_IPS[0]) >= 100
     assert count_rtp(after_server, dst=T.SERVER_IP) >= 100
     assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0]) >= PCAP_RTP_PACKETS * 0.95
+
+
+def test_debug_logs_one_line_per_queued_datagram_and_nothing_of_pyroute2(lab: Lab):
+    daemon = NfsipDaemon(lab, config={"metrics_listen": ""}, log_level="debug").start()
+    try:
+        uas = SippUas(lab).start()
+        uac = SippUac(lab, "phone1").start()
+        assert uac.wait(60).ok and uas.wait(20).ok
+        found = ended_lines(daemon)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    log = daemon.log()
+    assert found, log
+    call_id = found[0].group(1)
+    queued = [ln.split("DEBUG nfsip: ", 1)[1] for ln in log.splitlines() if "DEBUG nfsip: hook " in ln]
+    # The call's SIP: INVITE, 100, 180, 200, ACK, BYE, 200 (with the first datagram of the flow queued twice:
+    # before and after source NAT).
+    assert f"hook 4 out: INVITE, Call-ID {call_id}: rewritten" in queued, queued
+    assert f"hook 4 out: INVITE, Call-ID {call_id}: not-translated" in queued, queued
+    assert f"hook 0 in: 200 (INVITE), Call-ID {call_id}: rewritten" in queued, queued
+    assert f"hook 4 out: BYE, Call-ID {call_id}: rewritten" in queued, queued
+    assert len(queued) >= 8, queued
+    assert not [ln for ln in log.splitlines() if " pyroute2" in ln or " asyncio" in ln], log
 
 
 def test_unprivileged_run_exits_3_with_the_message_cli_md_quotes():

@@ -16,7 +16,8 @@ recv(), with the GIL released, so the packet loop runs on meanwhile.
 
 Per-call media counts come from conntrack accounting too (`media_counters`): each media flow's entry counts
 both its directions, in the kernel, at no cost measurable here (docs/nftables.md), where counter lookups
-in nft sets cost every forwarded packet 3-5 %.
+in nft sets cost every forwarded packet 3-5 %. An ended call's final counts are read by the sweep that
+purges its flows, just before it deletes them (`read_before_purge`): after the purge they are gone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 from ..model import Endpoint, Pinhole
@@ -44,7 +45,8 @@ class Conntrack:
         self._cache: dict[tuple[str, int, str, int], tuple[Endpoint, float]] = {}
         self._gone: list[Pinhole] = []  # removed pinholes: every flow of theirs goes
         self._fresh: list[Pinhole] = []  # new pinholes: only flows that bypassed them go
-        self._jobs: queue.SimpleQueue[tuple[list[Pinhole], list[Pinhole]] | None] = queue.SimpleQueue()
+        self._final: list[FinalRead] = []  # counters to read before the next purge (ended calls)
+        self._jobs: queue.SimpleQueue[tuple[list[Pinhole], list[Pinhole], list[FinalRead]] | None] = queue.SimpleQueue()
         self._sweeper: threading.Thread | None = None
 
     def finish(self) -> int:
@@ -98,21 +100,28 @@ class Conntrack:
         self._gone.extend(h for h in removed if h.kind != "sip")
         self._fresh.extend(h for h in fresh if h.kind != "sip")
 
+    def read_before_purge(self, lan: Collection[Endpoint], report: Callable[[MediaCounts | OSError], None]) -> None:
+        """At the next sweep, before it deletes anything: read the accounting counters of these LAN media
+        endpoints' flows (an ended call's) and hand them to `report` (only the endpoints that have flows), or
+        the error the read met. Called from the sweeper's thread (from the caller's at stop, `finish()`):
+        the call's flows are still in the table then, and the packet loop never waits for the dump."""
+        self._final.append((frozenset(lan), report))
+
     @property
     def pending(self) -> bool:
-        return bool(self._gone or self._fresh)
+        return bool(self._gone or self._fresh or self._final)
 
     def sweep_in_background(self, done: Callable[[int], None]) -> None:
         """Hand what is scheduled to the sweeper thread (started on first use); `done(deleted)` is called
         from that thread after each sweep. The hand-over is one put on a SimpleQueue, no lock taken here."""
-        gone, fresh = self._gone, self._fresh
-        self._gone, self._fresh = [], []
-        if not gone and not fresh:
+        gone, fresh, final = self._gone, self._fresh, self._final
+        self._gone, self._fresh, self._final = [], [], []
+        if not gone and not fresh and not final:
             return
         if self._sweeper is None:
             self._sweeper = threading.Thread(target=self._sweep_jobs, args=(done,), name="nfsip-conntrack", daemon=True)
             self._sweeper.start()
-        self._jobs.put((gone, fresh))
+        self._jobs.put((gone, fresh, final))
 
     def _sweep_jobs(self, done: Callable[[int], None]) -> None:
         ct = CtNetlink()  # its own socket: the queue's thread keeps using self._ct for lookups
@@ -126,19 +135,24 @@ class Conntrack:
             ct.close()
 
     def sweep(self) -> int:
-        """Delete the conntrack entries of scheduled pinholes now; returns how many were deleted."""
-        gone, fresh = self._gone, self._fresh
-        self._gone, self._fresh = [], []
-        return self._purge(self._ct, gone, fresh)
+        """Delete the conntrack entries of scheduled pinholes now, the counters asked for read first; returns
+        how many were deleted."""
+        gone, fresh, final = self._gone, self._fresh, self._final
+        self._gone, self._fresh, self._final = [], [], []
+        return self._purge(self._ct, gone, fresh, final)
 
-    def _purge(self, ct: CtNetlink, gone: list[Pinhole], fresh: list[Pinhole]) -> int:
+    def _purge(self, ct: CtNetlink, gone: list[Pinhole], fresh: list[Pinhole], final: Sequence[FinalRead] = ()) -> int:
         """Delete the conntrack entries of these pinholes; returns how many were deleted.
 
         Removed pinholes: every UDP flow on their LAN port (the phone started it: original source = LAN
         ip:port) or on their public port (the far end started it: original destination = public ip:port).
         Fresh pinholes: only flows that went around them - the phone's media masqueraded to another port
         because it raced ahead of the map entry, or a far end that sent before the entry existed and left
-        an entry that is not DNATed to the phone - since such an entry would keep its NAT binding."""
+        an entry that is not DNATed to the phone - since such an entry would keep its NAT binding.
+
+        `final`: counters to read, in one dump for all of them, before anything is deleted."""
+        if final:
+            _read_final(ct, final)
         if not gone and not fresh:
             return 0
         by_lan: dict[Endpoint, tuple[Pinhole, bool]] = {}
@@ -182,6 +196,19 @@ class Conntrack:
         return self.sweep()
 
 
+def _read_final(ct: CtNetlink, final: Sequence[FinalRead]) -> None:
+    """One counted dump for every endpoint asked about; each report gets its own endpoints' counts."""
+    try:
+        counts: MediaCounts | OSError = read_media_counters(frozenset().union(*(lan for lan, _ in final)), ct)
+    except OSError as exc:
+        counts = exc
+    for lan, report in final:
+        try:
+            report(counts if isinstance(counts, OSError) else {ep: counts[ep] for ep in lan if ep in counts})
+        except Exception:
+            log.exception("reporting the final media counts of a call failed")
+
+
 def _dump(ct: CtNetlink, **filters: str) -> list[Entry]:
     try:
         return ct.dump(**filters)
@@ -215,6 +242,10 @@ class MediaCounts(dict[Endpoint, tuple[int, int, int, int]]):
     ) -> None:
         super().__init__(counts or {})
         self.refused = refused
+
+
+# LAN media endpoints whose counters to read before a purge, and who gets them (Conntrack.read_before_purge).
+FinalRead = tuple[frozenset[Endpoint], Callable[[MediaCounts | OSError], None]]
 
 
 def _source_keys(lan: Collection[Endpoint]) -> tuple[dict[bytes, Endpoint], tuple[Endpoint, ...]]:
