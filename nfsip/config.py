@@ -79,6 +79,10 @@ class Config:
     workers: int = 1
 
 
+# Every setting's default, for the code that takes a setting's value (nfsip.policy.Limits,
+# nfsip.engine.Timeouts, ...): each default is written once, above.
+DEFAULTS = Config()
+
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 # Powers of two: the kernel picks a worker by masking the LAN host's address (nfsip.kernel.fanout).
 WORKER_COUNTS = (1, 2, 4, 8)

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .config import Config
-from .engine import Engine, Timeouts
+from .engine import Engine
 from .kernel import divert, reader, ruleset
 from .kernel.conntrack import Conntrack, MediaCounts
 from .kernel.firstpacket import FirstPackets
@@ -29,8 +29,6 @@ from .mediastats import CallMedia, MediaStats
 from .metrics import Metrics, QueueCollector
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
-from .policy import policy_from
-from .ports import PortAllocator
 from .sdnotify import Notifier
 from .sip.errors import SipParseError
 from .sip.message import parse_message
@@ -142,19 +140,7 @@ class Daemon:
         # monotonic clock, which does not jump with NTP.
         self.nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (self.clock() - t))
         self.public_ip = config.public_address or self._wan_address()
-        self.engine = Engine(
-            self.public_ip,
-            PortAllocator(config.media_port_min, config.media_port_max),
-            Timeouts(
-                setup=config.pinhole_setup_timeout,
-                call=config.pinhole_call_timeout,
-                max_call=config.call_max_duration,
-                registration_grace=config.registration_grace,
-            ),
-            registration_from_registrar_only=config.registration_from == "registrar",
-            policy=policy_from(config),
-            media_from_sdp=config.media_from == "sdp",
-        )
+        self.engine = Engine.from_config(self.public_ip, config)
         # Policy refusals are logged once per (reason, LAN host) per minute: a flood must not flood the log.
         self._refusal_logged: dict[tuple[str, str], float] = {}
         self.conntrack = Conntrack(clock)

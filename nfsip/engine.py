@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
+from .config import DEFAULTS, Config
 from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
-from .policy import Policy
+from .policy import Policy, policy_from
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
 from .sip.edit import apply_splices
@@ -67,10 +68,22 @@ _PUBLIC_SIP_CACHED = 4096  # public SIP ports whose Endpoint and text are kept (
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    setup: int = 180
-    call: int = 7200
-    max_call: int = 86400
-    registration_grace: int = 30
+    """Lifetimes from nfsip.config (pinhole_setup_timeout, pinhole_call_timeout, call_max_duration,
+    registration_grace); defaults are the configuration's."""
+
+    setup: int = DEFAULTS.pinhole_setup_timeout
+    call: int = DEFAULTS.pinhole_call_timeout
+    max_call: int = DEFAULTS.call_max_duration
+    registration_grace: int = DEFAULTS.registration_grace
+
+    @classmethod
+    def from_config(cls, config: Config) -> Timeouts:
+        return cls(
+            setup=config.pinhole_setup_timeout,
+            call=config.pinhole_call_timeout,
+            max_call=config.call_max_duration,
+            registration_grace=config.registration_grace,
+        )
 
 
 def _is_udp_media(media: SdpMedia) -> bool:
@@ -127,9 +140,9 @@ class Engine:
         public_ip: str,
         ports: PortAllocator,
         timeouts: Timeouts | None = None,
-        registration_from_registrar_only: bool = True,
+        registration_from_registrar_only: bool = DEFAULTS.registration_from == "registrar",
         policy: Policy | None = None,
-        media_from_sdp: bool = False,
+        media_from_sdp: bool = DEFAULTS.media_from == "sdp",
     ) -> None:
         # media_from_sdp: inbound media only from the far end's SDP address (strict); else from anywhere
         # (latching), the default: far ends behind NAT and SBCs often send from another address.
@@ -165,6 +178,18 @@ class Engine:
             endpoint = Endpoint(self._public_ip, port)
             entry = self._public_sip[port] = (endpoint, _hostport_bytes(endpoint))
         return entry
+
+    @classmethod
+    def from_config(cls, public_ip: str, config: Config) -> Engine:
+        """The engine of a daemon (or worker) with this configuration: its media ports, lifetimes, policy."""
+        return cls(
+            public_ip,
+            PortAllocator(config.media_port_min, config.media_port_max),
+            Timeouts.from_config(config),
+            registration_from_registrar_only=config.registration_from == "registrar",
+            policy=policy_from(config),
+            media_from_sdp=config.media_from == "sdp",
+        )
 
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, flow: Flow, payload: bytes, now: float) -> Decision:

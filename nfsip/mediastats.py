@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .calls import Call
+from .config import DEFAULTS
 from .model import Endpoint
 
 
@@ -29,7 +30,7 @@ class CallMedia:
 
 
 class MediaStats:
-    def __init__(self, one_way_seconds: float = 10.0) -> None:
+    def __init__(self, one_way_seconds: float = DEFAULTS.one_way_seconds) -> None:
         self.one_way_seconds = one_way_seconds
         self.calls: dict[tuple[str, str], CallMedia] = {}
 

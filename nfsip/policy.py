@@ -17,25 +17,24 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .config import Config
-
+from .config import DEFAULTS, Config
 
 _ALLOWED_CACHED = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    pinholes_per_host: int = 64
-    calls_per_host: int = 16
-    registrations_per_host: int = 8
-    pinholes_total: int = 20000
-    calls_total: int = 5000
-    registrations_total: int = 5000
-    pinhole_rate_per_host: float = 20.0  # new pinholes per second, sustained ...
-    pinhole_burst_per_host: int = 80  # ... with this burst
+    """The caps of nfsip.config (max_*, pinhole_rate/burst_per_host); defaults are the configuration's."""
+
+    pinholes_per_host: int = DEFAULTS.max_pinholes_per_host
+    calls_per_host: int = DEFAULTS.max_calls_per_host
+    registrations_per_host: int = DEFAULTS.max_registrations_per_host
+    pinholes_total: int = DEFAULTS.max_pinholes
+    calls_total: int = DEFAULTS.max_calls
+    registrations_total: int = DEFAULTS.max_registrations
+    pinhole_rate_per_host: float = DEFAULTS.pinhole_rate_per_host  # new pinholes per second, sustained ...
+    pinhole_burst_per_host: int = DEFAULTS.pinhole_burst_per_host  # ... with this burst
 
 
 @dataclass
@@ -47,7 +46,7 @@ class _Bucket:
 @dataclass
 class Policy:
     sip_servers: tuple[ipaddress.IPv4Network, ...] = ()  # empty: any server
-    sip_ports: tuple[int, ...] = (5060,)
+    sip_ports: tuple[int, ...] = DEFAULTS.sip_ports
     limits: Limits = field(default_factory=Limits)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     # server_allowed's answers per address, for the sip_servers they were computed for: with an allowlist

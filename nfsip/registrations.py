@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from .config import DEFAULTS
 from .model import Endpoint, Pinhole
 
 # A REGISTER transaction's 2xx comes within Timer F (64*T1 = 32 s); keep pending ones a little longer.
@@ -58,7 +59,11 @@ class PendingRegister:
 
 
 class RegistrationTable:
-    def __init__(self, grace: int = 30, from_registrar_only: bool = True) -> None:
+    def __init__(
+        self,
+        grace: int = DEFAULTS.registration_grace,
+        from_registrar_only: bool = DEFAULTS.registration_from == "registrar",
+    ) -> None:
         self.grace = grace
         self.from_registrar_only = from_registrar_only
         self.by_lan: dict[Endpoint, Registration] = {}

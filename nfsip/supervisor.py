@@ -42,6 +42,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .config import Config
+from .daemon import CHECK_TABLE_SECONDS
 from .kernel import ruleset
 from .kernel.fanout import Fanout
 from .kernel.nft import Nft, NftError
@@ -53,7 +54,6 @@ from .workers import EXIT_MISSING, worker_main
 
 log = logging.getLogger("nfsip")
 
-CHECK_TABLE_SECONDS = 5.0
 # A worker that has not beaten (nfsip.workers.HEARTBEAT_SECONDS) for this long, or for systemd's ping
 # interval if that is longer, is considered hung: no more watchdog pings, and systemd restarts the service.
 STALE_SECONDS = 3.0

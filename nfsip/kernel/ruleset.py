@@ -58,9 +58,9 @@ class RulesetOptions:
     queue_num: int
     sip_ports: tuple[int, ...]
     native_queue: bool  # False: sip_queue gets its NFQUEUE rule through nft_compat
-    bypass: bool = True
-    sip_rate_per_host: int = 250
-    sip_burst_per_host: int = 500
+    bypass: bool
+    sip_rate_per_host: int
+    sip_burst_per_host: int
 
 
 def options_from(config: Config, native_queue: bool) -> RulesetOptions:
