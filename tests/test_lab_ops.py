@@ -3,6 +3,7 @@ from an admin's nftables.conf beside a policy-drop firewall, and survives the ad
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -120,28 +121,37 @@ for i in range({_FLOOD}):
 
 def test_overload_fails_open_and_the_datagrams_that_passed_unseen_are_counted(lab: Lab):
     """A stalled daemon: the queue fills, the kernel lets the rest through unchanged (fail-open, SIP keeps
-    flowing), and the metrics say how many passed nfsip by: diverted minus enqueued."""
+    flowing), and the metrics say how many passed nfsip by: diverted minus the verdicts given
+    (docs/metrics.md). The per-host SIP rate is set out of reach: this is about the queue itself."""
     lab.masquerade()
-    daemon = NfsipDaemon(lab).start()
+    daemon = NfsipDaemon(lab, config={"sip_rate_per_host": 1_000_000, "sip_burst_per_host": 1_000_000}).start()
     try:
         assert daemon.proc is not None
-        before = daemon.metric("nfsip_sip_diverted_packets_total")
+        before, seen_before = daemon.metric("nfsip_sip_diverted_packets_total"), verdicts(daemon)
         daemon.proc.send_signal(signal.SIGSTOP)
         try:
             lab.run("phone1", [sys.executable, "-c", _FLOOD_SENDER])
         finally:
             daemon.proc.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while daemon.metric("nfsip_verdicts_total", outcome="parse-error") < 4000 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        seen, deadline = -1.0, time.monotonic() + 30
+        while seen != (seen := verdicts(daemon)) and time.monotonic() < deadline:
+            time.sleep(1)  # until the daemon has read everything the queue held
         diverted = daemon.metric("nfsip_sip_diverted_packets_total") - before
-        enqueued = daemon.metric("nfsip_queue_enqueued_packets_total")
+        read = seen - seen_before
         assert diverted >= _FLOOD
-        assert 4096 <= enqueued < diverted  # the queue took what fit, the rest failed open
-        assert diverted - enqueued >= _FLOOD - 4096 - 50
+        # The queue took what fit (4096), the rest failed open. Until the flow's first datagram has its
+        # verdict, its conntrack entry stays unconfirmed and every datagram of it is queued before SNAT too,
+        # so what fit is read twice.
+        assert 0 < read <= 2 * 4096
+        assert diverted - read >= _FLOOD - 4096
         assert daemon.metric("nfsip_queue_dropped_packets_total", reason="queue-full") == 0  # nothing lost
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def verdicts(daemon: NfsipDaemon) -> float:
+    scrape = daemon.metrics()
+    return sum(float(v) for v in re.findall(r"^nfsip_verdicts_total\{[^}]*\} (\S+)$", scrape, re.M))
 
 
 def test_shipped_table_included_beside_a_drop_policy_firewall(lab: Lab, tmp_path: Path):
