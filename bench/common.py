@@ -53,6 +53,8 @@ BENCH_CONFIG: dict[str, Any] = {
     "max_pinholes": 200_000,
     "pinhole_rate_per_host": 1_000_000,
     "pinhole_burst_per_host": 1_000_000,
+    "sip_rate_per_host": 1_000_000,
+    "sip_burst_per_host": 1_000_000,
     "media_port_min": 10_000,
     "media_port_max": 65_000,
     "log_level": "warning",
@@ -61,7 +63,7 @@ BENCH_CONFIG: dict[str, Any] = {
 
 CONFIG_NOTE = (
     "daemon config raised for load: max_calls_per_host/max_calls 100000, max_pinholes(_per_host) 200000, "
-    "pinhole_rate/burst_per_host 1000000, media ports 10000-65000, log_level warning "
+    "pinhole_rate/burst_per_host and sip_rate/burst_per_host 1000000, media ports 10000-65000, log_level warning "
     "(defaults: 16 calls/64 pinholes per host, 20 pinholes/s, 5000 calls/20000 pinholes)"
 )
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -96,6 +97,7 @@ TITLES = {
     "accept": "accept-only queue loop (Python)",
     "nfsip": "nfsip daemon",
     "alg": "kernel SIP ALG",
+    "base": "nfsip at the --baseline checkout",
 }
 
 
@@ -106,6 +108,9 @@ class Options:
     window: int = 16
     latency_rate: float = 10.0
     profile: bool = False
+    # Another checkout of nfsip (e.g. `git worktree add /tmp/base <commit>`): its daemon runs as one more
+    # path, "base", in the same rounds, so that a change is measured before and after side by side.
+    baseline: Path | None = None
 
     @classmethod
     def quick(cls) -> Options:
@@ -157,11 +162,23 @@ class Run:
         }
 
 
+def config_known_to(checkout: Path | None) -> dict[str, Any]:
+    """BENCH_CONFIG without the keys an older checkout's Config does not have (it refuses unknown keys)."""
+    if checkout is None:
+        return BENCH_CONFIG
+    code = "import dataclasses, nfsip.config as c; print(' '.join(f.name for f in dataclasses.fields(c.Config)))"
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    known = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    keys = set(known.stdout.split())
+    return {k: v for k, v in BENCH_CONFIG.items() if k in keys}
+
+
 class PathLab:
     """One lab for one path, with its queue process (if any) kept running across runs."""
 
-    def __init__(self, path: str, workdir: Path) -> None:
+    def __init__(self, path: str, workdir: Path, baseline: Path | None = None) -> None:
         self.path = path
+        self.baseline = baseline
         self.workdir = workdir
         self.lab = Lab(phones=1)
         self.daemon: NfsipDaemon | None = None
@@ -172,6 +189,10 @@ class PathLab:
         lab.masquerade()
         if self.path == "nfsip":
             self.daemon = NfsipDaemon(lab, config=BENCH_CONFIG, log_level="warning").start()
+        elif self.path == "base":
+            self.daemon = NfsipDaemon(
+                lab, config=config_known_to(self.baseline), log_level="warning", source=self.baseline
+            ).start()
         elif self.path == "accept":
             self.accept = lab.popen(
                 T.ROUTER,
@@ -321,9 +342,10 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
         ],
     )
     result.columns[1] = f"msg/s (window {opts.window})"
-    lat_all = {p: [s for r in lat[p] for s in r.samples] for p in PATHS}
+    paths = list(tput)
+    lat_all = {p: [s for r in lat[p] for s in r.samples] for p in paths}
     plain_p50 = pooled(lat_all["plain"], 0.5)
-    for path in PATHS:
+    for path in paths:
         runs = tput[path]
         msg = median(r.msg_per_s for r in runs)
         queue_cpu = median(r.per_msg_us(r.cpu.get("queue", float("nan"))) for r in runs)
@@ -353,7 +375,7 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
     nfsip_metrics = [r.metrics for r in tput["nfsip"]]
     result.data = {
         "options": opts.__dict__,
-        "throughput": {p: [r.as_dict() for r in tput[p]] for p in PATHS},
+        "throughput": {p: [r.as_dict() for r in tput[p]] for p in paths},
         "latency": {
             p: {
                 "runs": [r.as_dict() for r in lat[p]],
@@ -361,12 +383,16 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
                 "p50_us": pooled(lat_all[p], 0.5),
                 "p99_us": pooled(lat_all[p], 0.99),
             }
-            for p in PATHS
+            for p in paths
         },
         "ratios": {"nfsip/accept": nf / acc if acc else float("nan"), "nfsip/alg": nf / alg if alg else float("nan")},
         "queued_vs_crossed": {p: [queued[p], crossed[p]] for p in queued},
     }
-    load = median(r.cpu.get("background", 0.0) for p in PATHS for r in tput[p] + lat[p])
+    if "base" in tput:
+        base = median(r.msg_per_s for r in tput["base"])
+        result.data["ratios"]["nfsip/base"] = nf / base if base else float("nan")
+        result.notes.append(f"nfsip / base ({opts.baseline}) = {nf / base:.3f} (messages/s, same rounds)")
+    load = median(r.cpu.get("background", 0.0) for p in paths for r in tput[p] + lat[p])
     result.data["other_load_cpus_median"] = load
     result.notes.append(
         f"other load on the VM right before each run (subtracted from machine CPU): median {load:.2f} CPUs"
@@ -401,9 +427,10 @@ def summarize(tput: dict[str, list[Run]], lat: dict[str, list[Run]], opts: Optio
 def run(opts: Options, workdir: Path) -> PartResult:
     started = time.monotonic()
     exe = build("sipload", workdir)
-    labs = {p: PathLab(p, workdir) for p in PATHS}
-    tput: dict[str, list[Run]] = {p: [] for p in PATHS}
-    lat: dict[str, list[Run]] = {p: [] for p in PATHS}
+    paths = (*PATHS, "base") if opts.baseline else PATHS
+    labs = {p: PathLab(p, workdir, opts.baseline) for p in paths}
+    tput: dict[str, list[Run]] = {p: [] for p in paths}
+    lat: dict[str, list[Run]] = {p: [] for p in paths}
     try:
         for pl in labs.values():
             pl.up()
@@ -690,6 +717,13 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during its throughput run")
     parser.add_argument("--out", type=Path, default=None, help="write signalling.json/.md here")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="another checkout of nfsip (git worktree) whose daemon runs as one more path, 'base', in the same rounds",
+    )
+    parser.add_argument(
         "--one-host", action="store_true", help="with --workers: load from phone1 only (all SIP on one shard)"
     )
     parser.add_argument(
@@ -706,6 +740,7 @@ def main() -> int:
     if args.rounds:
         opts.rounds = args.rounds
     opts.profile = args.profile
+    opts.baseline = args.baseline.resolve() if args.baseline else None
     if args.workers:
         phones = WORKER_PHONES[:1] if args.one_host else WORKER_PHONES
         counts = [int(n) for n in args.workers.split(",")]

@@ -30,8 +30,11 @@ class NfsipDaemon:
         log_level: str = "info",
         watchdog_usec: int = 0,
         workers: int = 1,
+        source: Path | None = None,
     ) -> None:
+        # source: run the nfsip package of another checkout (bench: an older commit beside this one).
         self.lab = lab
+        self.source = source
         self.watchdog_usec = watchdog_usec
         self.workdir = Path(tempfile.mkdtemp(prefix="nfsip-daemon-"))
         self.config_path = self.workdir / "nfsip.toml"
@@ -51,6 +54,8 @@ class NfsipDaemon:
     def start(self, timeout: float = 15.0) -> Self:
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child process
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.proc = self.lab.popen(
@@ -60,6 +65,8 @@ class NfsipDaemon:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            # `python -m` puts the working directory first on sys.path: in the source's, its nfsip is found.
+            cwd=self.source,
         )
         log.close()
         deadline = time.monotonic() + timeout
