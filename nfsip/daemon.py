@@ -27,7 +27,18 @@ from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .mediastats import CallMedia, MediaStats
 from .metrics import Metrics, QueueCollector
-from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
+from .model import (
+    CallEnded,
+    CallEstablished,
+    Decision,
+    Direction,
+    Endpoint,
+    Event,
+    Flow,
+    Pinhole,
+    RegistrationOpened,
+    RegistrationRemoved,
+)
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
 from .sdnotify import Notifier
 from .sip.errors import SipParseError
@@ -121,6 +132,18 @@ def _log_end(end: CallEnded, sampled: CallMedia | None, final: MediaCounts | OSE
     else:
         media = f"media not counted (reading the counts failed: {final})"
     log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
+
+
+def _log_event(event: Event) -> None:
+    """The log line of an engine event (troubleshooting.md quotes them)."""
+    match event:
+        case CallEstablished(call_id, lan_ip, ports):
+            pairs = ",".join(f"{public}->{lan}" for public, lan in ports) or "-"
+            log.info("call %s established: phone %s; ports %s", call_id, lan_ip, pairs)
+        case RegistrationOpened(aor, lan, public, expires):
+            log.info("registration of %s from %s as %s, %ds", aor, lan, public, expires)
+        case RegistrationRemoved(aor, lan):
+            log.info("registration of %s from %s removed", aor, lan)
 
 
 class Daemon:
@@ -472,7 +495,7 @@ class Daemon:
         if decision.outcome == "parse-error":
             self.metrics.parse_errors.labels(decision.detail).inc()
         for event in decision.events:
-            log.info("%s", event)
+            _log_event(event)
         self._log_ended(decision.ended)
         for reason in decision.refusals:
             self.metrics.refusals.labels(reason).inc()

@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
 from .config import DEFAULTS, Config
-from .model import CallEnded, Decision, Direction, Endpoint, Flow, Pinhole
+from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Event, Flow, Pinhole
 from .policy import Policy, policy_from
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
@@ -474,9 +474,9 @@ class Engine:
                 granted = None
         install, remove, event = self.registrations.final_response(branch, msg.status, granted, now)
         change.install.extend(install)
-        change.opened.extend(install if event else [])
         change.remove.extend(remove)
-        if event:
+        if event is not None:
+            change.opened.extend(install)
             change.events.append(event)
 
     # -- call state ----------------------------------------------------------------------------------
@@ -504,17 +504,12 @@ class Engine:
                 self._refresh(call, now, change, _session_expires(msg), force=first)
                 if first:
                     # The ports of call.pinholes(), in the same order, without building the pinholes.
-                    ports = (
-                        ",".join(
-                            [
-                                f"{public}->{lan}"
-                                for binding in call.streams.values()
-                                for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
-                            ]
-                        )
-                        or "-"
+                    ports = tuple(
+                        (public, lan)
+                        for binding in call.streams.values()
+                        for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
                     )
-                    change.events.append(f"call {call.call_id} established: phone {call.lan_ip}; ports {ports}")
+                    change.events.append(CallEstablished(call.call_id, call.lan_ip, ports))
             elif status >= 300 and not call.confirmed:
                 self._end(call, now, f"INVITE failed with {status}", change)
         elif msg.cseq_method == "BYE" and status >= 200:
@@ -716,7 +711,7 @@ class _Change:
         self.install: list[Pinhole] = []
         self.opened: list[Pinhole] = []
         self.remove: list[Pinhole] = []
-        self.events: list[str] = []
+        self.events: list[Event] = []
         self.refusals: list[str] = []
         self.ended: list[CallEnded] = []
         self.new_lan_ports: set[int] = set()  # LAN ports of streams bound by this message

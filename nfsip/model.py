@@ -103,6 +103,37 @@ class CallEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEstablished:
+    """A call's first 2xx: the first of its two log lines."""
+
+    call_id: str
+    lan_ip: str
+    ports: tuple[tuple[int, int], ...]  # (public, LAN) port of each pinhole, in the call's stream order
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationOpened:
+    """A registrar accepted a phone endpoint that had no registration: its SIP pinhole is opened."""
+
+    aor: str
+    lan: Endpoint
+    public: Endpoint
+    expires: int  # seconds, as the registrar granted them
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRemoved:
+    """An address-of-record was unregistered from a phone endpoint (the pinhole goes with its last one)."""
+
+    aor: str
+    lan: Endpoint
+
+
+# What the engine reports about a message besides the calls it ended (Decision.ended); the daemon logs it.
+Event = CallEstablished | RegistrationOpened | RegistrationRemoved
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer for one datagram.
 
@@ -121,6 +152,6 @@ class Decision:
     recreate: tuple[Pinhole, ...] = ()
     opened: tuple[Pinhole, ...] = ()  # the part of `install` that did not exist before
     remove: tuple[Pinhole, ...] = ()
-    events: tuple[str, ...] = field(default=())  # human-readable call events for the log
+    events: tuple[Event, ...] = field(default=())  # for the log
     refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.policy), a metrics label each
     ended: tuple[CallEnded, ...] = field(default=())

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from .config import DEFAULTS
-from .model import Endpoint, Pinhole
+from .model import Endpoint, Pinhole, RegistrationOpened, RegistrationRemoved
 
 # A REGISTER transaction's 2xx comes within Timer F (64*T1 = 32 s); keep pending ones a little longer.
 _PENDING_SECONDS = 64.0
@@ -98,28 +98,29 @@ class RegistrationTable:
 
     def final_response(
         self, branch: str | None, status: int, granted: int | None, now: float
-    ) -> tuple[list[Pinhole], list[Pinhole], str]:
-        """The registrar answered. Returns (install, remove, event).
+    ) -> tuple[list[Pinhole], list[Pinhole], RegistrationOpened | RegistrationRemoved | None]:
+        """The registrar answered. Returns (install, remove, event); the event is None for a refresh.
 
         `granted` is the expiry the 2xx gives for this phone's contact, None when the 2xx no longer lists
         it (un-REGISTER, or the binding was dropped), 0 when it is removed explicitly."""
         pending = self._pending.pop(branch, None) if branch else None
         if pending is None or status < 200 or status >= 300:
-            return [], [], ""
+            return [], [], None
         old = self.by_lan.get(pending.lan)
         remove = [old.pinhole(now, self.grace)] if old is not None else []
         accounts = self.accounts.setdefault(pending.lan, {})
         if not granted:
             accounts.pop(pending.aor, None)
             if old is None:
-                return [], [], ""
+                return [], [], None
+            removed = RegistrationRemoved(pending.aor, pending.lan)
             if accounts:  # other accounts of this endpoint still live: keep it reachable for them
                 old.expires_at = max(accounts.values())
-                return [old.pinhole(now, self.grace)], [], f"registration of {pending.aor} from {pending.lan} removed"
+                return [old.pinhole(now, self.grace)], [], removed
             del self.by_lan[pending.lan]
             self._counted(pending.lan, -1)
             del self.accounts[pending.lan]
-            return [], remove, f"registration of {pending.aor} from {pending.lan} removed"
+            return [], remove, removed
         accounts[pending.aor] = now + granted
         registrar = pending.registrar.ip if self.from_registrar_only else ""
         since = old.since if old is not None else now
@@ -129,8 +130,8 @@ class RegistrationTable:
             self._counted(pending.lan, 1)
         if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
             remove = []  # a refresh: the same elements are re-added with the new timeout
-        event = f"registration of {reg.aor} from {reg.lan} as {reg.public}, {granted}s" if old is None else ""
-        return [reg.pinhole(now, self.grace)], remove, event
+        opened = RegistrationOpened(reg.aor, reg.lan, reg.public, granted) if old is None else None
+        return [reg.pinhole(now, self.grace)], remove, opened
 
     def adopt(self, hole: Pinhole, now: float) -> None:
         """Take over a registration pinhole found in the kernel at start (crash recovery)."""
