@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .callstate import CallState
 from .model import Endpoint, Pinhole, comment_call_id
 from .ports import PortAllocator
 from .sip.spans import fast_ctor
@@ -38,8 +39,7 @@ class Call:
     lan_ip: str
     public_ip: str
     created: float
-    confirmed: bool = False  # a 2xx to the INVITE was seen
-    responded: bool = False  # any response to the INVITE was seen (else Timer B applies)
+    state: CallState = CallState.OFFERED  # moved only by the engine's transitions (nfsip.callstate)
     expires_at: float = 0.0  # the engine's deadline for this call
     kernel_deadline: float = 0.0  # when the kernel elements expire unless refreshed
     session_expires: int = 0  # RFC 4028 interval negotiated for the dialog, 0 without session timers
@@ -54,6 +54,11 @@ class Call:
     # call rebuilt after a restart until the phone sends again (the kernel elements do not keep it).
     peer_ips: set[str] = field(default_factory=set)
     sip_ports: set[int] = field(default_factory=set)
+
+    @property
+    def confirmed(self) -> bool:
+        """The call had its 2xx (its pinholes are marked established)."""
+        return self.state is CallState.CONFIRMED
 
     def learn_path(self, remote_ip: str, lan_port: int) -> None:
         """The phone sent this call's SIP to `remote_ip` from `lan_port`."""
@@ -177,8 +182,12 @@ class CallTable:
         call = self.get_or_create(hole.call_id, hole.lan.ip, hole.public.ip, now)
         if hole.since:
             call.created = min(call.created, hole.since)
-        call.confirmed = call.confirmed or hole.established
-        call.responded = True
+        # The element comment's state (nfsip.model.element_comment): e is a confirmed call, a an attempt.
+        # Whether an attempt had a response is not kept: it comes back early, under the setup timeout.
+        if hole.established:
+            call.state = CallState.CONFIRMED
+        elif call.state is CallState.OFFERED:
+            call.state = CallState.EARLY
         if hole.kind == "media-out" or hole.remote_ip:
             call.strict = True
         if hole.remote_ip:
@@ -261,6 +270,7 @@ class CallTable:
 
     def end(self, call: Call, now: float) -> list[Pinhole]:
         """Forget the call; returns every pinhole it held (to remove from the kernel)."""
+        call.state = CallState.TERMINATED
         removed: list[Pinhole] = []
         for index in list(call.streams):
             removed.extend(self.drop_stream(call, index, now))
@@ -272,12 +282,9 @@ class CallTable:
                 self.calls_of.pop(call.lan_ip, None)
         return removed
 
-    def expire(self, now: float) -> list[tuple[Call, list[Pinhole]]]:
-        """End the calls whose deadline passed (the kernel has expired their elements by itself)."""
-        ended = []
-        for call in [c for c in self.calls.values() if c.expires_at and c.expires_at <= now]:
-            ended.append((call, self.end(call, now)))
-        return ended
+    def overdue(self, now: float) -> list[Call]:
+        """The calls whose deadline passed (the kernel has expired their elements by itself)."""
+        return [c for c in self.calls.values() if c.expires_at and c.expires_at <= now]
 
     def __len__(self) -> int:
         return len(self.calls)

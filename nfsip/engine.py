@@ -22,6 +22,7 @@ Lifetimes (all also enforced by the kernel element timeouts, which back up this 
 - an established call: `call` seconds, or Session-Expires + 32 s when the dialog uses session timers
   (RFC 4028 §10), refreshed by every in-dialog request, never beyond `max_call` after the call began;
 - ended at once by BYE, the 200 to BYE, or a final non-2xx answer to the initial INVITE.
+Which message moves a call from one state to the next is the table in nfsip.callstate.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
+from .callstate import Action, CallState, Trigger, first_state, step, trigger_of
 from .config import DEFAULTS, Config
 from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Event, Flow, Pinhole
 from .policy import Policy, policy_from
@@ -100,6 +102,12 @@ def _is_udp_media(media: SdpMedia) -> bool:
 _UDP_PROTOS: dict[str, bool] = {}
 _OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
 _BYE_WHY = {d: f"BYE ({d.value})" for d in Direction}  # why a BYE ended a call, per direction
+# Why a call's deadline ended it, per the state it was in.
+_TIMEOUT_WHY = {
+    CallState.OFFERED: "no answer (Timer B)",
+    CallState.EARLY: "setup timed out",
+    CallState.CONFIRMED: "timed out",
+}
 
 
 def _hostport_bytes(ep: Endpoint) -> bytes:
@@ -132,6 +140,24 @@ def _session_expires(msg: SipMessage) -> int | None:
         return None
     digits = value.split(";", 1)[0].strip()
     return int(digits) if digits.isdigit() and 0 < int(digits) < 1 << 31 else None
+
+
+def _trigger(msg: SipMessage) -> Trigger | None:
+    """What the message is to its call (nfsip.callstate.trigger_of)."""
+    if msg.is_request:
+        return trigger_of(True, msg.method or "", msg.to_has_tag(), 0, "")
+    return trigger_of(False, "", False, msg.status or 0, msg.cseq_method or "")
+
+
+def _end_reason(trigger: Trigger, before: CallState, msg: SipMessage | None, direction: Direction) -> str:
+    """Why a call ended, for its log line (CallEnded.why); `msg` is None for a timeout."""
+    if msg is None:
+        return _TIMEOUT_WHY[before]
+    if trigger is Trigger.BYE:
+        return _BYE_WHY[direction]
+    if trigger is Trigger.BYE_ANSWERED:
+        return f"{msg.status} to BYE"
+    return f"INVITE failed with {msg.status}"
 
 
 class Engine:
@@ -318,11 +344,16 @@ class Engine:
             call.strict = self.media_from_sdp
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
-            # A call first seen in a request inside a dialog (an ACK carrying the answer to a late offer) is
-            # established already; one first seen in an INVITE waits for any response for Timer B.
-            call.confirmed = msg.is_request and msg.to_has_tag()
-            call.responded = not msg.is_request
-            call.expires_at = now + (self._lifetime(call) if call.confirmed else TIMER_B)
+            # Its first state (nfsip.callstate.FIRST_STATES): confirmed when first seen in a request inside
+            # a dialog (an ACK carrying the answer to a late offer), else offered; _transitions then moves it
+            # on by this same message (the phone's own 183 or 200 answering an inbound INVITE).
+            call.state = first_state(_trigger(msg))
+            if call.state is CallState.CONFIRMED:
+                call.expires_at = now + self._lifetime(call)
+            elif call.state is CallState.EARLY:
+                call.expires_at = call.created + self.timeouts.setup
+            else:
+                call.expires_at = now + TIMER_B
         try:
             bindings = []
             for index, media, lan_ports, labels in wanted:
@@ -479,41 +510,45 @@ class Engine:
             change.opened.extend(install)
             change.events.append(event)
 
-    # -- call state ----------------------------------------------------------------------------------
+    # -- call state (the table: nfsip.callstate) ------------------------------------------------------
     def _transitions(
         self, msg: SipMessage, call: Call | None, direction: Direction, now: float, change: _Change
     ) -> None:
         """`call`: the message's call (Call-ID, LAN host) as it stands after the SDP steps, or None."""
         if call is None:
             return
-        if msg.is_request:
-            if msg.method == "BYE":
-                self._end(call, now, _BYE_WHY[direction], change)
-            elif call.confirmed and msg.to_has_tag():
-                self._refresh(call, now, change, _session_expires(msg))
-            return
-        status = msg.status or 0
-        if msg.cseq_method == "INVITE":
-            if status >= 100 and not call.responded:
-                call.responded = True
-                if not call.confirmed:
-                    call.expires_at = call.created + self.timeouts.setup
-            if 200 <= status < 300:
-                first = not call.confirmed
-                call.confirmed = True
-                self._refresh(call, now, change, _session_expires(msg), force=first)
-                if first:
-                    # The ports of call.pinholes(), in the same order, without building the pinholes.
-                    ports = tuple(
-                        (public, lan)
-                        for binding in call.streams.values()
-                        for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
-                    )
-                    change.events.append(CallEstablished(call.call_id, call.lan_ip, ports))
-            elif status >= 300 and not call.confirmed:
-                self._end(call, now, f"INVITE failed with {status}", change)
-        elif msg.cseq_method == "BYE" and status >= 200:
-            self._end(call, now, f"{status} to BYE", change)
+        trigger = _trigger(msg)
+        if trigger is not None:
+            self._step(call, trigger, now, change, msg, direction)
+
+    def _step(
+        self,
+        call: Call,
+        trigger: Trigger,
+        now: float,
+        change: _Change,
+        msg: SipMessage | None = None,
+        direction: Direction = _OUTBOUND,
+    ) -> None:
+        """Move `call` by `trigger` (nfsip.callstate.TRANSITIONS) and carry out the action. `msg`: the message
+        that is the trigger, None for a timeout."""
+        before = call.state
+        call.state, action = step(before, trigger)
+        if action is Action.SETUP_DEADLINE:
+            call.expires_at = call.created + self.timeouts.setup
+        elif action is Action.ESTABLISH or action is Action.REFRESH:
+            first = action is Action.ESTABLISH
+            self._refresh(call, now, change, _session_expires(msg) if msg is not None else None, force=first)
+            if first:
+                # The ports of call.pinholes(), in the same order, without building the pinholes.
+                ports = tuple(
+                    (public, lan)
+                    for binding in call.streams.values()
+                    for lan, public in zip(binding.lan_ports, binding.public_ports, strict=True)
+                )
+                change.events.append(CallEstablished(call.call_id, call.lan_ip, ports))
+        elif action is Action.END:
+            self._end(call, now, _end_reason(trigger, before, msg, direction), change)
 
     def _lifetime(self, call: Call) -> int:
         if call.session_expires:
@@ -605,12 +640,10 @@ class Engine:
 
     def expire_ended(self, now: float) -> tuple[list[Pinhole], list[CallEnded]]:
         """expire(), also saying which calls ended and why (for the call log)."""
-        removed: list[Pinhole] = []
-        ended: list[CallEnded] = []
-        for call, holes in self.calls.expire(now):
-            removed.extend(holes)
-            why = "timed out" if call.confirmed else "no answer (Timer B)" if not call.responded else "setup timed out"
-            ended.append(CallEnded(call.call_id, call.lan_ip, why, now - call.created, tuple(holes)))
+        change = _Change()
+        for call in self.calls.overdue(now):
+            self._step(call, Trigger.TIMEOUT, now, change)
+        removed, ended = change.remove, change.ended
         removed.extend(self.registrations.expire(now))
         self.policy.forget_idle(now)  # rate-limit buckets of hosts that went quiet: bounded memory
         while self._vias:

@@ -77,7 +77,8 @@ def comment_call_id(call_id: str) -> str:
 
 def element_comment(pinhole: Pinhole, since_epoch: float) -> str:
     """`<label> <state> <since> <call-id>`: what `nfsip status` shows and what a restarted daemon rebuilds
-    its state from (state: a = attempt, e = established call, r = registration; since: epoch seconds)."""
+    its state from (state: a = attempt, a call offered or early; e = established, a confirmed call; r =
+    registration; since: epoch seconds). nfsip.calls.CallTable.adopt maps a and e back to call states."""
     state = "r" if pinhole.kind == "sip" else "e" if pinhole.established else "a"
     text = f"{pinhole.label} {state} {int(since_epoch)} {comment_call_id(pinhole.call_id)}"
     return text.encode("utf-8", "replace")[:_COMMENT_MAX].decode("utf-8", "ignore")

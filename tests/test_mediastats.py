@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from nfsip.calls import Call, StreamBinding
+from nfsip.callstate import CallState
 from nfsip.mediastats import MediaStats
 from nfsip.model import Endpoint
 
 
 def call(confirmed: bool = True) -> Call:
-    c = Call("c1", "10.0.0.2", "198.51.100.1", created=0.0, confirmed=confirmed)
+    state = CallState.CONFIRMED if confirmed else CallState.EARLY
+    c = Call("c1", "10.0.0.2", "198.51.100.1", created=0.0, state=state)
     c.streams[0] = StreamBinding((6000, 6001), (40000, 40001), ("m0.rtp", "m0.rtcp"))
     return c
 
