@@ -39,7 +39,7 @@ class Call:
     lan_ip: str
     public_ip: str
     created: float
-    state: CallState = CallState.OFFERED  # moved only by the engine's transitions (nfsip.callstate)
+    state: CallState = CallState.OFFERED  # the engine moves it by the table of nfsip.callstate
     expires_at: float = 0.0  # the engine's deadline for this call
     kernel_deadline: float = 0.0  # when the kernel elements expire unless refreshed
     session_expires: int = 0  # RFC 4028 interval negotiated for the dialog, 0 without session timers
