@@ -345,8 +345,9 @@ class Engine:
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
             # Its first state (nfsip.callstate.FIRST_STATES): confirmed when first seen in a request inside
-            # a dialog (an ACK carrying the answer to a late offer), else offered; _transitions then moves it
-            # on by this same message (the phone's own 183 or 200 answering an inbound INVITE).
+            # a dialog (an ACK carrying the answer to a late offer), early in a PRACK, else offered;
+            # _transitions then moves it on by this same message (the phone's own 183 or 200 answering an
+            # inbound INVITE).
             call.state = first_state(_trigger(msg))
             if call.state is CallState.CONFIRMED:
                 call.expires_at = now + self._lifetime(call)
