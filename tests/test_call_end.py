@@ -11,7 +11,6 @@ import pytest
 from nfsip import daemon as daemon_module
 from nfsip.config import Config
 from nfsip.daemon import Daemon
-from nfsip.kernel import conntrack as conntrack_module
 from nfsip.kernel.conntrack import Conntrack
 from nfsip.kernel.ctnetlink import Entry, SourceCounts, Tuple, source_key
 from nfsip.model import Endpoint, Pinhole
@@ -58,14 +57,13 @@ COUNTS = [
 ]
 
 
-def conntrack_with(ct: FakeCt, monkeypatch) -> Conntrack:
-    monkeypatch.setattr(conntrack_module, "CtNetlink", lambda: ct)
-    return Conntrack()
+def conntrack_with(ct: FakeCt) -> Conntrack:
+    return Conntrack(open_socket=lambda: ct)
 
 
-def test_the_final_counts_are_read_before_the_flows_are_deleted(monkeypatch):
+def test_the_final_counts_are_read_before_the_flows_are_deleted():
     ct = FakeCt(COUNTS, [FLOW])
-    track = conntrack_with(ct, monkeypatch)
+    track = conntrack_with(ct)
     reports = []
     track.read_before_purge({LAN_RTP, LAN_RTCP}, reports.append)
     track.schedule(removed=[HOLE])
@@ -76,9 +74,9 @@ def test_the_final_counts_are_read_before_the_flows_are_deleted(monkeypatch):
     assert not track.pending
 
 
-def test_one_read_serves_every_call_ended_since_the_last_sweep(monkeypatch):
+def test_one_read_serves_every_call_ended_since_the_last_sweep():
     ct = FakeCt(COUNTS, [])
-    track = conntrack_with(ct, monkeypatch)
+    track = conntrack_with(ct)
     first, second = [], []
     track.read_before_purge({LAN_RTP}, first.append)
     track.read_before_purge({Endpoint("10.0.0.3", 6000)}, second.append)
@@ -89,9 +87,9 @@ def test_one_read_serves_every_call_ended_since_the_last_sweep(monkeypatch):
     assert second == [{Endpoint("10.0.0.3", 6000): (9, 900, 9, 900)}]
 
 
-def test_a_failed_read_is_reported_and_the_purge_goes_on(monkeypatch):
+def test_a_failed_read_is_reported_and_the_purge_goes_on():
     ct = FakeCt(COUNTS, [FLOW], fail_dump=True)
-    track = conntrack_with(ct, monkeypatch)
+    track = conntrack_with(ct)
     reports = []
     track.read_before_purge({LAN_RTP}, reports.append)
     track.schedule(removed=[HOLE])
@@ -99,9 +97,9 @@ def test_a_failed_read_is_reported_and_the_purge_goes_on(monkeypatch):
     assert len(reports) == 1 and isinstance(reports[0], OSError)
 
 
-def test_the_sweeper_thread_reads_before_it_purges(monkeypatch):
+def test_the_sweeper_thread_reads_before_it_purges():
     ct = FakeCt(COUNTS, [FLOW])
-    track = conntrack_with(ct, monkeypatch)
+    track = conntrack_with(ct)
     reports = []
     track.read_before_purge({LAN_RTP}, reports.append)
     track.schedule(removed=[HOLE])

@@ -39,8 +39,12 @@ _CACHE_LIMIT = 4096
 
 
 class Conntrack:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ct = CtNetlink()
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, open_socket: Callable[[], CtNetlink] = CtNetlink
+    ) -> None:
+        """`open_socket`: a new ctnetlink socket (one for lookups, one in the sweeper's thread)."""
+        self._open_socket = open_socket
+        self._ct = open_socket()
         self._clock = clock
         self._cache: dict[tuple[str, int, str, int], tuple[Endpoint, float]] = {}
         self._gone: list[Pinhole] = []  # removed pinholes: every flow of theirs goes
@@ -124,7 +128,7 @@ class Conntrack:
         self._jobs.put((gone, fresh, final))
 
     def _sweep_jobs(self, done: Callable[[int], None]) -> None:
-        ct = CtNetlink()  # its own socket: the queue's thread keeps using self._ct for lookups
+        ct = self._open_socket()  # its own socket: the queue's thread keeps using self._ct for lookups
         try:
             while (job := self._jobs.get()) is not None:
                 try:
