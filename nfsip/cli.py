@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -60,7 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"nfsip: {exc}", file=sys.stderr)
                 return exc.exit_code
         else:
-            daemon = Daemon(config)
+            daemon = Daemon.from_config(config)
+            signal.signal(signal.SIGTERM, daemon.stop)
+            signal.signal(signal.SIGINT, daemon.stop)
             daemon.run()
     except NftError as exc:
         if "Operation not permitted" in str(exc):

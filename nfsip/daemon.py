@@ -4,27 +4,42 @@ Per queued datagram, one way: bytes -> decode (nfsip.packet) -> flow (who is the
 -> engine decision -> pinholes to the kernel in one nft transaction -> encode -> verdict -> after the
 verdict, purge conntrack of what was removed. Whatever goes wrong, the datagram is accepted unchanged and
 the reason counted: nfsip never drops SIP and never leaves a packet without a verdict.
+
+The daemon is given its adapters (nfsip.adapters): `Daemon.from_config` makes the real ones. The same
+class runs alone (it owns the table, systemd supervises it) and as one worker of several (nfsip.workers:
+its own queue, port slice and share of the caps, a `Shard` of the LAN hosts, the supervisor's pipe).
 """
 
 from __future__ import annotations
 
 import logging
 import selectors
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .adapters import (
+    ConntrackTable,
+    FixedAddress,
+    KernelReads,
+    OpenQueue,
+    PacketQueue,
+    PinholeTable,
+    QueuedPacket,
+    SupervisorLink,
+    WanAddress,
+)
 from .config import Config
 from .engine import Engine
-from .kernel import divert, reader, ruleset
+from .kernel import reader
 from .kernel.conntrack import Conntrack, MediaCounts
 from .kernel.firstpacket import FirstPackets
-from .kernel.netinfo import AddressWatcher, InterfaceError, primary_ipv4
+from .kernel.netinfo import InterfaceError, WanInterface
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
+from .kernel.table import NftTable
 from .mediastats import CallMedia, MediaStats
 from .metrics import Metrics, QueueCollector
 from .model import (
@@ -40,9 +55,12 @@ from .model import (
     RegistrationRemoved,
 )
 from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
-from .sdnotify import Notifier
+from .sdnotify import Notifier, SystemdLink
 from .sip.errors import SipParseError
 from .sip.message import parse_message
+
+if TYPE_CHECKING:
+    from .workers import Shard
 
 log = logging.getLogger("nfsip")
 
@@ -74,7 +92,7 @@ BATCH_MAX = 32
 class _Held(NamedTuple):
     """A datagram decided on, waiting for its verdict (nfsip.daemon.Daemon.flush)."""
 
-    pkt: Any
+    pkt: QueuedPacket
     started: float
     raw: bytes
     outcome: str
@@ -147,11 +165,30 @@ def _log_event(event: Event) -> None:
 
 
 class Daemon:
-    checks_table = True  # a worker leaves the table check to its supervisor (nfsip.workers)
-
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        table: PinholeTable,
+        conntrack: ConntrackTable,
+        reader: KernelReads,
+        open_queue: OpenQueue,
+        wan: WanAddress,
+        link: SupervisorLink,
+        shard: Shard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`shard`: as a worker (nfsip.workers), the LAN hosts it owns, and the supervisor owns the table;
+        None: the one daemon, which installs, checks and removes the table."""
         self.config = config
         self.clock = clock
+        self.table = table
+        self.conntrack = conntrack
+        self.reader = reader
+        self.open_queue = open_queue
+        self.wan = wan
+        self.link = link
+        self.shard = shard
         self.media = MediaStats(config.one_way_seconds)
         self._media_snapshot: list[CallMedia] = []
         self._last_sample = 0.0
@@ -159,32 +196,64 @@ class Daemon:
         self._last_sweep = 0.0
         self._last_tick = 0.0
         self.metrics = Metrics(lambda: self._media_snapshot, QueueCollector(config.table_name, (config.queue_num,)))
-        # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
-        # monotonic clock, which does not jump with NTP.
-        self.nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (self.clock() - t))
-        self.public_ip = config.public_address or self._wan_address()
+        self.public_ip = self._wan_address()
         self.engine = Engine.from_config(self.public_ip, config)
         # Policy refusals are logged once per (reason, LAN host) per minute: a flood must not flood the log.
         self._refusal_logged: dict[tuple[str, str], float] = {}
-        self.conntrack = Conntrack(clock)
         self.first_packets = FirstPackets()
-        self.native_queue = False
         self._stop = False
-        self.reader = reader.KernelReader(config.table_name)
         self._held: list[_Held] = []
         # Metric children by label values: labels() takes a lock and builds a key on every call (about 1 µs
         # each, twice per datagram). Both label sets are bounded (outcomes; direction x _KINDS).
         self._verdict_counters: dict[str, Any] = {}
         self._message_counters: dict[tuple[str, str], Any] = {}
 
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        shard: Shard | None = None,
+        link: SupervisorLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Daemon:
+        """The daemon with the kernel's adapters (nfsip.kernel); supervised by systemd unless `link` says
+        otherwise (a worker's: nfsip.workers)."""
+        # Element comments carry wall-clock start times (for `nfsip status` ages); the engine runs on the
+        # monotonic clock, which does not jump with NTP.
+        nft = Nft(config.table_name, epoch_of=lambda t: time.time() - (clock() - t))
+        return cls(
+            config,
+            table=NftTable(config, nft),
+            conntrack=Conntrack(clock),
+            reader=reader.KernelReader(config.table_name),
+            open_queue=partial(Queue, config.queue_num),
+            wan=FixedAddress(config.public_address) if config.public_address else WanInterface(config.wan_interface),
+            link=link or SystemdLink(Notifier()),
+            shard=shard,
+            clock=clock,
+        )
+
     # -- lifecycle ------------------------------------------------------------------------------------
     def install(self) -> None:
-        """Install (replace) nfsip's table; pinholes a previous run left (kill -9, crash) are carried over
-        into the new table and the engine's state, so their calls can still be torn down by signalling."""
-        self.native_queue = self.nft.has_native_queue()
+        """Alone: install (replace) nfsip's table; pinholes a previous run left (kill -9, crash) are carried
+        over into the new table and the engine's state, so their calls can still be torn down by signalling.
+        As a worker: adopt the kernel's pinholes of its own LAN hosts (its predecessor's, or a previous run's
+        that the supervisor carried into its new table)."""
         left_behind = self._kernel_pinholes()
-        self.nft.install(ruleset.render(self._ruleset_options()))
-        self._add_queue_rule()
+        if self.shard is not None:
+            shard = self.shard
+            self._adopt([h for h in left_behind if shard.owns(h.lan.ip)], reapply=False)
+            log.info(
+                "queue %d; public address %s; media ports %d-%d; %s",
+                self.config.queue_num,
+                self.public_ip,
+                self.config.media_port_min,
+                self.config.media_port_max,
+                self.table.features(),  # asked now, not at the first SIP message
+            )
+            return
+        self.table.install()
         self._adopt(left_behind, reapply=True)
         log.info(
             "table ip %s installed; WAN %s public address %s; queue %d via %s; %s",
@@ -192,8 +261,8 @@ class Daemon:
             self.config.wan_interface,
             self.public_ip,
             self.config.queue_num,
-            "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
-            self.nft.element_features().describe(),
+            "nft queue" if self.table.native_queue else "xt NFQUEUE (nft_compat)",
+            self.table.features(),
         )
 
     def _adopt(self, left_behind: list[Pinhole], *, reapply: bool) -> None:
@@ -204,7 +273,7 @@ class Daemon:
         now, wall = self.clock(), time.time()
         left_behind = [replace(h, since=now - (wall - h.since) if h.since else now) for h in left_behind]
         if reapply:
-            self.nft.apply(left_behind, ())
+            self.table.apply(left_behind, ())
         self.engine.adopt(left_behind, now)
         self._update_gauges()
         log.info(
@@ -214,40 +283,34 @@ class Daemon:
             len(self.engine.registrations),
         )
 
-    def _ruleset_options(self) -> ruleset.RulesetOptions:
-        return ruleset.options_from(self.config, self.native_queue)
-
-    def _add_queue_rule(self) -> None:
-        if self.native_queue:
-            self.nft.run_text(ruleset.queue_rule(self._ruleset_options()))
-        else:
-            divert.add_compat_queue_rule(self.config.table_name, self.config.queue_num, bypass=self.config.queue_bypass)
-
-    def ensure_installed(self, state: str | None = None) -> None:
+    def ensure_installed(self, state: str) -> None:
         """Put nfsip's table, queue rule and pinholes back if someone else's ruleset load removed them: an
         admin's `nft -f /etc/nftables.conf` starts with `flush ruleset`, and where it includes
         nft/nfsip.nft it recreates the table empty and without the queue rule (which nft -f cannot hold).
-        `state`: what reader.table_state() found already (the reader's thread reads it; read here if None)."""
-        if state is None:
-            state = reader.table_state(self.nft)
+        `state`: what the reader's thread found (nfsip.kernel.reader.table_state)."""
         if state == reader.INSTALLED:
             return
         log.warning(
             "table ip %s or its queue rule was removed by another ruleset load; restoring", self.config.table_name
         )
-        if state == reader.NO_TABLE:
-            self.nft.install(ruleset.render(self._ruleset_options()))
-        self._add_queue_rule()
+        self.table.restore(state)
+        self.restore_pinholes()
+
+    def restore_pinholes(self) -> int:
+        """Put the engine's live pinholes into a table that was put back empty; returns how many."""
         holes = self.engine.live_pinholes(self.clock())
         if holes:
-            self.nft.apply(holes, ())
+            try:
+                self.table.apply(holes, ())
+            except NftError:
+                for error in self.table.apply_each(holes, ()):
+                    log.warning("nft: %s", error)
+        return len(holes)
 
     def _kernel_pinholes(self) -> list[Pinhole]:
         """The pinholes in an existing nfsip table, each with its remaining lifetime."""
-        if not self.nft.table_exists():
-            return []
         try:
-            return self.nft.media_pinholes() + self.nft.registration_pinholes()
+            return self.table.pinholes()
         except NftError as exc:  # an incompatible older table: start afresh
             log.warning("could not read the existing table (%s); its pinholes are not taken over", exc)
             return []
@@ -256,74 +319,77 @@ class Daemon:
         """Remove nfsip's table. Calls in progress keep their media: the NAT bindings live in conntrack,
         which is left alone (the flows idle out), so `systemctl restart nfsip` does not cut calls; only
         new flows need the daemon back. `nfsip flush` removes the media conntrack entries too."""
-        self.nft.remove_table()
+        self.table.remove()
 
     def stop(self, *_args: object) -> None:
         self._stop = True
 
     def run(self) -> None:
+        """Until stop() (the caller's signal handlers call it) or the supervisor is gone: the queue bound,
+        the table taken over, the packet loop; at the end every queued datagram still gets its verdict and
+        the scheduled purges are done. Alone, the table is removed first; a worker's supervisor removes it."""
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        notifier = Notifier()
         # Bind and configure the queue before the divert rules exist: the configuration's ACK is read
         # from the queue's socket, where no packet may arrive yet (nfsip.kernel.queue).
-        queue = Queue(self.config.queue_num, self.on_packet)
-        watcher = None if self.config.public_address else AddressWatcher(self.config.wan_interface)
+        queue = self.open_queue(self.on_packet)
         selector = selectors.DefaultSelector()
         try:
             self.install()
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
             selector.register(queue.fd, selectors.EVENT_READ, "queue")
-            if watcher is not None:
-                selector.register(watcher.fileno(), selectors.EVENT_READ, "address")
-            log.info("ready")
-            notifier.ready(f"public address {self.public_ip}")
-            self._loop(queue, watcher, selector, notifier)
+            for source, fd in (("address", self.wan.fileno()), ("link", self.link.fileno())):
+                if fd is not None:
+                    selector.register(fd, selectors.EVENT_READ, source)
+            self.link.ready(f"public address {self.public_ip}")
+            self._loop(queue, selector)
         finally:
-            notifier.stopping()
+            self.link.stopping()
             selector.close()
             try:
-                self.uninstall()
+                if self.shard is None:
+                    self.uninstall()
                 self.drain(queue)  # what was queued before the rules went away still gets its verdict
                 self.finish_purges()
-                log.info("table ip %s removed; stopped", self.config.table_name)
+                if self.shard is None:
+                    log.info("table ip %s removed; stopped", self.config.table_name)
+                else:
+                    log.info("stopped")
             finally:
                 queue.close()
                 self.reader.close()
-                if watcher is not None:
-                    watcher.close()
-                notifier.close()
+                self.conntrack.close()
+                self.wan.close()
+                self.link.close()
 
-    def _loop(
-        self, queue: Queue, watcher: AddressWatcher | None, selector: selectors.BaseSelector, notifier: Notifier
-    ) -> None:
-        """The packet loop, until stop(): drain the queue when it is readable, follow the WAN address,
-        housekeeping between batches. Other registered sources go to on_event() (a worker's link)."""
-        # The loop wakes at least this often for timers and the watchdog.
-        wake = min(1.0, notifier.watchdog_interval) if notifier.watchdog_interval else 1.0
-        while not self._stop:
+    def _loop(self, queue: PacketQueue, selector: selectors.BaseSelector) -> None:
+        """The packet loop, until stop(): drain the queue when it is readable, follow the WAN address, take
+        the supervisor's requests, housekeeping between batches."""
+        wake = self.link.wake_seconds  # at least this often, for timers and the watchdog or heartbeat
+        while not self._stop and not self.link.lost:
             timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
             for key, _ in selector.select(timeout=timeout):
                 if key.data == "queue":
                     self.drain(queue)
                 elif key.data == "address":
-                    if watcher is not None and watcher.changed():
+                    if self.wan.changed():
                         self.readdress()
                 else:
-                    self.on_event(key.data)
+                    self.on_requests()
             self.tick()
-            if notifier.watchdog_interval:
-                notifier.watchdog()
+            self.link.alive(self.clock())
 
-    def on_event(self, source: object) -> None:
-        """A selector source other than the queue and the address watcher became readable."""
+    def on_requests(self) -> None:
+        """The supervisor asked: "restore" after it put the table back empty (a worker's pinholes are its
+        own to put back)."""
+        for request in self.link.requests():
+            if request == "restore":
+                log.info("restored %d pinholes after the table was reinstalled", self.restore_pinholes())
 
     def _wan_address(self) -> str:
         """The WAN interface's address, or "" while it has none: a PPPoE link or a DHCP lease may come up
         after nfsip starts. Until then every datagram passes unchanged; the address event brings it in."""
         try:
-            return primary_ipv4(self.config.wan_interface)
+            return self.wan.current()
         except InterfaceError as exc:
             log.warning("%s; SIP passes unchanged until it has an IPv4 address", exc)
             return ""
@@ -332,7 +398,7 @@ class Daemon:
         """The WAN address changed: rewrite with the new one from the next message on, and drop every
         pinhole of the old one (the far ends can no longer reach it)."""
         try:
-            new_ip = primary_ipv4(self.config.wan_interface)
+            new_ip = self.wan.current()
         except InterfaceError as exc:
             new_ip = None
             log.warning("WAN address gone (%s); keeping %s until a new one appears", exc, self.public_ip)
@@ -355,9 +421,9 @@ class Daemon:
         if stale:
             self.metrics.pinholes_closed.inc(_media_count(stale))
             try:
-                self.nft.apply((), stale)
+                self.table.apply((), stale)
             except NftError:
-                self.nft.apply_each((), stale)
+                self.table.apply_each((), stale)
             self._after_verdict(tuple(stale), ())
         self._update_gauges()
 
@@ -374,7 +440,7 @@ class Daemon:
             self.sweep_conntrack()
         # The table check and the counter read run in the reader's thread (nfsip.kernel.reader): at 20,000
         # pinholes they took 1.0 s and 0.8 s, during which SIP waited here.
-        if self.checks_table and now - self._last_check >= CHECK_TABLE_SECONDS:
+        if self.shard is None and now - self._last_check >= CHECK_TABLE_SECONDS:
             self._last_check = now
             self.reader.ask(reader.TABLE)
         if now - self._last_sample >= self.config.media_sample_interval:
@@ -399,16 +465,16 @@ class Daemon:
             return
         self.metrics.pinholes_expired.inc(_media_count(expired))
         try:
-            self.nft.apply((), expired)
+            self.table.apply((), expired)
         except NftError as exc:
             self.metrics.nft_errors.inc()
             log.warning("removing expired pinholes failed (%s); retrying one by one", exc)
-            self.nft.apply_each((), expired)
+            self.table.apply_each((), expired)
         self._after_verdict(tuple(expired), ())
         self._update_gauges()
 
     # -- per packet -----------------------------------------------------------------------------------
-    def on_packet(self, pkt: Any) -> None:
+    def on_packet(self, pkt: QueuedPacket) -> None:
         """Decide now, give the verdict at flush(): the pinhole changes of every datagram read in one drain
         of the queue (at most BATCH_MAX) go to the kernel as one nft transaction, before any of their
         verdicts. One transaction costs about the same for 1 or 30 messages' elements (the kernel's commit
@@ -424,7 +490,7 @@ class Daemon:
         if len(self._held) >= BATCH_MAX:
             self.flush()
 
-    def drain(self, queue: Queue) -> None:
+    def drain(self, queue: PacketQueue) -> None:
         """Handle everything waiting on the queue, then give the held verdicts."""
         try:
             queue.drain()
@@ -533,7 +599,7 @@ class Daemon:
         started = time.perf_counter()
         failed: set[int] = set()
         try:
-            self.nft.apply_batch([(d.install, d.remove, d.recreate) for d in decisions])
+            self.table.apply_batch([(d.install, d.remove, d.recreate) for d in decisions])
         except NftError as exc:
             # Nothing of the transaction was applied: each decision again on its own (one bad message costs
             # only itself), and its pinholes all or none (_apply_one).
@@ -559,18 +625,18 @@ class Daemon:
         Its installs are all or nothing, never pinhole by pinhole: a message passed unchanged must not leave
         half its pinholes behind (an RTP element without its RTCP one stayed for the call's lifetime)."""
         try:
-            self.nft.apply(decision.install, decision.remove, decision.recreate)
+            self.table.apply(decision.install, decision.remove, decision.recreate)
             return True
         except NftError:
             pass
         # The removals on their own (the engine has forgotten those pinholes: take out what can be), then the
         # installs once more, each key cleared first (a stale value left by an earlier run refuses the add).
-        for error in self.nft.apply_each((), decision.remove):
+        for error in self.table.apply_each((), decision.remove):
             log.warning("nft: %s", error)
         if not decision.install and not decision.recreate:
             return True
         try:
-            self.nft.apply_replacing(decision.install, decision.recreate)
+            self.table.apply_replacing(decision.install, decision.recreate)
             return True
         except NftError as exc:
             log.warning("nft: pinholes of one message not installed, none of them: %s", exc)
@@ -589,7 +655,7 @@ class Daemon:
             ended.extend(gone)
         if dropped:
             try:
-                self.nft.apply((), dropped)
+                self.table.apply((), dropped)
             except NftError as exc:
                 log.warning("nft: deleting pinholes that were refused: %s", exc)
         self._log_ended(ended)
@@ -638,6 +704,7 @@ class Daemon:
                 stats.from_lan_packets,
             )
         self._media_snapshot = list(self.media.calls.values())
+        self.link.media(self._media_snapshot)
 
     def _log_ended(self, ended: Sequence[CallEnded]) -> None:
         """One line per ended call: Call-ID, why, duration, ports, media packets each way. The counts are
@@ -645,6 +712,7 @@ class Daemon:
         them (the line comes from there, half a second later at most); the last sample could be seconds old."""
         if not ended:
             return
+        self.link.ended([(end.call_id, end.lan_ip) for end in ended])
         if log.isEnabledFor(logging.INFO):
             for end in ended:
                 lan = frozenset(h.lan for h in end.pinholes if h.kind != "sip")

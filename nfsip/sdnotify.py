@@ -7,8 +7,15 @@ restarted), STOPPING=1 on the way out. Without NOTIFY_SOCKET (not started by sys
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .mediastats import CallMedia
+
+log = logging.getLogger("nfsip")
 
 
 class Notifier:
@@ -54,3 +61,41 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class SystemdLink:
+    """The one daemon's SupervisorLink (nfsip.adapters): systemd, told READY, WATCHDOG and STOPPING. It
+    sends no requests, and the daemon's own metrics endpoint serves the media counts."""
+
+    lost = False
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        interval = notifier.watchdog_interval
+        self.wake_seconds = min(1.0, interval) if interval else 1.0
+
+    def fileno(self) -> int | None:
+        return None
+
+    def requests(self) -> list[str]:
+        return []
+
+    def ready(self, detail: str) -> None:
+        log.info("ready")
+        self.notifier.ready(detail)
+
+    def alive(self, now: float) -> None:
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
+
+    def media(self, calls: list[CallMedia]) -> None:
+        pass
+
+    def ended(self, calls: list[tuple[str, str]]) -> None:
+        pass
+
+    def stopping(self) -> None:
+        self.notifier.stopping()
+
+    def close(self) -> None:
+        self.notifier.close()

@@ -17,6 +17,9 @@ Each worker has:
 
 The supervisor owns the table (install, restore, removal); a worker never replaces or removes it. A worker
 that starts (first, or after its predecessor died) adopts the pinholes of its own LAN hosts from the kernel.
+
+A worker is the daemon (nfsip.daemon.Daemon) composed for it: `worker_config` (its queue, slice and caps),
+a `Shard` (its LAN hosts; the table is the supervisor's) and a `WorkerLink` (the pipe) as its supervisor.
 """
 
 from __future__ import annotations
@@ -25,12 +28,9 @@ import ctypes
 import errno
 import logging
 import os
-import selectors
 import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -38,11 +38,8 @@ from . import logsetup
 from .config import Config
 from .daemon import Daemon
 from .kernel.fanout import shard
-from .kernel.netinfo import AddressWatcher
 from .kernel.nft import NftError
-from .kernel.queue import Queue
-from .model import CallEnded, Endpoint, Pinhole
-from .sdnotify import Notifier
+from .mediastats import CallMedia
 
 log = logging.getLogger("nfsip")
 
@@ -81,71 +78,51 @@ def worker_config(config: Config, index: int) -> Config:
     )
 
 
-class WorkerDaemon(Daemon):
-    """Daemon's packet loop, without the table duties (the supervisor's) and with a link to the supervisor."""
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Worker `index` of `workers`: the LAN hosts whose SIP the kernel sends to its queue."""
 
-    checks_table = False  # the supervisor checks the table and sends "restore" when it had to put it back
+    index: int
+    workers: int
 
-    def __init__(self, config: Config, index: int, link: Connection, clock: Callable[[], float] = time.monotonic):
-        super().__init__(worker_config(config, index), clock)
+    def owns(self, lan_ip: str) -> bool:
+        return shard(lan_ip, self.workers) == self.index
+
+
+class WorkerLink:
+    """A worker's SupervisorLink (nfsip.adapters): the pipe to nfsip's supervisor."""
+
+    wake_seconds = HEARTBEAT_SECONDS
+
+    def __init__(self, connection: Connection, index: int) -> None:
+        self.connection = connection
         self.index = index
-        self.workers = config.workers
-        self.link = link
+        self.lost = False
         self._last_beat = 0.0
         self._gone: list[tuple[str, str]] = []
 
-    # -- the supervisor owns the table -------------------------------------------------------------------
-    def install(self) -> None:
-        """Adopt this worker's share of the pinholes in the kernel (a predecessor's, or a previous run's that
-        the supervisor carried into the new table)."""
-        self.native_queue = self.nft.has_native_queue()
-        mine = [h for h in self._kernel_pinholes() if self.owns(h)]
-        self._adopt(mine, reapply=False)
-        log.info(
-            "queue %d; public address %s; media ports %d-%d; %s",
-            self.config.queue_num,
-            self.public_ip,
-            self.config.media_port_min,
-            self.config.media_port_max,
-            self.nft.element_features().describe(),  # asked now, not at the first SIP message
-        )
-
-    def owns(self, hole: Pinhole) -> bool:
-        return shard(hole.lan.ip, self.workers) == self.index
-
-    def uninstall(self) -> None:
-        """The supervisor removes the table once every worker stopped."""
-
-    def restore(self) -> None:
-        """The table was reinstalled empty: put this worker's live pinholes back."""
-        holes = self.engine.live_pinholes(self.clock())
-        if holes:
-            try:
-                self.nft.apply(holes, ())
-            except NftError:
-                for error in self.nft.apply_each(holes, ()):
-                    log.warning("nft: %s", error)
-        log.info("restored %d pinholes after the table was reinstalled", len(holes))
-
-    # -- the link -------------------------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
-            self.link.send(message)
+            self.connection.send(message)
         except (BrokenPipeError, OSError):
-            self._stop = True  # the supervisor is gone: stop (the kernel then bypasses the queue)
+            self.lost = True  # the supervisor is gone: stop (the kernel then bypasses the queue)
 
-    def on_event(self, source: object) -> None:
+    def fileno(self) -> int | None:
+        return self.connection.fileno()
+
+    def requests(self) -> list[str]:
+        kinds = []
         try:
-            while self.link.poll():
-                message = self.link.recv()
-                if message[0] == "restore":
-                    self.restore()
+            while self.connection.poll():
+                kinds.append(self.connection.recv()[0])
         except (EOFError, OSError):
-            self._stop = True
+            self.lost = True
+        return kinds
 
-    def tick(self) -> None:
-        super().tick()
-        now = self.clock()
+    def ready(self, detail: str) -> None:
+        self._send(("ready", self.index, os.getpid()))
+
+    def alive(self, now: float) -> None:
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._last_beat = now
             self._send(("beat", self.index))
@@ -154,38 +131,24 @@ class WorkerDaemon(Daemon):
             self._send(("gone", self.index, self._gone))
             self._gone = []
 
-    def sample_media(self, now: float, counters: dict[Endpoint, tuple[int, int, int, int]]) -> None:
-        super().sample_media(now, counters)
-        self._send(("media", self.index, self._media_snapshot))
+    def media(self, calls: list[CallMedia]) -> None:
+        self._send(("media", self.index, calls))
 
-    def _log_ended(self, ended: Sequence[CallEnded]) -> None:
-        super()._log_ended(ended)
-        self._gone.extend((end.call_id, end.lan_ip) for end in ended)
+    def ended(self, calls: list[tuple[str, str]]) -> None:
+        self._gone.extend(calls)
 
-    # -- loop -------------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        queue = Queue(self.config.queue_num, self.on_packet)
-        watcher = None if self.config.public_address else AddressWatcher(self.config.wan_interface)
-        selector = selectors.DefaultSelector()
-        try:
-            self.install()
-            selector.register(queue.fd, selectors.EVENT_READ, "queue")
-            selector.register(self.link.fileno(), selectors.EVENT_READ, "link")
-            if watcher is not None:
-                selector.register(watcher.fileno(), selectors.EVENT_READ, "address")
-            self._send(("ready", self.index, os.getpid()))
-            self._loop(queue, watcher, selector, Notifier(environ={}))
-        finally:
-            selector.close()
-            try:
-                self.drain(queue)  # what was queued before the supervisor removed the rules still gets a verdict
-                self.finish_purges()
-            finally:
-                queue.close()
-                self.reader.close()
-                if watcher is not None:
-                    watcher.close()
-            log.info("stopped")
+    def stopping(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def worker_daemon(config: Config, index: int, connection: Connection) -> Daemon:
+    """Worker `index`'s daemon, with the kernel's adapters (Daemon.from_config)."""
+    return Daemon.from_config(
+        worker_config(config, index), shard=Shard(index, config.workers), link=WorkerLink(connection, index)
+    )
 
 
 PR_SET_NAME = 15
@@ -217,7 +180,7 @@ def worker_main(config: Config, index: int, link: Connection, parent: int, log_f
     logsetup.configure(config.log_level, log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     try:
-        daemon = WorkerDaemon(config, index, link)
+        daemon = worker_daemon(config, index, link)
         signal.signal(signal.SIGTERM, daemon.stop)
         daemon.run()
     except NftError as exc:

@@ -1,6 +1,7 @@
 """The `call ... ended` line carries the media counts read when the call ended, by the sweep that purges its
 media flows and before it deletes them; and `log_level = "debug"` gives one line per queued datagram, at no
-cost at info. Real SIP and a real engine; conntrack and the queue's packets are stand-ins."""
+cost at info. Real SIP and a real engine; conntrack, the table and the queue's packets are the fakes of
+tests/fakes.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from nfsip.kernel.conntrack import Conntrack
 from nfsip.kernel.ctnetlink import Entry, SourceCounts, Tuple, source_key
 from nfsip.model import Endpoint, Pinhole
 
-from .test_daemon_batch import PHONE, PUBLIC, SERVER, QueuedPacket, RecordingNft, sdp, sip
+from .fakes import FakeConntrack, FakePacket, fake_daemon
+from .test_daemon_batch import PHONE, PUBLIC, SERVER, datagram, sdp, sip
 
 # -- the sweep reads before it deletes --------------------------------------------------------------------
 
@@ -113,35 +115,20 @@ def test_the_sweeper_thread_reads_before_it_purges():
 # -- the daemon ---------------------------------------------------------------------------------------------
 
 
-class RecordingConntrack:
-    def __init__(self) -> None:
-        self.reads: list[tuple[frozenset[Endpoint], object]] = []
-        self.removed: list[Pinhole] = []
-
-    def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint:
-        return Endpoint(PHONE, 5060)
-
-    def schedule(self, removed=(), fresh=()) -> None:
-        self.removed.extend(removed)
-
-    def read_before_purge(self, lan, report) -> None:
-        self.reads.append((frozenset(lan), report))
-
-
 @pytest.fixture
-def daemon(monkeypatch):
-    track = RecordingConntrack()
-    monkeypatch.setattr(daemon_module, "Conntrack", lambda clock: track)
-    d = Daemon(Config(wan_interface="lo", public_address=PUBLIC))
-    d.verdicts: list[QueuedPacket] = []
-    d.nft = RecordingNft(d.verdicts)
-    d.track = track
+def daemon() -> Daemon:
+    d = fake_daemon(Config(wan_interface="lo", public_address=PUBLIC), conntrack=FakeConntrack(Endpoint(PHONE, 5060)))
+    d.verdicts = []
     return d
+
+
+def queued(d: Daemon, payload: bytes) -> FakePacket:
+    return FakePacket(datagram(payload), d.verdicts)
 
 
 def call(d: Daemon, call_id: str = "c1") -> None:
     for payload in (sip("INVITE", call_id, sdp(6000)), sip("BYE", call_id)):
-        d.on_packet(QueuedPacket(payload, d.verdicts))
+        d.on_packet(queued(d, payload))
     d.flush()
 
 
@@ -153,8 +140,8 @@ def test_the_ended_line_waits_for_the_counts_read_at_the_purge(daemon, caplog):
     caplog.set_level(logging.INFO, logger="nfsip")
     call(daemon)
     assert ended_lines(caplog) == []  # not from the last sample: from the read before the purge
-    ((lan, report),) = daemon.track.reads
-    assert lan == {LAN_RTP, LAN_RTCP} and {h.lan for h in daemon.track.removed} == lan
+    ((lan, report),) = daemon.conntrack.reads
+    assert lan == {LAN_RTP, LAN_RTCP} and {h.lan for h in daemon.conntrack.removed} == lan
     report({LAN_RTP: (230, 39560, 236, 40592), LAN_RTCP: (2, 160, 3, 240)})
     (line,) = ended_lines(caplog)
     assert line.startswith("call c1 ended: BYE (out); ")
@@ -163,12 +150,12 @@ def test_the_ended_line_waits_for_the_counts_read_at_the_purge(daemon, caplog):
 
 def test_when_the_read_fails_the_line_says_the_counts_are_the_last_samples(daemon, caplog):
     caplog.set_level(logging.INFO, logger="nfsip")
-    daemon.on_packet(QueuedPacket(sip("INVITE", "c1", sdp(6000)), daemon.verdicts))
+    daemon.on_packet(queued(daemon, sip("INVITE", "c1", sdp(6000))))
     daemon.flush()
     daemon.sample_media(daemon.clock(), {LAN_RTP: (100, 17200, 90, 15480)})
-    daemon.on_packet(QueuedPacket(sip("BYE", "c1"), daemon.verdicts))
+    daemon.on_packet(queued(daemon, sip("BYE", "c1")))
     daemon.flush()
-    ((_, report),) = daemon.track.reads
+    ((_, report),) = daemon.conntrack.reads
     report(OSError(105, "No buffer space available"))
     (line,) = ended_lines(caplog)
     assert line.endswith(
@@ -180,7 +167,7 @@ def test_when_the_read_fails_the_line_says_the_counts_are_the_last_samples(daemo
 def test_nothing_is_read_when_info_is_off(daemon, caplog):
     caplog.set_level(logging.WARNING, logger="nfsip")
     call(daemon)
-    assert daemon.track.reads == [] and ended_lines(caplog) == []
+    assert daemon.conntrack.reads == [] and ended_lines(caplog) == []
 
 
 def test_debug_gives_one_line_per_queued_datagram(daemon, caplog):
@@ -192,8 +179,8 @@ def test_debug_gives_one_line_per_queued_datagram(daemon, caplog):
 
 def test_debug_line_says_why_a_datagram_passed_unchanged(daemon, caplog):
     caplog.set_level(logging.DEBUG, logger="nfsip")
-    daemon.on_packet(QueuedPacket(b"GET / HTTP/1.1\r\n\r\n", daemon.verdicts))
-    daemon.on_packet(QueuedPacket(sip("INVITE", "c2", sdp(80)), daemon.verdicts))
+    daemon.on_packet(queued(daemon, b"GET / HTTP/1.1\r\n\r\n"))
+    daemon.on_packet(queued(daemon, sip("INVITE", "c2", sdp(80))))
     daemon.flush()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hook ")]
     assert lines[0] == "hook 4 out: -, Call-ID -: parse-error (no-start-line)", lines

@@ -1,7 +1,8 @@
 """The daemon's held verdicts: the pinhole changes of one drain of the queue go to the kernel as one
 transaction, before any verdict, in message order; a failed transaction falls back message by message and a
 datagram whose pinholes could not be installed passes unchanged. Real SIP messages, a real engine; the
-queue's packets and the nft adapter are stand-ins that record what the daemon does with them."""
+queue's packets, the table and conntrack are the in-memory fakes of tests/fakes.py, which record what the
+daemon does."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import struct
 
 import pytest
 
-from nfsip import daemon as daemon_module
 from nfsip.config import Config
-from nfsip.daemon import BATCH_MAX, NF_INET_POST_ROUTING, Daemon
+from nfsip.daemon import BATCH_MAX, Daemon
 from nfsip.kernel.conntrack import MediaCounts
-from nfsip.kernel.nft import NftError
 from nfsip.model import Endpoint
-from nfsip.packet import decode_ipv4_udp, internet_checksum
+from nfsip.packet import internet_checksum
+
+from .fakes import FakeConntrack, FakePacket, FakeTable, fake_daemon
 
 PUBLIC, PHONE, SERVER = "198.51.100.1", "10.0.0.2", "198.51.100.2"
 
@@ -46,88 +47,29 @@ def datagram(payload: bytes) -> bytes:
     return header + struct.pack("!HHHH", 5060, 5060, 8 + len(payload), 0) + payload
 
 
-class QueuedPacket:
-    def __init__(self, payload: bytes, verdicts: list[QueuedPacket]) -> None:
-        self.hook = NF_INET_POST_ROUTING
-        self.raw = datagram(payload)
-        self.new: bytes | None = None
-        self._verdicts = verdicts
-
-    def get_payload(self) -> bytes:
-        return self.raw
-
-    def set_payload(self, data: bytes) -> None:
-        self.new = data
-
-    def accept(self) -> None:
-        self._verdicts.append(self)
-
-    @property
-    def sent_sip(self) -> bytes:
-        return decode_ipv4_udp(self.new or self.raw).payload
-
-
-class RecordingNft:
-    """Records transactions; `fail_batches` makes apply_batch fail, `fail_alone` names Call-IDs whose own
-    transaction fails too."""
-
-    def __init__(self, verdicts: list[QueuedPacket]) -> None:
-        self.batches: list[list[tuple]] = []
-        self.verdicts_before: list[int] = []
-        self.fail_batches = False
-        self.fail_alone: set[str] = set()
-        self._verdicts = verdicts
-
-    def apply_batch(self, parts) -> None:
-        self.verdicts_before.append(len(self._verdicts))
-        parts = [tuple(tuple(x) for x in part) for part in parts]
-        if self.fail_batches and len(parts) > 1:
-            raise NftError("EEXIST")
-        self.batches.append(parts)
-
-    def apply(self, install, remove, recreate=()) -> None:
-        if any(h.call_id in self.fail_alone for h in [*install, *recreate]):
-            raise NftError("EEXIST")
-        self.apply_batch([(install, remove, recreate)])
-
-    def apply_each(self, install, remove) -> list[str]:
-        return [f"install {h.call_id}: EEXIST" for h in install if h.call_id in self.fail_alone]
-
-    def apply_replacing(self, install, recreate=()) -> None:
-        self.apply(install, (), recreate)
-
-
-class KnownConntrack:
-    def lan_endpoint(self, remote: Endpoint, public: Endpoint) -> Endpoint:
-        return Endpoint(PHONE, 5060)
-
-    def schedule(self, removed, fresh) -> None:
-        pass
-
-    def read_before_purge(self, lan, report) -> None:
-        """An ended call's final media counts, read by the next sweep (tests/test_call_end.py): none here."""
-        report({})
-
-
 @pytest.fixture
-def daemon(monkeypatch):
-    monkeypatch.setattr(daemon_module, "Conntrack", lambda clock: KnownConntrack())
-    d = Daemon(
+def daemon() -> Daemon:
+    """A daemon on fakes whose table and verdicts write to one journal (daemon.journal), the verdicts
+    also to daemon.verdicts; every ended call's media counts are read as none."""
+    journal: list[str] = []
+    d = fake_daemon(
         Config(
             wan_interface="lo",
             public_address=PUBLIC,
             max_calls_per_host=100,
             max_pinholes_per_host=1000,
             pinhole_burst_per_host=1000,
-        )
+        ),
+        table=FakeTable(journal=journal),
+        conntrack=FakeConntrack(Endpoint(PHONE, 5060), counts={}),
     )
-    d.verdicts: list[QueuedPacket] = []
-    d.nft = RecordingNft(d.verdicts)
+    d.journal = journal
+    d.verdicts = []
     return d
 
 
-def queue(d: Daemon, *payloads: bytes) -> list[QueuedPacket]:
-    packets = [QueuedPacket(p, d.verdicts) for p in payloads]
+def queue(d: Daemon, *payloads: bytes) -> list[FakePacket]:
+    packets = [FakePacket(datagram(p), d.verdicts, d.journal) for p in payloads]
     for pkt in packets:
         d.on_packet(pkt)
     return packets
@@ -144,8 +86,8 @@ def test_one_transaction_for_a_drain_before_any_verdict_then_verdicts_in_order(d
     assert daemon.verdicts == []  # held until the drain ends
     daemon.flush()
     assert daemon.verdicts == packets
-    assert daemon.nft.verdicts_before == [0]  # the one transaction came before every verdict
-    (batch,) = daemon.nft.batches
+    assert daemon.journal == ["transaction"] + ["verdict"] * 4  # the one transaction before every verdict
+    (batch,) = daemon.table.transactions
     assert [{h.call_id for h in install} for install, _remove, _recreate in batch] == [{"c1"}, {"c2"}, {"c3"}]
     for pkt in (packets[0], packets[2], packets[3]):
         assert f"c=IN IP4 {PUBLIC}".encode() in pkt.sent_sip and pkt.new is not None
@@ -158,20 +100,20 @@ def test_one_transaction_for_a_drain_before_any_verdict_then_verdicts_in_order(d
 def test_changes_of_one_call_keep_their_order_in_the_transaction(daemon):
     queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("BYE", "c1"))
     daemon.flush()
-    (batch,) = daemon.nft.batches
+    (batch,) = daemon.table.transactions
     (install, remove1, _), (install2, remove2, _) = batch
     assert {h.call_id for h in install} == {"c1"} and not remove1
     assert not install2 and {h.call_id for h in remove2} == {"c1"}  # the removal after the install
 
 
 def test_failed_transaction_falls_back_per_message_and_passes_only_the_failed_one_unchanged(daemon):
-    daemon.nft.fail_batches = True
-    daemon.nft.fail_alone = {"c2"}
+    daemon.table.refuse = {"c2"}
     packets = queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("INVITE", "c2", sdp(6002)))
     daemon.flush()
     assert daemon.verdicts == packets
     assert f"c=IN IP4 {PUBLIC}".encode() in packets[0].sent_sip
     assert packets[1].new is None  # its SDP would name a port without a pinhole: unchanged
+    assert {h.call_id for h in daemon.table.pinholes()} == {"c1"}
     samples = {(s.name, tuple(s.labels.items())): s.value for m in daemon.metrics.registry.collect() for s in m.samples}
     assert samples[("nfsip_verdicts_total", (("outcome", "nft-error"),))] == 1
     assert samples[("nfsip_verdicts_total", (("outcome", "rewritten"),))] == 1
@@ -181,8 +123,7 @@ def test_failed_transaction_falls_back_per_message_and_passes_only_the_failed_on
 def test_a_message_whose_pinholes_were_refused_leaves_no_call_behind(daemon, caplog):
     """Its datagram passes unchanged and none of its pinholes is in the kernel: the engine forgets the call
     (it kept it before, counted as live, with pinholes it did not have, until its timeout)."""
-    daemon.nft.fail_batches = True
-    daemon.nft.fail_alone = {"c2"}
+    daemon.table.refuse = {"c2"}
     queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("INVITE", "c2", sdp(6002)))
     with caplog.at_level("INFO", logger="nfsip"):
         daemon.flush()
@@ -193,7 +134,7 @@ def test_a_message_whose_pinholes_were_refused_leaves_no_call_behind(daemon, cap
     assert samples["nfsip_calls_active"] == 1 and samples["nfsip_pinholes_active"] == 2
     assert "call c2 ended: pinholes refused by nft" in caplog.text
     # Its public ports went back to the allocator: the next call on that LAN port installs and is rewritten.
-    daemon.nft.fail_alone = set()
+    daemon.table.refuse = set()
     (again,) = queue(daemon, sip("INVITE", "c3", sdp(6002)))
     daemon.flush()
     assert again.new is not None and daemon.engine.calls.get("c3", PHONE) is not None
@@ -216,7 +157,7 @@ def test_an_unexpected_error_still_gives_every_datagram_its_verdict(daemon):
     def broken(parts) -> None:
         raise RuntimeError("bug")
 
-    daemon.nft.apply_batch = broken
+    daemon.table.apply_batch = broken
     packets = queue(daemon, sip("INVITE", "c1", sdp(6000)), sip("OPTIONS", "c9"))
     daemon.flush()
     assert daemon.verdicts == packets
@@ -229,4 +170,4 @@ def test_a_long_drain_is_cut_into_transactions_of_at_most_batch_max(daemon):
     assert len(daemon.verdicts) == BATCH_MAX  # the first BATCH_MAX got theirs without waiting for the rest
     daemon.flush()
     assert len(daemon.verdicts) == BATCH_MAX + 3
-    assert [len(b) for b in daemon.nft.batches] == [BATCH_MAX, 3]
+    assert [len(b) for b in daemon.table.transactions] == [BATCH_MAX, 3]

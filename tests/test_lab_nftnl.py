@@ -34,8 +34,10 @@ from nfsip.kernel.ruleset import (
     options_from,
     render,
 )
+from nfsip.kernel.table import NftTable
 from nfsip.model import Decision, Direction, Endpoint, Flow, Pinhole
 
+from .fakes import fake_daemon
 from .lab_support import require_lab
 
 pytestmark = pytest.mark.lab
@@ -222,10 +224,9 @@ def test_failed_batch_raises_and_changes_nothing(tables):
 
 
 def _daemon_on(nft: Nft) -> Daemon:
-    """A daemon of this namespace whose element changes go to `nft` (the fixture's table `nfsip`)."""
-    daemon = Daemon(Config(wan_interface="lo", public_address=PUBLIC, table_name=nft.table))
-    daemon.nft = nft
-    return daemon
+    """A daemon whose element changes go to `nft` (the fixture's table `nfsip`), its other adapters fakes."""
+    config = Config(wan_interface="lo", public_address=PUBLIC, table_name=nft.table)
+    return fake_daemon(config, table=NftTable(config, nft))
 
 
 @pytest.mark.parametrize("conservative", [False, True], ids=["destroy", "linux<6.3"])

@@ -183,9 +183,9 @@ table ip nat {
     code = (
         "from nfsip.config import Config\n"
         "from nfsip.daemon import Daemon\n"
-        "d = Daemon(Config(wan_interface='wan0'))\n"
+        "d = Daemon.from_config(Config(wan_interface='wan0'))\n"
         "d.install(); d.install()\n"
-        "print('native' if d.native_queue else 'compat')\n"
+        "print('native' if d.table.native_queue else 'compat')\n"
     )
     proc = in_ns(netns, sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr

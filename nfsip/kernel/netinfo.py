@@ -54,3 +54,28 @@ class AddressWatcher:
 
     def close(self) -> None:
         self._ipr.close()
+
+
+class WanInterface:
+    """The WAN interface's primary IPv4 address, followed through its address events: the daemon's
+    WanAddress (nfsip.adapters)."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self._watcher: AddressWatcher | None = None
+
+    def current(self) -> str:
+        return primary_ipv4(self.interface)
+
+    def fileno(self) -> int | None:
+        if self._watcher is None:
+            self._watcher = AddressWatcher(self.interface)
+        return self._watcher.fileno()
+
+    def changed(self) -> bool:
+        return self._watcher is not None and self._watcher.changed()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
