@@ -43,9 +43,10 @@ from typing import Any
 
 from .config import Config
 from .daemon import CHECK_TABLE_SECONDS
-from .kernel import ruleset
 from .kernel.fanout import Fanout
 from .kernel.nft import Nft, NftError
+from .kernel.reader import NO_TABLE
+from .kernel.table import NftTable
 from .mediastats import CallMedia
 from .metrics import QueueCollector, serve, supervisor_registry
 from .model import Pinhole
@@ -93,9 +94,9 @@ class Supervisor:
         self.config = config
         self.clock = clock
         self.log_format = log_format
-        # Comments keep the wall-clock start times they were read with: identity between clocks here.
-        self.nft = Nft(config.table_name)
-        self.native_queue = False
+        # Comments keep the wall-clock start times they were read with: identity between clocks here. The
+        # queue rules are the fanout's.
+        self.table = NftTable(config, Nft(config.table_name), queue_rule=False)
         self.fanout: Fanout | None = None
         self.slots = [WorkerSlot(i) for i in range(config.workers)]
         self._ctx = multiprocessing.get_context("spawn")
@@ -106,25 +107,21 @@ class Supervisor:
         self._installed = False
 
     # -- table -----------------------------------------------------------------------------------------------
-    def _ruleset_options(self) -> ruleset.RulesetOptions:
-        return ruleset.options_from(self.config, self.native_queue)
-
     def install(self) -> None:
         """Replace the table (carrying over a previous run's pinholes, which the workers then adopt), with
         the fanout in place and every worker's chain parked."""
-        self.native_queue = self.nft.has_native_queue()
         left_behind = self._kernel_pinholes()
-        self.nft.install(ruleset.render(self._ruleset_options()))
+        self.table.install()
         self._installed = True
         if left_behind:
-            self.nft.apply(left_behind, ())
+            self.table.apply(left_behind, ())
             log.info("carried %d pinholes left by a previous run into the new table", len(left_behind))
         self.fanout = Fanout(
             self.config.table_name,
             self.config.workers,
             self.config.queue_num,
             self.config.queue_bypass,
-            self.native_queue,
+            self.table.native_queue,
         )
         self.fanout.install(ready=())
         log.info(
@@ -134,14 +131,12 @@ class Supervisor:
             self.config.workers,
             self.config.queue_num,
             self.config.queue_num + self.config.workers - 1,
-            "nft queue" if self.native_queue else "xt NFQUEUE (nft_compat)",
+            "nft queue" if self.table.native_queue else "xt NFQUEUE (nft_compat)",
         )
 
     def _kernel_pinholes(self) -> list[Pinhole]:
-        if not self.nft.table_exists():
-            return []
         try:
-            return self.nft.media_pinholes() + self.nft.registration_pinholes()
+            return self.table.pinholes()
         except NftError as exc:
             log.warning("could not read the existing table (%s); its pinholes are not taken over", exc)
             return []
@@ -154,13 +149,13 @@ class Supervisor:
         pinholes (a table recreated by an `include` of nft/nfsip.nft is empty)."""
         assert self.fanout is not None
         ready = self._ready_set()
-        if self.nft.table_exists() and self.fanout.installed(ready):
+        if self.table.exists() and self.fanout.installed(ready):
             return
         log.warning(
             "table ip %s or its queue fanout was removed by another ruleset load; restoring", self.config.table_name
         )
-        if not self.nft.table_exists():
-            self.nft.install(ruleset.render(self._ruleset_options()))
+        if not self.table.exists():
+            self.table.restore(NO_TABLE)
         self.fanout.install(ready)
         for slot in self.slots:
             if slot.ready and slot.link is not None:
@@ -168,7 +163,7 @@ class Supervisor:
 
     def uninstall(self) -> None:
         if self._installed:
-            self.nft.remove_table()
+            self.table.remove()
             self._installed = False
 
     # -- workers ----------------------------------------------------------------------------------------------
