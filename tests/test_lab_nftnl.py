@@ -22,7 +22,8 @@ from nfsip.config import Config
 from nfsip.daemon import Daemon
 from nfsip.kernel import ctnetlink, divert
 from nfsip.kernel.conntrack import accounting_enabled, read_media_counters
-from nfsip.kernel.ctnetlink import IPCTNL_MSG_CT_GET, NLM_F_DUMP, NLM_F_REQUEST, CtNetlink, _filter, source_key
+from nfsip.kernel.ctnetlink import IPCTNL_MSG_CT_GET, CtNetlink, dump_filter, source_key
+from nfsip.kernel.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from nfsip.kernel.nft import CONSERVATIVE, Nft, NftError
 from nfsip.kernel.ruleset import (
     DNAT_MAP,
@@ -375,10 +376,10 @@ def test_media_counts_are_the_conntrack_accounting_of_the_flows(tables):
     assert partial == {phone: got[phone]} and partial.refused == (bad,)
     assert read_media_counters({bad}) == {}
     assert read_media_counters(set()) == {}
-    # The kernel lays UDP entries out as ctnetlink._sources expects: the fast read applies, not the fallback.
+    # The kernel lays UDP entries out as ctnetlink.entry_sources expects: the fast read applies, not the fallback.
     ct = CtNetlink()
     try:
-        dump = ct._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(None, None, None, None), _read_sources)
+        dump = ct.ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, dump_filter(None, None, None, None), _read_sources)
     finally:
         ct.close()
     assert "not the usual layout" not in dump, dump
@@ -386,7 +387,7 @@ def test_media_counts_are_the_conntrack_accounting_of_the_flows(tables):
 
 
 def _read_sources(data: bytes, start: int, _end: int) -> tuple[bytes, bytes] | str:
-    return ctnetlink._sources(data, start) or "not the usual layout"
+    return ctnetlink.entry_sources(data, start) or "not the usual layout"
 
 
 def _json_queue_chain(nft: Nft) -> tuple[bool, int | None]:

@@ -4,7 +4,7 @@ the lab's addresses (phone 10.0.0.2, router 198.51.100.1, far end 198.51.100.2).
 
 from __future__ import annotations
 
-from nfsip.kernel import ctnetlink
+from nfsip.kernel import ctnetlink, netlink
 from nfsip.kernel.conntrack import accounting_enabled, media_counters
 from nfsip.kernel.ctnetlink import SourceCounts, source_key
 from nfsip.model import Endpoint
@@ -73,18 +73,18 @@ def test_accounting_state_is_read_from_its_sysctl(tmp_path):
 def _message(orig: tuple[str, int, str, int], reply: tuple[str, int, str, int], extra: bytes = b"") -> bytes:
     """A conntrack entry's attributes as the kernel writes them for a UDP/IPv4 flow: tuples, status,
     timeout, then the accounting counters (packets, bytes) of each direction."""
-    a = ctnetlink._attr
+    a = netlink.attr
 
     def counters(kind: int, packets: int, size: int) -> bytes:
-        body = a(ctnetlink.CTA_COUNTERS_PACKETS, packets.to_bytes(8, "big"))
-        return a(kind | ctnetlink.NLA_F_NESTED, body + a(ctnetlink.CTA_COUNTERS_BYTES, size.to_bytes(8, "big")))
+        body = netlink.be64(ctnetlink.CTA_COUNTERS_PACKETS, packets)
+        return netlink.nested(kind, body + netlink.be64(ctnetlink.CTA_COUNTERS_BYTES, size))
 
     src, sport, dst, dport = orig
     rsrc, rsport, rdst, rdport = reply
     return (
-        ctnetlink._tuple_attr(ctnetlink.CTA_TUPLE_ORIG, src, dst, sport, dport)
+        ctnetlink.tuple_attr(ctnetlink.CTA_TUPLE_ORIG, src, dst, sport, dport)
         + extra
-        + ctnetlink._tuple_attr(ctnetlink.CTA_TUPLE_REPLY, rsrc, rdst, rsport, rdport)
+        + ctnetlink.tuple_attr(ctnetlink.CTA_TUPLE_REPLY, rsrc, rdst, rsport, rdport)
         + a(3, (0x1BE).to_bytes(4, "big"))  # CTA_STATUS
         + a(7, (30).to_bytes(4, "big"))  # CTA_TIMEOUT
         + counters(ctnetlink.CTA_COUNTERS_ORIG, 50, 8600)
@@ -93,14 +93,14 @@ def _message(orig: tuple[str, int, str, int], reply: tuple[str, int, str, int], 
 
 
 def test_fast_read_of_the_usual_layout_is_the_full_parse():
-    """The fixed-offset read of the sources (ctnetlink._sources) gives what the attribute walk gives, and
+    """The fixed-offset read of the sources (ctnetlink.entry_sources) gives what the attribute walk gives, and
     an entry laid out otherwise (here an attribute between the tuples) falls back to the walk."""
     orig, reply = ("10.0.0.2", 6000, "198.51.100.2", 7000), ("198.51.100.2", 7000, "198.51.100.1", 40000)
     want = SourceCounts(source_key("10.0.0.2", 6000), source_key("198.51.100.2", 7000), 50, 8600, 40, 6880)
     usual = _message(orig, reply)
-    assert ctnetlink._sources(usual, 0) == (want.orig_source, want.reply_source)
-    assert ctnetlink._source_counts(usual, 0, len(usual), ctnetlink._sources(usual, 0)) == want
-    assert ctnetlink._source_counts(usual, 0, len(usual), None) == want
-    unusual = _message(orig, reply, extra=ctnetlink._attr(18, b"\0\0\0\0"))  # e.g. a CTA_ZONE
-    assert ctnetlink._sources(unusual, 0) is None
-    assert ctnetlink._source_counts(unusual, 0, len(unusual), None) == want
+    assert ctnetlink.entry_sources(usual, 0) == (want.orig_source, want.reply_source)
+    assert ctnetlink.source_counts(usual, 0, len(usual), ctnetlink.entry_sources(usual, 0)) == want
+    assert ctnetlink.source_counts(usual, 0, len(usual), None) == want
+    unusual = _message(orig, reply, extra=netlink.attr(18, b"\0\0\0\0"))  # e.g. a CTA_ZONE
+    assert ctnetlink.entry_sources(unusual, 0) is None
+    assert ctnetlink.source_counts(unusual, 0, len(unusual), None) == want

@@ -5,19 +5,18 @@ Why a lookup at all: at postrouting srcnat+10 the queue sees an outbound SIP dat
 CONFIG_NETFILTER_NETLINK_GLUE_CT). The LAN host that really sent it - the only host a pinhole may ever
 target - is on the other side of the conntrack entry the datagram belongs to.
 
-Costs (measured here, see nfsip.kernel.ctnetlink for why not pyroute2): a GET is about 30 µs; a dump walks
-the whole conntrack hash in the kernel, about 9 ms with this VM's 262144 buckets whatever the filter (a
-router with a few thousand buckets walks it in well under a millisecond). So lookups are exact GETs,
-cached for a few seconds per tuple, and purges are batched: `schedule()` after the verdict, and from the
-daemon's housekeeping at most twice a second `sweep_in_background()`, one dump per address involved, in
-a thread of its own with its own netlink socket. In the queue's thread the dumps held up every SIP message
-behind them: p99 latency 20 ms at 10 calls/s (docs/performance.md). The kernel walks the hash inside
-recv(), with the GIL released, so the packet loop runs on meanwhile.
+Costs (docs/performance.md, "Netlink by hand"): a GET is cheap; a dump walks the whole conntrack hash in
+the kernel whatever the filter, which takes milliseconds on a router with a big hash. So lookups are exact
+GETs, cached for a few seconds per tuple, and purges are batched: `schedule()` after the verdict, and from
+the daemon's housekeeping at most twice a second `sweep_in_background()`, one dump per address involved,
+in a thread of its own with its own netlink socket. In the queue's thread the dumps held up every SIP
+message behind them (docs/performance.md, "Bottlenecks found with the suite"). The kernel walks the hash
+inside recv(), with the GIL released, so the packet loop runs on meanwhile.
 
 Per-call media counts come from conntrack accounting too (`media_counters`): each media flow's entry counts
-both its directions, in the kernel, at no cost measurable here (docs/nftables.md), where counter lookups
-in nft sets cost every forwarded packet 3-5 %. An ended call's final counts are read by the sweep that
-purges its flows, just before it deletes them (`read_before_purge`): after the purge they are gone.
+both its directions, in the kernel, at no measurable cost, where counter lookups in nft sets cost every
+forwarded packet (docs/nftables.md). An ended call's final counts are read by the sweep that purges its
+flows, just before it deletes them (`read_before_purge`): after the purge they are gone.
 """
 
 from __future__ import annotations

@@ -1,47 +1,37 @@
-"""A minimal ctnetlink client: get, filtered dump and delete of UDP/IPv4 conntrack entries.
+"""ctnetlink: get, filtered dump and delete of UDP/IPv4 conntrack entries, and their accounting counters.
 
-Why not pyroute2 here (measured on this VM, pyroute2 0.9.7, see docs/performance.md):
-- a GET by tuple costs about 0.7 ms, a kernel-filtered dump about 10 ms, and decoding costs about
-  0.25 ms per entry: its asyncio socket layer and generic attribute codec dominate;
-- nfsip asks conntrack once per uncached outbound SIP message and dumps twice per call teardown and
-  per new pinhole set; at 50 calls/s py-spy put 90 % of the daemon's time in pyroute2's dump, and SIP
-  latency through the queue reached 900 ms (INVITE retransmissions, failed calls).
-This module encodes the few attributes nfsip needs with struct and reads the answers on a plain blocking
-netlink socket: tens of microseconds per request. It knows UDP over IPv4 only, which is all nfsip asks.
-pyroute2 stays in use for everything else (rtnetlink, the compat queue rule).
-
-It also reads the per-flow packet and byte counters of conntrack accounting (`dump_counted`): nfsip's
-per-call media counts (nfsip.kernel.conntrack.media_counters).
+nfsip asks conntrack once per uncached outbound SIP message (who sent it), dumps for every purge of a
+call's media flows, and dumps with the accounting counters for the per-call media counts
+(`dump_counted`, nfsip.kernel.conntrack.media_counters). Through pyroute2 a GET cost many times what this
+module's does, and its dumps held SIP up until calls failed (docs/performance.md, "Netlink by hand"): so
+these few requests are encoded here, over nfsip.kernel.netlink. UDP over IPv4 only, which is all nfsip
+asks. pyroute2 stays in use for rtnetlink and the compat queue rule.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_CTNETLINK = 1
+from . import netlink
+from .netlink import NFNL_SUBSYS_CTNETLINK, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+
+# enum cntl_msg_types
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLA_F_NESTED = 0x8000
+
+# enum ctattr_type: one entry
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_FILTER = 25
-CTA_COUNTERS_PACKETS = 1
-CTA_COUNTERS_BYTES = 2
+# enum ctattr_tuple, ctattr_ip, ctattr_l4proto: inside a tuple
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
 CTA_IP_V4_SRC = 1
@@ -49,6 +39,10 @@ CTA_IP_V4_DST = 2
 CTA_PROTO_NUM = 1
 CTA_PROTO_SRC_PORT = 2
 CTA_PROTO_DST_PORT = 3
+# enum ctattr_counters: inside CTA_COUNTERS_*
+CTA_COUNTERS_PACKETS = 1
+CTA_COUNTERS_BYTES = 2
+# enum ctattr_filter: inside CTA_FILTER
 CTA_FILTER_ORIG_FLAGS = 1
 # Kernel-internal filter flags (net/netfilter/nf_conntrack_netlink.c): which tuple fields must match.
 FILTER_IP_SRC = 1 << 0
@@ -57,6 +51,8 @@ FILTER_PROTO_NUM = 1 << 3
 FILTER_PROTO_SRC_PORT = 1 << 4
 FILTER_PROTO_DST_PORT = 1 << 5
 IPPROTO_UDP = 17
+
+_NFGEN = netlink.nfgenmsg(socket.AF_INET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,73 +84,51 @@ class SourceCounts(NamedTuple):
 _T = TypeVar("_T")
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _tuple_attr(kind: int, src: str | None, dst: str | None, sport: int | None, dport: int | None) -> bytes:
+def tuple_attr(kind: int, src: str | None, dst: str | None, sport: int | None, dport: int | None) -> bytes:
+    """CTA_TUPLE_ORIG / CTA_TUPLE_REPLY of a UDP flow, with the fields given."""
     ip = b""
     if src is not None:
-        ip += _attr(CTA_IP_V4_SRC, socket.inet_aton(src))
+        ip += netlink.attr(CTA_IP_V4_SRC, socket.inet_aton(src))
     if dst is not None:
-        ip += _attr(CTA_IP_V4_DST, socket.inet_aton(dst))
-    proto = _attr(CTA_PROTO_NUM, bytes([IPPROTO_UDP]))
+        ip += netlink.attr(CTA_IP_V4_DST, socket.inet_aton(dst))
+    proto = netlink.u8(CTA_PROTO_NUM, IPPROTO_UDP)
     if sport is not None:
-        proto += _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+        proto += netlink.be16(CTA_PROTO_SRC_PORT, sport)
     if dport is not None:
-        proto += _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
-    body = _attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
-    return _attr(kind | NLA_F_NESTED, body)
+        proto += netlink.be16(CTA_PROTO_DST_PORT, dport)
+    return netlink.nested(kind, netlink.nested(CTA_TUPLE_IP, ip) + netlink.nested(CTA_TUPLE_PROTO, proto))
 
 
-def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """Attribute type (nested flag stripped) -> (payload start, payload end)."""
-    found = {}
-    off = start
-    while off + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, off)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = (off + 4, off + length)
-        off += (length + 3) & ~3
-    return found
-
-
-def _parse_tuple(data: bytes, span: tuple[int, int]) -> Tuple | None:
-    top = _attrs(data, *span)
+def _parse_tuple(data: bytes, span: netlink.Span) -> Tuple | None:
+    top = netlink.table(data, *span)
     if CTA_TUPLE_IP not in top or CTA_TUPLE_PROTO not in top:
         return None
-    ip = _attrs(data, *top[CTA_TUPLE_IP])
-    proto = _attrs(data, *top[CTA_TUPLE_PROTO])
-    try:
-        src = socket.inet_ntoa(data[ip[CTA_IP_V4_SRC][0] : ip[CTA_IP_V4_SRC][0] + 4])
-        dst = socket.inet_ntoa(data[ip[CTA_IP_V4_DST][0] : ip[CTA_IP_V4_DST][0] + 4])
-    except KeyError:
+    ip = netlink.table(data, *top[CTA_TUPLE_IP])
+    proto = netlink.table(data, *top[CTA_TUPLE_PROTO])
+    if CTA_IP_V4_SRC not in ip or CTA_IP_V4_DST not in ip:
         return None  # not IPv4
-    sport = struct.unpack_from("!H", data, proto[CTA_PROTO_SRC_PORT][0])[0] if CTA_PROTO_SRC_PORT in proto else 0
-    dport = struct.unpack_from("!H", data, proto[CTA_PROTO_DST_PORT][0])[0] if CTA_PROTO_DST_PORT in proto else 0
+    src = socket.inet_ntoa(data[ip[CTA_IP_V4_SRC][0] : ip[CTA_IP_V4_SRC][0] + 4])
+    dst = socket.inet_ntoa(data[ip[CTA_IP_V4_DST][0] : ip[CTA_IP_V4_DST][0] + 4])
+    sport = netlink.read_be16(data, proto[CTA_PROTO_SRC_PORT]) if CTA_PROTO_SRC_PORT in proto else 0
+    dport = netlink.read_be16(data, proto[CTA_PROTO_DST_PORT]) if CTA_PROTO_DST_PORT in proto else 0
     return Tuple(src, sport, dst, dport)
 
 
-def _counters(data: bytes, span: tuple[int, int] | None) -> tuple[int, int]:
+def _counters(data: bytes, span: netlink.Span | None) -> tuple[int, int]:
     """(packets, bytes) of a CTA_COUNTERS_ORIG/REPLY attribute's payload span; (0, 0) if absent."""
     if span is None:
         return 0, 0
-    inner = _attrs(data, *span)
+    inner = netlink.table(data, *span)
     packets = inner.get(CTA_COUNTERS_PACKETS)
     size = inner.get(CTA_COUNTERS_BYTES)
-    return (
-        struct.unpack_from("!Q", data, packets[0])[0] if packets else 0,
-        struct.unpack_from("!Q", data, size[0])[0] if size else 0,
-    )
+    return (netlink.read_be64(data, packets) if packets else 0, netlink.read_be64(data, size) if size else 0)
 
 
 def _entry(data: bytes, start: int, end: int) -> Entry | None:
-    return _entry_of(data, _attrs(data, start, end))
+    return _entry_of(data, netlink.table(data, start, end))
 
 
-def _entry_of(data: bytes, found: dict[int, tuple[int, int]]) -> Entry | None:
+def _entry_of(data: bytes, found: dict[int, netlink.Span]) -> Entry | None:
     if CTA_TUPLE_ORIG not in found or CTA_TUPLE_REPLY not in found:
         return None
     orig = _parse_tuple(data, found[CTA_TUPLE_ORIG])
@@ -162,10 +136,10 @@ def _entry_of(data: bytes, found: dict[int, tuple[int, int]]) -> Entry | None:
     return None if orig is None or reply is None else Entry(orig, reply)
 
 
-def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, bytes] | None) -> SourceCounts | None:
-    """The entry's SourceCounts; `sources` when _sources read them already."""
+def source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, bytes] | None) -> SourceCounts | None:
+    """The entry's SourceCounts; `sources` when entry_sources() read them already."""
     if sources is None:  # not the usual layout: the general parse
-        found = _attrs(data, start, end)
+        found = netlink.table(data, start, end)
         entry = _entry_of(data, found)
         if entry is None:
             return None
@@ -177,18 +151,12 @@ def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, byte
         )
     # The counters come a few attributes after the tuples (status, timeout, ...): walk to them.
     counts = [0, 0, 0, 0]
-    off = start + 104
-    while off + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, off)
-        if length < 4:
-            break
-        kind &= 0x3FFF
+    for kind, a, b in netlink.walk(data, start + 104, end):
         if kind in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             at = 0 if kind == CTA_COUNTERS_ORIG else 2
-            counts[at], counts[at + 1] = _counters(data, (off + 4, off + length))
+            counts[at], counts[at + 1] = _counters(data, (a, b))
             if kind == CTA_COUNTERS_REPLY:
                 break
-        off += (length + 3) & ~3
     return SourceCounts(sources[0], sources[1], *counts)
 
 
@@ -198,9 +166,8 @@ def _source_counts(data: bytes, start: int, end: int, sources: tuple[bytes, byte
 # so both source addresses and ports sit at fixed offsets, checked against these attribute headers. A media
 # count read walks the whole UDP table (DNS and every other flow of the router) for the entries of the
 # calls' media ports: reading the sources there first, without building anything, makes an entry that is
-# not wanted cost a few byte compares instead of a parse. Measured here (one dump of 20,000 entries, CPU
-# time including the kernel's walk): 81 ms when 200 are wanted, 221 ms when all are; the general parse
-# took 16 µs per entry, 320 ms.
+# not wanted cost a few byte compares instead of a parse; the read of a big table takes a fraction of the
+# time the general parse took (docs/performance.md, "Netlink by hand").
 _ORIG_HEAD = struct.pack("=HH", 52, CTA_TUPLE_ORIG | NLA_F_NESTED)
 _REPLY_HEAD = struct.pack("=HH", 52, CTA_TUPLE_REPLY | NLA_F_NESTED)
 _SRC_HEAD = struct.pack("=HHHH", 20, CTA_TUPLE_IP | NLA_F_NESTED, 8, CTA_IP_V4_SRC)
@@ -216,7 +183,7 @@ def _tuple_source(data: bytes, at: int) -> bytes | None:
     return None
 
 
-def _sources(data: bytes, start: int) -> tuple[bytes, bytes] | None:
+def entry_sources(data: bytes, start: int) -> tuple[bytes, bytes] | None:
     """(original source, reply source) of the entry whose attributes start at `start`, as address + port
     bytes; None when the entry is not laid out as above (then it is parsed in full)."""
     if not (data.startswith(_ORIG_HEAD, start) and data.startswith(_REPLY_HEAD, start + 52)):
@@ -227,77 +194,40 @@ def _sources(data: bytes, start: int) -> tuple[bytes, bytes] | None:
 
 
 def source_key(ip: str, port: int) -> bytes:
-    """An endpoint as _sources gives it."""
+    """An endpoint as entry_sources() gives it."""
     return socket.inet_aton(ip) + port.to_bytes(2, "big")
 
 
-def _filter(src: str | None, dst: str | None, sport: int | None, dport: int | None) -> bytes:
+def dump_filter(src: str | None, dst: str | None, sport: int | None, dport: int | None) -> bytes:
     """A dump request's attributes: UDP only, and the original tuple's given fields (the kernel filters)."""
     flags = FILTER_PROTO_NUM
     flags |= FILTER_IP_SRC if src is not None else 0
     flags |= FILTER_IP_DST if dst is not None else 0
     flags |= FILTER_PROTO_SRC_PORT if sport is not None else 0
     flags |= FILTER_PROTO_DST_PORT if dport is not None else 0
-    attrs = _tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport)
-    return attrs + _attr(CTA_FILTER | NLA_F_NESTED, _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
+    attrs = tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport)
+    return attrs + netlink.nested(CTA_FILTER, netlink.attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
 
 
 class CtNetlink:
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(2.0)
-        self._seq = 0
+        self._netlink = netlink.NetlinkSocket(timeout=2.0)
 
     def close(self) -> None:
-        self._sock.close()
+        self._netlink.close()
 
-    def _request(self, msg_type: int, flags: int, attrs: bytes) -> list[Entry]:
-        """Send one request; collect the entries it answers with. Raises OSError with the kernel's errno."""
-        return self._ask(msg_type, flags, attrs, _entry)
-
-    def _ask(
-        self,
-        msg_type: int,
-        flags: int,
-        attrs: bytes,
-        parse: Callable[[bytes, int, int], _T | None],
-    ) -> list[_T]:
-        """Send one request; collect what `parse` makes of each conntrack message of the answer."""
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        seq = self._seq
-        body = struct.pack("!BBH", socket.AF_INET, 0, 0) + attrs
-        header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags, seq, 0)
-        self._sock.send(header + body)
-        entries: list[_T] = []
-        dump = flags & NLM_F_DUMP == NLM_F_DUMP
-        while True:
-            data = self._sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                if rseq == seq:
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", data, off + 16)
-                        if code:
-                            raise OSError(-code, os.strerror(-code))
-                        return entries
-                    if kind == NLMSG_DONE:
-                        return entries
-                    if kind & 0xFF == IPCTNL_MSG_CT_NEW:
-                        item = parse(data, off + 20, off + length)
-                        if item is not None:
-                            entries.append(item)
-                        if not dump:
-                            return entries  # a GET answers with one message (the ACK follows only if asked)
-                off += (length + 3) & ~3
+    def ask(self, msg: int, flags: int, attrs: bytes, parse: Callable[[bytes, int, int], _T | None]) -> list[_T]:
+        """Send one request (IPCTNL_MSG_CT_*); collect what `parse` makes of each conntrack entry of the
+        answer. Raises OSError with the kernel's errno."""
+        msg_type = netlink.subsystem_type(NFNL_SUBSYS_CTNETLINK, msg)
+        return self._netlink.request(msg_type, flags, _NFGEN + attrs, parse)
 
     def get(self, src: str, sport: int, dst: str, dport: int) -> Entry | None:
         """The entry with this exact tuple, in either direction (the kernel looks both up); None if none."""
         try:
-            found = self._request(IPCTNL_MSG_CT_GET, NLM_F_REQUEST, _tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport))
+            found = self.ask(
+                IPCTNL_MSG_CT_GET, NLM_F_REQUEST, tuple_attr(CTA_TUPLE_ORIG, src, dst, sport, dport), _entry
+            )
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -308,30 +238,31 @@ class CtNetlink:
         self, *, src: str | None = None, dst: str | None = None, sport: int | None = None, dport: int | None = None
     ) -> list[Entry]:
         """UDP entries whose original tuple matches the given fields, filtered in the kernel (Linux 5.8+)."""
-        return self._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(src, dst, sport, dport), _entry)
+        return self.ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, dump_filter(src, dst, sport, dport), _entry)
 
     def dump_counted(self, sources: Collection[bytes] | None = None) -> list[SourceCounts]:
         """The sources and accounting counters (net.netfilter.nf_conntrack_acct) of every UDP entry; with
         `sources` (source_key()s), only of entries whose original or reply source is one of them."""
 
         def parse(data: bytes, start: int, end: int) -> SourceCounts | None:
-            found = _sources(data, start)
+            found = entry_sources(data, start)
             if sources is not None and found is not None and found[0] not in sources and found[1] not in sources:
                 return None
-            got = _source_counts(data, start, end, found)
+            got = source_counts(data, start, end, found)
             if got is None or sources is None or got.orig_source in sources or got.reply_source in sources:
                 return got
             return None
 
-        return self._ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, _filter(None, None, None, None), parse)
+        return self.ask(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, dump_filter(None, None, None, None), parse)
 
     def delete(self, orig: Tuple) -> bool:
         """Delete the entry with this original tuple; False when it was already gone."""
         try:
-            self._request(
+            self.ask(
                 IPCTNL_MSG_CT_DELETE,
                 NLM_F_REQUEST | NLM_F_ACK,
-                _tuple_attr(CTA_TUPLE_ORIG, orig.src, orig.dst, orig.sport, orig.dport),
+                tuple_attr(CTA_TUPLE_ORIG, orig.src, orig.dst, orig.sport, orig.dport),
+                _entry,
             )
         except OSError as exc:
             if exc.errno == errno.ENOENT:

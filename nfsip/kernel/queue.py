@@ -3,8 +3,8 @@
 netfilterqueue 1.1.0 caps the copy range at 4016 bytes (a compile-time 4096-byte receive buffer minus
 metadata) and reads with that buffer: a longer SIP datagram (a 3 KB INVITE with ICE candidates plus
 headers grows past it; an IP-reassembled one may be up to 64 KiB) arrives truncated, and a
-`set_payload()` on the truncated copy would truncate the packet on the wire (LAB.md). Measured here: a
-4201-byte message arrives as 4016 bytes.
+`set_payload()` on the truncated copy would truncate the packet on the wire (docs/architecture.md, "Known
+limits").
 
 The fix uses the library's own extension points instead of a fork: after `bind()`, one NFQNL_MSG_CONFIG
 message on the queue's own netlink socket sets the copy range to 65535 (and the queue flags, see below),
@@ -25,41 +25,30 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_QUEUE = 3
+from . import netlink
+from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_QUEUE, NLM_F_ACK, NLM_F_REQUEST
+
 NFQNL_MSG_CONFIG = 2
 NFQA_CFG_PARAMS = 2
 NFQA_CFG_MASK = 4
 NFQA_CFG_FLAGS = 5
 NFQNL_COPY_PACKET = 2
 NFQA_CFG_F_FAIL_OPEN = 0x01
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLMSG_ERROR = 2
 
 COPY_RANGE = 0xFFFF
 # A whole 64 KiB datagram plus the netlink, nfgenmsg and attribute headers of the queue message.
 RECV_BUFFER = 0xFFFF + 4096
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
-
-
-def config_message(queue_num: int, seq: int, copy_range: int = COPY_RANGE, flags: int = NFQA_CFG_F_FAIL_OPEN) -> bytes:
-    """NFQNL_MSG_CONFIG for `queue_num`: copy whole packets up to copy_range bytes, set `flags`."""
+def config_body(queue_num: int, copy_range: int = COPY_RANGE, flags: int = NFQA_CFG_F_FAIL_OPEN) -> bytes:
+    """The body of NFQNL_MSG_CONFIG for `queue_num`: copy whole packets up to copy_range bytes, set `flags`."""
     params = struct.pack("!IB", copy_range, NFQNL_COPY_PACKET)  # struct nfqnl_msg_config_params (packed)
-    body = (
-        struct.pack("!BBH", socket.AF_UNSPEC, 0, queue_num)  # nfgenmsg; res_id is the queue, big-endian
-        + _attr(NFQA_CFG_PARAMS, params)
-        + _attr(NFQA_CFG_MASK, struct.pack("!I", flags))
-        + _attr(NFQA_CFG_FLAGS, struct.pack("!I", flags))
+    return (
+        netlink.nfgenmsg(socket.AF_UNSPEC, queue_num)  # the resource id is the queue
+        + netlink.attr(NFQA_CFG_PARAMS, params)
+        + netlink.be32(NFQA_CFG_MASK, flags)
+        + netlink.be32(NFQA_CFG_FLAGS, flags)
     )
-    header = struct.pack(
-        "=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0
-    )
-    return header + body
 
 
 def configure(fd: int, queue_num: int) -> None:
@@ -69,22 +58,13 @@ def configure(fd: int, queue_num: int) -> None:
     nothing else may arrive on the socket in between."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd))
     try:
-        sock.settimeout(2.0)
         seq = 0x4E465350  # arbitrary, recognisable in an strace
-        sock.send(config_message(queue_num, seq))
-        while True:
-            reply = sock.recv(8192)
-            offset = 0
-            while offset + 16 <= len(reply):
-                length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", reply, offset)
-                if kind == NLMSG_ERROR and rseq == seq:
-                    (code,) = struct.unpack_from("=i", reply, offset + 16)
-                    if code != 0:
-                        raise OSError(-code, f"NFQUEUE config for queue {queue_num}: {os.strerror(-code)}")
-                    return
-                offset += (length + 3) & ~3 if length else len(reply)
+        msg_type = netlink.subsystem_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG)
+        netlink.request(sock, seq, msg_type, NLM_F_REQUEST | NLM_F_ACK, config_body(queue_num), timeout=2.0)
+    except OSError as exc:
+        raise OSError(exc.errno, f"NFQUEUE config for queue {queue_num}: {exc.strerror}") from exc
     finally:
-        sock.detach()
+        sock.close()
 
 
 class _LargeReader:

@@ -14,8 +14,8 @@ it only replaces its own table (`table ip nfsip`). Priorities, and why:
   as the hooks above need, one protocol test per chain, and in each rule the port test that fails for
   media (a literal, not a set lookup) before interface names, ct status or fib. No per-packet counter
   lookups: per-call media counts come from conntrack accounting (nfsip.kernel.conntrack.media_counters);
-  the two counter-set lookups the table had cost about 3 % of forwarding. The table itself turns
-  accounting on, through a rule no packet runs (ACCOUNTING_CHAIN).
+  the two counter-set lookups the table had cost every forwarded packet (docs/nftables.md). The table
+  itself turns accounting on, through a rule no packet runs (ACCOUNTING_CHAIN).
 - The queue statement itself sits alone in `sip_queue`, and the daemon adds it: as `queue num N bypass`
   where the kernel has nft_queue, else as the xt NFQUEUE target through nft_compat over netlink
   (nfsip.kernel.divert), which `nft -f` cannot express. So the same table text loads with `nft -f` (or an
@@ -88,7 +88,7 @@ def render(opts: RulesetOptions) -> str:
     ports = ", ".join(str(p) for p in opts.sip_ports)
     # The divert rules carry the ports themselves rather than "@sip_ports": one port is a plain compare,
     # evaluated inline by the kernel, where a set lookup is a call into the set backend, and each of the six
-    # port tests runs for every forwarded UDP packet (bench/ruleset_cost.py: about 5 % of forwarding).
+    # port tests runs for every forwarded UDP packet (docs/nftables.md, measured by bench/ruleset_cost.py).
     sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
     bypass = " bypass" if opts.bypass else ""
     limit = f"limit rate over {opts.sip_rate_per_host}/second burst {opts.sip_burst_per_host} packets"
