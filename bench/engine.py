@@ -5,11 +5,11 @@
 Per message: decode IPv4/UDP + parse SIP/SDP + decide + rewrite + encode (what the daemon does between
 reading a queued datagram and its verdict, minus the netlink calls), on an outbound INVITE with a 2-stream
 SDP, the 200 OK with SDP answering it, an un-rewritten BYE, and a REGISTER. Per transaction: installing
-the 2 pinholes (RTP + RTCP, 2 elements each: media_snat and media_dnat) of an
-audio stream, and removing them, in a scratch network namespace, both ways side by side: the libnftables JSON
-transaction (Nft.apply_json, the path used before) and the raw nfnetlink batch (Nft.apply, nfsip.kernel.nftnl),
-interleaved so that both see the same machine. Median and p99 over n runs, all in one run of this script
-(the machine is noisy: compare numbers from the same run).
+the 2 pinholes (RTP + RTCP, 2 elements each: media_snat and media_dnat) of an audio stream, and removing
+them, in a scratch network namespace, both ways side by side: the same element changes (Nft.changes) as a
+libnftables JSON transaction (tests/libnftables_reference.py, the path used before) and as the raw
+nfnetlink batch (Nft.apply, nfsip.kernel.nftnl), interleaved so that both see the same machine. Median and
+p99 over n runs, all in one run of this script (the machine is noisy: compare numbers from the same run).
 """
 
 from __future__ import annotations
@@ -251,10 +251,11 @@ def nft_child(n: int) -> None:
     from nfsip.kernel.nft import Nft
     from nfsip.kernel.ruleset import options_from, render
     from nfsip.model import Pinhole
+    from tests.libnftables_reference import LibnftablesPath
 
     nft = Nft("nfsip")
     nft.install(render(options_from(Config(wan_interface="lo"), native_queue=False)))
-    paths = {"json": nft.apply_json, "raw": nft.apply}
+    paths = {"json": LibnftablesPath(nft).apply, "raw": nft.apply}
     samples: dict[str, list[float]] = {f"{path} {op}": [] for op in ("add", "remove") for path in paths}
     for i in range(n):
         holes = [

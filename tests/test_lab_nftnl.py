@@ -1,6 +1,7 @@
 """The raw nfnetlink element path (Nft.apply) against the kernel, beside the libnftables JSON path it
-replaces (Nft.apply_json): both write the same pinholes into two copies of nfsip's table in a scratch
-network namespace, and everything nft lists back must be the same. Needs root (skips otherwise)."""
+replaces (tests/libnftables_reference.py): both write the same pinholes into two copies of nfsip's table in
+a scratch network namespace, and everything nft lists back must be the same. Needs root (skips
+otherwise)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from nfsip.model import Decision, Direction, Endpoint, Flow, Pinhole
 
 from .fakes import fake_daemon
 from .lab_support import require_lab
+from .libnftables_reference import LibnftablesPath
 
 pytestmark = pytest.mark.lab
 
@@ -71,23 +73,33 @@ def inside(ns: str) -> Iterator[None]:
         os.close(target)
 
 
+class Reference(Nft):
+    """Nft on the reference table, whose element changes go through libnftables JSON."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table)
+        self.apply_json = LibnftablesPath(self).apply
+
+
 @pytest.fixture
-def tables() -> Iterator[tuple[Nft, Nft]]:
-    """(raw, ref): Nft on table `nfsip` and on a second copy `nfsipref`, in a fresh namespace."""
+def tables() -> Iterator[tuple[Nft, Reference]]:
+    """(raw, ref): Nft on table `nfsip` and on a second copy `nfsipref` (changed through libnftables JSON
+    with `ref.apply_json`), in a fresh namespace."""
     require_lab()
     ns = f"nfsip-nftnl-{os.getpid()}-{next(_names)}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     nfts: list[Nft] = []
     try:
         with inside(ns):
-            for table in ("nfsip", "nfsipref"):
-                nft = Nft(table)
-                nft.install(render(options_from(Config(wan_interface="lo", table_name=table), native_queue=False)))
-                nfts.append(nft)
-            yield nfts[0], nfts[1]
+            raw, ref = Nft("nfsip"), Reference("nfsipref")
+            nfts += [raw, ref]
+            for nft in nfts:
+                config = Config(wan_interface="lo", table_name=nft.table)
+                nft.install(render(options_from(config, native_queue=False)))
+            yield raw, ref
     finally:
         for nft in nfts:
-            nft._nfnl.close()
+            nft.close()
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
@@ -391,7 +403,7 @@ def _read_sources(data: bytes, start: int, _end: int) -> tuple[bytes, bytes] | s
 
 
 def _json_queue_chain(nft: Nft) -> tuple[bool, int | None]:
-    """What libnftables lists for sip_queue (the reads before nftread): (holds a queue rule, its counter)."""
+    """What libnftables lists for sip_queue (the reads before nftnl's): (holds a queue rule, its counter)."""
     rc, out, err = nft._nft.cmd(f"list chain ip {nft.table} sip_queue")
     assert rc == 0, err
     exprs = [e for item in json.loads(out)["nftables"] for e in (item.get("rule") or {}).get("expr", [])]
@@ -402,7 +414,7 @@ def _json_queue_chain(nft: Nft) -> tuple[bool, int | None]:
 
 def test_raw_reads_of_the_table_are_what_libnftables_lists(tables):
     """Nft.table_exists / has_queue_rule / diverted_packets ask the kernel for the one table or chain
-    (nfsip.kernel.nftread) instead of libnftables' listing of everything: same answers, also after SIP
+    (nfsip.kernel.nftnl) instead of libnftables' listing of everything: same answers, also after SIP
     went through the queue chain (lo is the WAN interface here; no daemon: the queue rule's bypass lets
     it through)."""
     raw, ref = tables

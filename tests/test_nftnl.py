@@ -1,6 +1,7 @@
 """Encoding of the raw nfnetlink element batches (nfsip.kernel.nftnl) against bytes libnftables sent.
 
-CAPTURED holds what libnftables 1.0.6 (Debian 12) put on the wire for `Nft.apply_json` in a scratch
+CAPTURED holds what libnftables 1.0.6 (Debian 12) put on the wire for the same element changes as JSON
+commands (tests/libnftables_reference.py) in a scratch
 namespace: `strace -e trace=sendmsg -e write=3` of a probe script that installed the table, then applied
 (1) one media pinhole 198.51.100.1:40000 -> 10.0.0.2:6000 (call "c1@x", label "m0.rtp", 180 s, since
 1700000000), (2) its removal, (3) one registration pinhole 198.51.100.1:5060 -> 10.0.0.3:5062 from
@@ -13,13 +14,10 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from nfsip.kernel import nftnl
+from nfsip.kernel import netlink, nftnl
 from nfsip.kernel.nft import ElementFeatures, Nft
 from nfsip.model import Endpoint, Pinhole
 
@@ -91,7 +89,7 @@ def _normalise_attrs(data: bytes, top: bool = False) -> bytes:
     for kind, payload in _attrs(data):
         if top and kind == nftnl.NFTA_SET_ELEM_LIST_SET_ID:
             continue
-        if kind & nftnl.NLA_F_NESTED:
+        if kind & netlink.NLA_F_NESTED:
             inner = _normalise_attrs(payload)
             out += struct.pack("=HH", 4 + len(inner), kind) + inner
         else:
@@ -105,7 +103,7 @@ def normalise(batch: bytes) -> bytes:
     while offset < len(batch):
         size, kind, flags, seq, pid = struct.unpack_from("=IHHII", batch, offset)
         nfgen, attrs = batch[offset + 16 : offset + 20], batch[offset + 20 : offset + size]
-        if kind >> 8 == nftnl.NFNL_SUBSYS_NFTABLES:
+        if kind >> 8 == netlink.NFNL_SUBSYS_NFTABLES:
             attrs = _normalise_attrs(attrs, top=True)
         out += struct.pack("=IHHII", 20 + len(attrs), kind, flags, seq, pid) + nfgen + attrs
         offset += (size + 3) & ~3
@@ -140,26 +138,40 @@ def ops(changes: list[nftnl.Change]) -> list[tuple[str, str]]:
     return [("add" if c.add else "destroy" if c.destroy else "delete", c.set_name) for c in changes]
 
 
+def changes_of(nft: Nft, install, remove, recreate=(), features: ElementFeatures = LIBNFTABLES) -> list[nftnl.Change]:
+    """The changes of one message's transaction."""
+    return nft.changes([(install, remove, recreate)], features)
+
+
+def batch(changes: list[nftnl.Change], seq: int, ack_last: bool = True) -> bytes:
+    return nftnl.encode_batch(nftnl.messages_of(changes), "nfsip", seq, ack_last)
+
+
+def one_message(change: nftnl.Change, seq: int) -> bytes:
+    """`change` alone in a message."""
+    return nftnl.encode_message(nftnl.messages_of([change])[0], "nfsip", seq)
+
+
 MEDIA_SETS = ["media_snat", "media_dnat"]
 
 
 def test_destroy_removes_each_element_with_one_message(nft):
-    changes = nft._changes([], [MEDIA], (), NEW_KERNEL)
+    changes = changes_of(nft, [], [MEDIA], (), NEW_KERNEL)
     assert ops(changes) == [("destroy", name) for name in MEDIA_SETS]
-    plain = nft._changes([], [MEDIA], (), LIBNFTABLES)
+    plain = changes_of(nft, [], [MEDIA], (), LIBNFTABLES)
     assert ops(plain) == [op for name in MEDIA_SETS for op in (("add", name), ("delete", name))]
 
 
 def test_destroy_message_is_the_delete_message_with_another_type():
-    delete = nftnl.encode_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000)), "nfsip", 5)
-    destroy = nftnl.encode_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000), destroy=True), "nfsip", 5)
-    assert struct.unpack_from("=H", destroy, 4)[0] == nftnl.NFNL_SUBSYS_NFTABLES << 8 | 30
+    delete = one_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000)), 5)
+    destroy = one_message(nftnl.Change(False, "media_snat", ("10.0.0.2", 6000), destroy=True), 5)
+    assert struct.unpack_from("=H", destroy, 4)[0] == netlink.NFNL_SUBSYS_NFTABLES << 8 | 30
     assert destroy[:4] + destroy[6:] == delete[:4] + delete[6:]
 
 
 def test_recreate_re_creates_every_element(nft):
     """A state change renews the comments: a re-add would keep the old one."""
-    changes = nft._changes([], [], [MEDIA], NEW_KERNEL)
+    changes = changes_of(nft, [], [], [MEDIA], NEW_KERNEL)
     assert ops(changes) == [("destroy", "media_snat"), ("destroy", "media_dnat")] + [("add", n) for n in MEDIA_SETS]
 
 
@@ -168,9 +180,9 @@ def test_old_kernel_deletes_before_every_add(nft):
     cleared_then_added = [op for n in MEDIA_SETS for op in (("add", n), ("delete", n))] + [
         ("add", n) for n in MEDIA_SETS
     ]
-    assert ops(nft._changes([MEDIA], [], (), OLD_KERNEL)) == cleared_then_added
-    assert ops(nft._changes([], [], [MEDIA], OLD_KERNEL)) == cleared_then_added
-    refresh = nft._changes([MEDIA], [], (), OLD_KERNEL)
+    assert ops(changes_of(nft, [MEDIA], [], (), OLD_KERNEL)) == cleared_then_added
+    assert ops(changes_of(nft, [], [], [MEDIA], OLD_KERNEL)) == cleared_then_added
+    refresh = changes_of(nft, [MEDIA], [], (), OLD_KERNEL)
     cleared = 2 * len(MEDIA_SETS)
     assert all(c.timeout_ms == 1000 for c in refresh[:cleared] if c.add)  # the guard add before the delete
     assert {c.timeout_ms for c in refresh[cleared:]} == {MEDIA.timeout * 1000}
@@ -183,7 +195,7 @@ def test_old_kernel_deletes_before_every_add(nft):
 def test_batch_is_what_libnftables_sends(nft, name, install, remove):
     captured = CAPTURED[name]
     assert normalise(captured) != captured  # the capture really has a set id / dirty padding to drop
-    changes = nft._changes(install, remove, (), LIBNFTABLES)
+    changes = changes_of(nft, install, remove, (), LIBNFTABLES)
     if name != "add_sip":
         # The media captures were taken when a pinhole also had two counter set elements, keyed like its
         # media_snat element, in sets media_to_lan and media_from_lan (per-call counts now come from
@@ -194,23 +206,22 @@ def test_batch_is_what_libnftables_sends(nft, name, install, remove):
         changes[at:at] = [
             c._replace(set_name=name, value=None) for name in ("media_to_lan", "media_from_lan") for c in snat
         ]
-    ours = nftnl.encode_batch(changes, "nfsip", 0, ack_last=False)
+    ours = batch(changes, 0, ack_last=False)
     assert ours == normalise(captured)
 
 
 def test_only_the_last_element_message_asks_for_an_ack(nft):
-    batch = nftnl.encode_batch(nft._changes([MEDIA], []), "nfsip", 7)
-    msgs = messages(batch)
+    msgs = messages(batch(changes_of(nft, [MEDIA], []), 7))
     assert [m[2] for m in msgs] == list(range(7, 11))  # begin, media_snat, media_dnat, end
-    assert msgs[0][0] == nftnl.NFNL_MSG_BATCH_BEGIN and msgs[-1][0] == nftnl.NFNL_MSG_BATCH_END
-    acks = [m for m in msgs if m[1] & nftnl.NLM_F_ACK]
+    assert msgs[0][0] == netlink.NFNL_MSG_BATCH_BEGIN and msgs[-1][0] == netlink.NFNL_MSG_BATCH_END
+    acks = [m for m in msgs if m[1] & netlink.NLM_F_ACK]
     assert acks == [msgs[-2]]
-    assert msgs[-2][1] == nftnl.NLM_F_REQUEST | nftnl.NLM_F_CREATE | nftnl.NLM_F_ACK
+    assert msgs[-2][1] == netlink.NLM_F_REQUEST | netlink.NLM_F_CREATE | netlink.NLM_F_ACK
 
 
 def test_sequence_numbers_wrap():
     change = nftnl.Change(False, "media_snat", ("10.0.0.2", 6000))
-    assert [m[2] for m in messages(nftnl.encode_batch([change], "nfsip", 0xFFFFFFFF))] == [0xFFFFFFFF, 0, 1]
+    assert [m[2] for m in messages(batch([change], 0xFFFFFFFF))] == [0xFFFFFFFF, 0, 1]
 
 
 def test_concat_pads_every_field_to_a_register():
@@ -225,12 +236,12 @@ def test_element_attributes_in_libnftables_order():
     change = nftnl.Change(True, "media_dnat", ("198.51.100.1", 40000), ("10.0.0.2", 6000), 180000, "m0 a 1 c")
     elem = nftnl.encode_element(change)
     kind, body = _attrs(elem)[0]
-    assert kind == nftnl.NFTA_LIST_ELEM | nftnl.NLA_F_NESTED
+    assert kind == nftnl.NFTA_LIST_ELEM | netlink.NLA_F_NESTED
     attrs = _attrs(body)
     assert [k for k, _ in attrs] == [
         nftnl.NFTA_SET_ELEM_TIMEOUT,
-        nftnl.NFTA_SET_ELEM_KEY | nftnl.NLA_F_NESTED,
-        nftnl.NFTA_SET_ELEM_DATA | nftnl.NLA_F_NESTED,
+        nftnl.NFTA_SET_ELEM_KEY | netlink.NLA_F_NESTED,
+        nftnl.NFTA_SET_ELEM_DATA | netlink.NLA_F_NESTED,
         nftnl.NFTA_SET_ELEM_USERDATA,
     ]
     assert attrs[0][1] == (180000).to_bytes(8, "big")
@@ -239,7 +250,7 @@ def test_element_attributes_in_libnftables_order():
     assert attrs[3][1] == bytes((nftnl.NFTNL_UDATA_SET_ELEM_COMMENT, 9)) + b"m0 a 1 c\0"
     # A delete carries the key only, even when given a value (what nft sends).
     deleted = nftnl.encode_element(change._replace(add=False))
-    assert [k for k, _ in _attrs(_attrs(deleted)[0][1])] == [nftnl.NFTA_SET_ELEM_KEY | nftnl.NLA_F_NESTED]
+    assert [k for k, _ in _attrs(_attrs(deleted)[0][1])] == [nftnl.NFTA_SET_ELEM_KEY | netlink.NLA_F_NESTED]
 
 
 def test_comment_limit_is_libnftables():
@@ -252,20 +263,20 @@ def test_comment_limit_is_libnftables():
 def _answer(code: int, req_type: int, seq: int) -> bytes:
     """An NLMSG_ERROR as the kernel sends it with NETLINK_CAP_ACK (the request's header, no payload)."""
     body = struct.pack("=iIHHII", -code, 60, req_type, 0, seq, 0)
-    return struct.pack("=IHHII", 16 + len(body), nftnl.NLMSG_ERROR, 0, seq, 1234) + body
+    return struct.pack("=IHHII", 16 + len(body), netlink.NLMSG_ERROR, 0, seq, 1234) + body
 
 
 CHANGES = [
     nftnl.Change(True, "media_snat", ("10.0.0.2", 6000), ("198.51.100.1", 40000), 1000),
     nftnl.Change(False, "media_snat", ("10.0.0.2", 6000)),
 ]
-NEW = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_NEWSETELEM
-DEL = nftnl.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_DELSETELEM
+NEW = netlink.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_NEWSETELEM
+DEL = netlink.NFNL_SUBSYS_NFTABLES << 8 | nftnl.NFT_MSG_DELSETELEM
 
 
 def check(answers: list[bytes], begin: int = 100, overrun: bool = False) -> None:
-    parsed = [a for data in answers for a in nftnl.parse_acks(data)]
-    nftnl._check(parsed, overrun, nftnl.messages_of(CHANGES), "nfsip", begin)
+    parsed = [a for data in answers for a in netlink.acks(data)]
+    nftnl.check_answers(parsed, overrun, nftnl.messages_of(CHANGES), "nfsip", begin)
 
 
 def test_ack_of_the_last_message_confirms_the_batch():
@@ -293,7 +304,7 @@ def test_first_refused_message_is_reported():
 
 def test_commit_failure_is_reported_on_the_batch():
     with pytest.raises(nftnl.BatchError) as info:
-        check([_answer(errno.ENOMEM, nftnl.NFNL_MSG_BATCH_BEGIN, 100), _answer(0, DEL, 102)])
+        check([_answer(errno.ENOMEM, netlink.NFNL_MSG_BATCH_BEGIN, 100), _answer(0, DEL, 102)])
     assert (info.value.errno, info.value.msg_type) == (errno.ENOMEM, "BATCH")
 
 
@@ -311,7 +322,7 @@ def test_lost_answers_fail_the_batch():
 
 def test_several_answers_in_one_datagram():
     data = _answer(0, NEW, 101) + _answer(errno.EINVAL, DEL, 102)
-    assert nftnl.parse_acks(data) == [(0, NEW, 101), (errno.EINVAL, DEL, 102)]
+    assert netlink.acks(data) == [(0, NEW, 101), (errno.EINVAL, DEL, 102)]
 
 
 def parse_messages(batch: bytes) -> list[tuple[int, str, list[bytes]]]:
@@ -319,10 +330,10 @@ def parse_messages(batch: bytes) -> list[tuple[int, str, list[bytes]]]:
     out, offset = [], 0
     while offset < len(batch):
         size, kind = struct.unpack_from("=IH", batch, offset)
-        if kind >> 8 == nftnl.NFNL_SUBSYS_NFTABLES:
+        if kind >> 8 == netlink.NFNL_SUBSYS_NFTABLES:
             attrs, set_name, elements = batch[offset + 20 : offset + size], "", []
             for attr_type, payload in _attrs(attrs):
-                attr_type &= ~nftnl.NLA_F_NESTED
+                attr_type &= ~netlink.NLA_F_NESTED
                 if attr_type == nftnl.NFTA_SET_ELEM_LIST_SET:
                     set_name = payload.rstrip(b"\0").decode()
                 elif attr_type == nftnl.NFTA_SET_ELEM_LIST_ELEMENTS:
@@ -338,18 +349,18 @@ SECOND = Pinhole(Endpoint("198.51.100.1", 40002), Endpoint("10.0.0.2", 6002), "c
 def test_one_message_per_set_holds_every_element_of_that_set(nft):
     """Two pinholes installed: 4 messages (one per set) of 2 elements each, the same element bytes as one
     message per element would carry."""
-    changes = nft._changes([MEDIA, SECOND], [], (), NEW_KERNEL)
-    msgs = parse_messages(nftnl.encode_batch(changes, "nfsip", 0))
+    changes = changes_of(nft, [MEDIA, SECOND], [], (), NEW_KERNEL)
+    msgs = parse_messages(batch(changes, 0))
     assert [(kind, name, len(elems)) for kind, name, elems in msgs] == [
         (nftnl.NFT_MSG_NEWSETELEM, name, 2) for name in MEDIA_SETS
     ]
-    singles = [elem for change in changes for elem in parse_messages(nftnl.encode_message(change, "nfsip", 1))[0][2]]
+    singles = [elem for change in changes for elem in parse_messages(one_message(change, 1))[0][2]]
     assert [elem for _kind, _name, elems in msgs for elem in elems] == singles
 
 
 def test_a_run_is_cut_at_the_message_limit():
     changes = [nftnl.Change(False, "media_snat", ("10.0.0.2", port), destroy=True) for port in range(300)]
-    assert [len(m.elements) for m in nftnl._split(nftnl.messages_of(changes))] == [
+    assert [len(m.changes) for m in nftnl.messages_of(changes)] == [
         nftnl.RUN_MAX,
         nftnl.RUN_MAX,
         300 - 2 * nftnl.RUN_MAX,
@@ -358,7 +369,7 @@ def test_a_run_is_cut_at_the_message_limit():
 
 def test_parts_merge_into_deletions_then_additions(nft):
     ended, started = MEDIA, SECOND
-    changes = nft._batch_changes([([started], [], ()), ((), [ended], ()), ((), [ended], ())], NEW_KERNEL)
+    changes = nft.changes([([started], [], ()), ((), [ended], ()), ((), [ended], ())], NEW_KERNEL)
     assert ops(changes) == [("destroy", n) for n in MEDIA_SETS] + [("add", n) for n in MEDIA_SETS]
     assert {c.key for c in changes if c.add and c.set_name == "media_dnat"} == {("198.51.100.1", 40002)}
 
@@ -367,35 +378,13 @@ def test_parts_keep_their_order_when_one_deletes_what_another_added(nft):
     """A call set up and ended in one drain: its elements must be gone at the end, so the deletion stays
     after the addition."""
     parts = [([MEDIA], [], ()), ((), [MEDIA], ())]
-    changes = nft._batch_changes(parts, NEW_KERNEL)
+    changes = nft.changes(parts, NEW_KERNEL)
     assert ops(changes) == [("add", n) for n in MEDIA_SETS] + [("destroy", n) for n in MEDIA_SETS]
 
 
 def test_a_failed_run_is_described_by_its_first_elements():
     run = [nftnl.Change(True, "media_snat", ("10.0.0.2", port), ("198.51.100.1", port), 1000) for port in range(5)]
     with pytest.raises(nftnl.BatchError) as info:
-        nftnl._check([(errno.EEXIST, NEW, 101)], False, nftnl.messages_of(run), "nfsip", 100)
+        nftnl.check_answers([netlink.Ack(errno.EEXIST, NEW, 101)], False, nftnl.messages_of(run), "nfsip", 100)
     assert "media_snat { 10.0.0.2 . 0 : 198.51.100.1 . 0 }" in str(info.value)
     assert "and 2 more in this message" in str(info.value)
-
-
-POOL = [
-    MEDIA,
-    SECOND,
-    replace(MEDIA, established=True, timeout=7200),
-    Pinhole(Endpoint("198.51.100.1", 40004), Endpoint("10.0.0.3", 6000), "c2@x", "m0.rtp", 60, "media", "203.0.113.9"),
-    Pinhole(Endpoint("198.51.100.1", 40006), Endpoint("10.0.0.3", 6002), "c2@x", "m1.rtp", 60, "media-out"),
-    REGISTRATION,
-]
-_holes = st.lists(st.sampled_from(POOL), max_size=3)
-
-
-@settings(max_examples=300, deadline=None)
-@given(parts=st.lists(st.tuples(_holes, _holes, _holes), min_size=1, max_size=4))
-def test_messages_built_from_pinholes_are_those_of_the_changes(nft, parts):
-    """The hot path (Nft._messages: elements encoded straight from pinholes) sends the bytes the general
-    path (Nft._batch_changes -> nftnl.messages_of) would, for any mix of parts, including parts that delete
-    what an earlier part added."""
-    direct = nftnl.encode_messages(nft._messages(parts, NEW_KERNEL), "nfsip", 9)
-    general = nftnl.encode_batch(nft._batch_changes(parts, NEW_KERNEL), "nfsip", 9)
-    assert direct == general

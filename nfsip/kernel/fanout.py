@@ -32,7 +32,7 @@ import json
 from collections.abc import Collection
 from typing import Any
 
-from . import divert, nftread
+from . import divert, nftnl
 from .nft import is_queue_rule
 from .ruleset import QUEUE_CHAIN
 
@@ -112,6 +112,7 @@ class Fanout:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
+        self._nfnl = nftnl.NftSocket()
 
     def _run(self, script: str) -> None:
         rc, _out, err = self._nft.cmd(script)
@@ -160,9 +161,9 @@ class Fanout:
     def installed(self, ready: Collection[int]) -> bool:
         """Whether the dispatch rules are there and every ready worker's chain holds its queue rule (an
         admin's `nft -f` with `flush ruleset`, or one that re-includes nft/nfsip.nft, removes them). Read
-        directly from the kernel (nftread): libnftables would fetch every set element first."""
+        directly from the kernel (nftnl): libnftables would fetch every set element first."""
         # A vmap is a "lookup" expression into the anonymous verdict map; only the dispatch rules have one.
-        dispatch = [r for r in nftread.chain_rules(self.table, QUEUE_CHAIN) if any(e.name == "lookup" for e in r)]
+        dispatch = [r for r in self._nfnl.chain_rules(self.table, QUEUE_CHAIN) if any(e.name == "lookup" for e in r)]
         if len(dispatch) != 2:
             return False
-        return all(any(is_queue_rule(r) for r in nftread.chain_rules(self.table, chain_name(i))) for i in ready)
+        return all(any(is_queue_rule(r) for r in self._nfnl.chain_rules(self.table, chain_name(i))) for i in ready)

@@ -1,13 +1,14 @@
-"""libnftables (JSON) adapter: install nfsip's table, apply pinhole changes, read the maps back.
+"""The nftables adapter: install nfsip's table, change pinholes' elements, read the maps back.
 
-Driven through the `nftables` Python binding of libnftables, JSON in and out, as firewalld's nftables
-backend does; never through an `nft` subprocess on the packet path (2.4 ms a call, LAB.md).
+Pinhole changes go to the kernel as ONE transaction per call of `apply` / `apply_batch`: every DNAT and
+SNAT element of the pinholes is added, refreshed or removed together, or nothing is. Like firewalld, one
+representation of a change and one transaction: `changes()` plans the transaction as a list of
+nftnl.Change (one element change each), and nfsip.kernel.nftnl sends that list as one nfnetlink batch.
+No other path changes elements.
 
-Pinhole changes of one SIP message go to the kernel as ONE transaction: every DNAT and SNAT element of
-the message is added, refreshed or removed together, or nothing is. That transaction is the one hot path
-that does not use libnftables: `apply` sends the element messages libnftables would send, as one raw
-nfnetlink batch (nfsip.kernel.nftnl), 4-6x cheaper (bench/engine.py). `apply_json` sends the same element
-changes through libnftables JSON (kept for comparison: bench/engine.py, tests/test_lab_nftnl.py).
+libnftables (through its `nftables` Python binding, JSON output) does what it is made for: installing and
+removing the table text, listing the maps (`nfsip status`, taking over a crashed run's pinholes), dry runs
+(`nfsip check`). Never an `nft` subprocess (docs/performance.md, "Netlink by hand").
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..model import Endpoint, Pinhole, element_comment, parse_comment
-from . import nftnl, nftread
+from . import nftnl
+from .nftnl import Change
 from .ruleset import (
     DNAT_MAP,
     DNAT_STRICT_MAP,
@@ -37,14 +39,15 @@ from .ruleset import (
 log = logging.getLogger(__name__)
 
 
-def is_queue_rule(rule: list[nftread.Expr]) -> bool:
+def is_queue_rule(rule: list[nftnl.Expr]) -> bool:
     """A rule that queues: the native `queue` statement, or the xt NFQUEUE target (nft_compat)."""
     return any(e.name == "queue" or (e.name == "target" and e.xt_name == "NFQUEUE") for e in rule)
 
 
 class NftError(RuntimeError):
-    """A refused nft command or transaction. From the raw element path also the kernel's errno and the
-    refused message type ("NEWSETELEM", "DELSETELEM", "BATCH"); None / "" from libnftables."""
+    """A refused nft command or transaction. From element changes and reads also the kernel's errno, and
+    from element changes the refused message type ("NEWSETELEM", "DELSETELEM", "BATCH"); None / "" from
+    libnftables."""
 
     def __init__(self, message: str, errno: int | None = None, msg_type: str = "") -> None:
         super().__init__(message)
@@ -84,30 +87,11 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
-def _change(fields: tuple) -> nftnl.Change:
-    """A Change from all seven fields in order, without NamedTuple.__new__'s keyword handling (up to a
-    dozen per SIP message)."""
-    return tuple.__new__(nftnl.Change, fields)
-
-
 # One message's pinhole changes: (install, remove, recreate).
 Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
 Entry = tuple[str, tuple["nftnl.Field", ...], tuple[str, int] | None]  # (set, key, value) of one element
 Deleted = dict[tuple[str, tuple["nftnl.Field", ...]], tuple["nftnl.Field", ...] | None]  # (set, key) -> value
 Added = tuple[Pinhole, list[Entry]]  # a pinhole to add, with its elements
-
-
-def _grouped_by_set(changes: list[nftnl.Change]) -> list[nftnl.Change]:
-    """The changes of each set together (sets in the order they first appear; within a set, in order), so
-    that nftnl.runs() sends each set's as one message."""
-    groups: dict[str, list[nftnl.Change]] = {}
-    for change in changes:
-        group = groups.get(change.set_name)
-        if group is None:
-            groups[change.set_name] = [change]
-        else:
-            group.append(change)
-    return changes if len(groups) <= 1 else [change for group in groups.values() for change in group]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +126,12 @@ class Nft:
         self._nft = _nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
-        self._nfnl = nftnl.NfnlSocket()
+        self._nfnl = nftnl.NftSocket()
         self._features: ElementFeatures | None = None
+
+    def close(self) -> None:
+        """Close the netlink socket (opened again on next use)."""
+        self._nfnl.close()
 
     # -- whole table ----------------------------------------------------------------------------------
     def run_text(self, script: str, *, dry_run: bool = False) -> None:
@@ -169,22 +157,13 @@ class Nft:
         return True
 
     def table_exists(self) -> bool:
-        """Asked of the kernel directly (nftread): libnftables would fetch every element first."""
+        """Asked of the kernel directly (nftnl): libnftables would fetch every element first."""
         try:
-            return nftread.table_exists(self.table)
+            return self._nfnl.table_exists(self.table)
         except OSError as exc:
             raise NftError(f"cannot ask for table ip {self.table}: {exc}", exc.errno) from exc
 
     # -- pinholes -------------------------------------------------------------------------------------
-    def _element(self, map_name: str, key: Iterable, value: Iterable | None, extra: dict[str, Any]) -> dict:
-        elem = {"elem": {"val": {"concat": list(key)}, **extra}}
-        return {
-            "family": "ip",
-            "table": self.table,
-            "name": map_name,
-            "elem": [elem if value is None else [elem, {"concat": list(value)}]],
-        }
-
     @staticmethod
     def _entries(hole: Pinhole) -> list[Entry]:
         """The elements that make one pinhole, as (set, key, value): its inbound DNAT and outbound SNAT map
@@ -225,13 +204,13 @@ class Nft:
         try:
             try:
                 # An element that does not exist: success only where DESTROYSETELEM is known.
-                self._nfnl.send([nftnl.Change(False, "s", key, destroy=True)], table)
+                self._nfnl.send([Change(False, "s", key, destroy=True)], table)
                 destroy = True
             except (nftnl.BatchError, OSError):
                 destroy = False
             try:
-                self._nfnl.send([nftnl.Change(True, "s", key, None, 60_000)], table)
-                self._nfnl.send([nftnl.Change(True, "s", key, None, 120_000)], table)
+                self._nfnl.send([Change(True, "s", key, None, 60_000)], table)
+                self._nfnl.send([Change(True, "s", key, None, 120_000)], table)
                 rc, out, _err = self._nft.cmd(f"list set ip {table} s")
                 timeouts = [
                     entry.get("elem", {}).get("timeout")
@@ -250,81 +229,36 @@ class Nft:
         return ElementFeatures(destroy, timeout_update)
 
     # -- pinholes -------------------------------------------------------------------------------------
-    def _changes(
-        self,
-        install: Iterable[Pinhole],
-        remove: Iterable[Pinhole],
-        recreate: Iterable[Pinhole] = (),
-        features: ElementFeatures | None = None,
-    ) -> list[nftnl.Change]:
-        """The element changes of one transaction, in order: what `apply_json` sends as libnftables JSON
-        commands (one per element), and what `apply` sends as nfnetlink messages (_messages: the same
-        elements, one message per run of one kind to one set)."""
-        return self._batch_changes([(install, remove, recreate)], features)
-
-    def _batch_changes(self, parts: Sequence[Part], features: ElementFeatures | None = None) -> list[nftnl.Change]:
-        """The changes of several (install, remove, recreate) parts in one transaction (see _plan)."""
+    def changes(self, parts: Sequence[Part], features: ElementFeatures | None = None) -> list[Change]:
+        """The element changes of one transaction for several messages' (install, remove, recreate) parts,
+        in the order the kernel applies them: per step of _plan, the deletions, then the additions. Each
+        set's deletions and each set's additions come together (sets in the order they first appear, each
+        set's changes in order), so that nftnl sends them as one message per set and kind."""
         features = features or self.element_features()
-        changes: list[nftnl.Change] = []
+        changes: list[Change] = []
         for deleted, added in self._plan(parts, features.timeout_update):
+            by_set: dict[str, list[Change]] = {}
             if features.destroy:
-                # The map value rides along for the JSON form (nft drops it); the kernel deletes by key.
-                destroys = [
-                    _change((False, name, key, value, None, None, True)) for (name, key), value in deleted.items()
-                ]
-                changes.extend(_grouped_by_set(destroys))
+                # The map value rides along for error messages; the kernel deletes by key.
+                for (name, key), value in deleted.items():
+                    by_set.setdefault(name, []).append(Change(False, name, key, value, destroy=True))
+                for group in by_set.values():
+                    changes.extend(group)
             else:
                 for (set_name, key), value in deleted.items():
                     # No destroy: deleting an element the kernel already expired fails the whole transaction
                     # with ENOENT. Adding it first (same value, so no EEXIST) makes the delete safe.
-                    changes.append(nftnl.Change(True, set_name, key, value, 1000))
-                    changes.append(nftnl.Change(False, set_name, key, value))
-            adds = []
+                    changes.append(Change(True, set_name, key, value, 1000))
+                    changes.append(Change(False, set_name, key, value))
+            by_set = {}
             for hole, entries in added:
                 timeout_ms = int(max(1, hole.timeout) * 1000)
                 comment = element_comment(hole, self._epoch_of(hole.since))
-                adds.extend(
-                    _change((True, name, key, value, timeout_ms, comment, False)) for name, key, value in entries
-                )
-            changes.extend(_grouped_by_set(adds))  # two additions of one element keep their order
-        return changes
-
-    def _messages(self, parts: Sequence[Part], features: ElementFeatures) -> list[nftnl.Message]:
-        """What _batch_changes gives, built straight into nfnetlink messages: the hot path, for every drain of
-        the queue that changes pinholes. Per pinhole its timeout and comment are encoded once for all its
-        elements, and each set's elements go into one message (tests/test_nftnl.py compares the bytes with
-        those of _batch_changes)."""
-        if not features.destroy:  # kernels before 6.3: add + delete pairs, the general path
-            return nftnl.messages_of(self._batch_changes(parts, features))
-        out: list[nftnl.Message] = []
-        for deleted, added in self._plan(parts, features.timeout_update):
-            destroys: dict[str, nftnl.Message] = {}
-            for (name, key), value in deleted.items():
-                message = destroys.get(name)
-                if message is None:
-                    message = destroys[name] = nftnl.Message(nftnl.NFT_MSG_DESTROYSETELEM, name, [], [])
-                message.elements.append(nftnl.delete_element(key))
-                message.shown.append((key, value))
-            adds: dict[str, nftnl.Message] = {}
-            for hole, entries in added:
-                timeout = nftnl.timeout_attr(int(max(1, hole.timeout) * 1000))
-                userdata = nftnl.userdata_attr(element_comment(hole, self._epoch_of(hole.since)))
                 for name, key, value in entries:
-                    message = adds.get(name)
-                    if message is None:
-                        message = adds[name] = nftnl.Message(nftnl.NFT_MSG_NEWSETELEM, name, [], [])
-                    message.elements.append(nftnl.add_element(key, value, timeout, userdata))
-                    message.shown.append((key, value))
-            for message in (*destroys.values(), *adds.values()):
-                last = out[-1] if out else None
-                if last is not None and last.kind == message.kind and last.set_name == message.set_name:
-                    # The last message of a step (one part after another, see _plan) and the first of the
-                    # next change one set the same way: one message, as messages_of makes it.
-                    last.elements.extend(message.elements)
-                    last.shown.extend(message.shown)
-                else:
-                    out.append(message)
-        return out
+                    by_set.setdefault(name, []).append(Change(True, name, key, value, timeout_ms, comment))
+            for group in by_set.values():
+                changes.extend(group)  # two additions of one element keep their order
+        return changes
 
     def _plan(self, parts: Sequence[Part], timeout_update: bool) -> list[tuple[Deleted, list[Added]]]:
         """The elements to delete, then the pinholes whose elements to add, for several (install, remove,
@@ -367,50 +301,20 @@ class Nft:
         # deleted above); a changed mapping is always preceded by its removal in the same transaction.
         return deleted, [(hole, self._entries(hole)) for hole in [*install, *recreate]]
 
-    def _commands(
-        self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
-    ) -> list[dict]:
-        """`_changes` as libnftables JSON commands."""
-        cmds: list[dict] = []
-        # nft 1.0.6 has no destroy command: removals as add + delete.
-        features = replace(self.element_features(), destroy=False)
-        for change in self._changes(install, remove, recreate, features):
-            extra: dict[str, Any] = {}
-            if change.add:
-                extra["timeout"] = (change.timeout_ms or 0) // 1000
-                if change.comment is not None:
-                    extra["comment"] = change.comment
-            element = self._element(change.set_name, change.key, change.value, extra)
-            cmds.append({"add" if change.add else "delete": {"element": element}})
-        return cmds
-
     def apply(self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()) -> None:
         """One transaction: remove, then install/refresh (and delete + add `recreate`). Raises NftError and
-        changes nothing on failure. Sent as a raw nfnetlink batch (nfsip.kernel.nftnl)."""
+        changes nothing on failure."""
         self.apply_batch([(install, remove, recreate)])
 
     def apply_batch(self, parts: Sequence[Part]) -> None:
         """Several messages' (install, remove, recreate) in one transaction: the same end state as one
         `apply` per part, all or nothing, for the cost of one commit (see _plan)."""
         try:
-            messages = self._messages(parts, self.element_features())
-            if messages:
-                self._nfnl.send_messages(messages, self.table)
+            self._nfnl.send(self.changes(parts), self.table)
         except nftnl.BatchError as exc:
             raise NftError(f"nft transaction failed: {exc}", exc.errno, exc.msg_type) from exc
         except (OSError, ValueError) as exc:  # the socket itself, or an element nft would refuse too
             raise NftError(f"nft transaction failed: {exc}", getattr(exc, "errno", None)) from exc
-
-    def apply_json(
-        self, install: Iterable[Pinhole], remove: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()
-    ) -> None:
-        """`apply` through libnftables JSON: the same element changes, the path used before the raw batch."""
-        cmds = self._commands(install, remove, recreate)
-        if not cmds:
-            return
-        rc, _out, err = self._nft.json_cmd({"nftables": cmds})
-        if rc != 0:
-            raise NftError(err.strip() or f"nft transaction failed with code {rc}")
 
     def apply_replacing(self, install: Iterable[Pinhole], recreate: Iterable[Pinhole] = ()) -> None:
         """Install one message's pinholes as one transaction, all or nothing, each key first cleared of
@@ -446,9 +350,15 @@ class Nft:
         return errors
 
     def _delete_keys(self, hole: Pinhole) -> None:
+        """Delete whatever this pinhole's keys hold, each key in a transaction of its own: before Linux 6.3
+        (no destroy) deleting an absent key fails its transaction, and that failure is ignored here (a
+        key that is still wrong shows in the add that follows)."""
+        destroy = self.element_features().destroy
         for map_name, key, _value in self._entries(hole):
-            key_text = " . ".join(str(k) for k in key)
-            self._nft.cmd(f"delete element ip {self.table} {map_name} {{ {key_text} }}")
+            try:
+                self._nfnl.send([Change(False, map_name, key, destroy=destroy)], self.table)
+            except (OSError, ValueError):
+                pass
 
     def elements(self, map_name: str = DNAT_MAP) -> list[MapElement]:
         rc, out, err = self._nft.cmd(f"list map ip {self.table} {map_name}")
@@ -527,9 +437,9 @@ class Nft:
                     )
         return holes
 
-    def _queue_chain(self) -> list[list[nftread.Expr]]:
+    def _queue_chain(self) -> list[list[nftnl.Expr]]:
         try:
-            return nftread.chain_rules(self.table, QUEUE_CHAIN)
+            return self._nfnl.chain_rules(self.table, QUEUE_CHAIN)
         except OSError as exc:
             raise NftError(f"cannot read chain {QUEUE_CHAIN}: {exc}", exc.errno) from exc
 
@@ -553,7 +463,7 @@ class Nft:
         total = 0
         for chain in (RATE_OUT_CHAIN, RATE_IN_CHAIN):
             try:
-                rules = nftread.chain_rules(self.table, chain)
+                rules = self._nfnl.chain_rules(self.table, chain)
             except OSError as exc:
                 raise NftError(f"cannot read chain {chain}: {exc}", exc.errno) from exc
             total += sum(expr.counter[0] for rule in rules for expr in rule if expr.counter is not None)

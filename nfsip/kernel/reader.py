@@ -1,9 +1,10 @@
 """Kernel reads that can be slow when the tables are big, off the queue's thread.
 
-At 20,000 pinholes (bench/scale.py) checking that the table and its queue rule are still in place took
-1.0 s through libnftables (which fetched every set with its elements first; now nfsip.kernel.nftread asks
-for the one table and chain) and reading the media counters 0.8 s, every 5 s, in the packet loop's thread:
-SIP waited behind them, or failed open past a full queue. Here a thread of its own, with its own netlink
+With tens of thousands of pinholes, checking that the table and its queue rule are still in place took
+about a second through libnftables (which fetched every set with its elements first; now nfsip.kernel.nftnl
+asks for the one table and chain), and reading the media counters nearly as long, every 5 s, in the packet
+loop's thread: SIP waited behind them, or failed open past a full queue (docs/performance.md, "Netlink by
+hand"). Here a thread of its own, with its own netlink
 sockets, does those reads when asked; the packet loop asks from its housekeeping and picks the answers up
 there. One SimpleQueue each way: nothing the packet path touches, no lock. (The conntrack dump is walked by
 the kernel inside recv(), with the GIL released; parsing the answer holds it, so a read of a big conntrack
@@ -76,7 +77,7 @@ class KernelReader:
             self._thread = None
 
     def _serve(self) -> None:
-        # One for the thread's life: its table reads go through nftread, so no libnftables cache builds up.
+        # One for the thread's life: its table reads go through nftnl, so no libnftables cache builds up.
         nft = Nft(self._table)
         while (request := self._requests.get()) is not None:
             what, endpoints = request
