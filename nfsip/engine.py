@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
 from .callstate import Action, CallState, Trigger, first_state, step, trigger_of
@@ -65,7 +64,6 @@ TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
 _TRANSACTION_SECONDS = 64.0
 _TRANSACTION_LIMIT = 20000
-_PUBLIC_SIP_CACHED = 4096  # public SIP ports whose Endpoint and text are kept (Engine._public_sip_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +87,9 @@ class Timeouts:
 
 
 def _is_udp_media(media: SdpMedia) -> bool:
-    # Memoised per proto text: a handful of values in practice; bounded, as the text comes from the network.
-    proto = media.proto
-    udp = _UDP_PROTOS.get(proto)
-    if udp is None:
-        if len(_UDP_PROTOS) >= 256:
-            _UDP_PROTOS.clear()
-        udp = _UDP_PROTOS[proto] = proto.lower().startswith(_UDP_PROTO_PREFIXES)
-    return udp
+    return media.proto.lower().startswith(_UDP_PROTO_PREFIXES)
 
 
-_UDP_PROTOS: dict[str, bool] = {}
 _OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
 _BYE_WHY = {d: f"BYE ({d.value})" for d in Direction}  # why a BYE ended a call, per direction
 # Why a call's deadline ended it, per the state it was in.
@@ -124,7 +114,6 @@ def _message_kind(msg: SipMessage) -> str:
     return f"{(msg.status or 0) // 100}xx"
 
 
-@lru_cache(maxsize=4096)  # a pure function of the text, 2.5-3 µs a call; bounded (the text is the network's)
 def _is_private(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -184,27 +173,6 @@ class Engine:
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
 
-    @property
-    def public_ip(self) -> str:
-        return self._public_ip
-
-    @public_ip.setter
-    def public_ip(self, ip: str) -> None:
-        # The daemon sets a new address when the WAN address changes: the texts made from the old one go.
-        self._public_ip = ip
-        self._public_ip_bytes = ip.encode()
-        # public SIP port -> (Endpoint, "ip:port" bytes): made once per port, not per message.
-        self._public_sip: dict[int, tuple[Endpoint, bytes]] = {}
-
-    def _public_sip_of(self, port: int) -> tuple[Endpoint, bytes]:
-        entry = self._public_sip.get(port)
-        if entry is None:
-            if len(self._public_sip) >= _PUBLIC_SIP_CACHED:
-                self._public_sip.clear()
-            endpoint = Endpoint(self._public_ip, port)
-            entry = self._public_sip[port] = (endpoint, _hostport_bytes(endpoint))
-        return entry
-
     @classmethod
     def from_config(cls, public_ip: str, config: Config) -> Engine:
         """The engine of a daemon (or worker) with this configuration: its media ports, lifetimes, policy."""
@@ -238,7 +206,8 @@ class Engine:
     def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         splices: list[_Splice] = []
         lan_ip = flow.lan.ip
-        public_sip, public_sip_text = self._public_sip_of(flow.public.port)
+        public_sip = Endpoint(self.public_ip, flow.public.port)
+        public_sip_text = _hostport_bytes(public_sip)
         if msg.is_request:
             # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.sip.message).
             via = msg.top_via
@@ -340,7 +309,7 @@ class Engine:
             change.pass_unchanged = True
             return call
         if call is None:
-            call = calls.get_or_create(msg.call_id, lan_ip, self._public_ip, now)
+            call = calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
             call.strict = self.media_from_sdp
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
@@ -371,7 +340,7 @@ class Engine:
             change.detail = "media ports exhausted"
             return call
         change.install_call = call
-        public_ip = self._public_ip_bytes
+        public_ip = self.public_ip.encode()
         for media, binding in bindings:
             _port_splices(media, binding, edits)
             rtcp = media.rtcp
@@ -406,7 +375,7 @@ class Engine:
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         splices: list[_Splice] = []
         lan_sip = flow.lan
-        public_ip = self._public_ip
+        public_ip = self.public_ip
         change = _Change()
         if not msg.is_request:
             via = msg.top_via
@@ -779,26 +748,10 @@ def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[s
     None when a port the stream derives falls outside 1-65535 (`m=audio 65535` makes RTCP 65536): such a
     stream opens nothing (_out_of_range_port says which). A UDP port has 16 bits; the nft and conntrack
     encoders refuse anything else, and a bad key once failed the whole transaction and every media sample."""
-    count = media.port_count
-    if count <= 1 and index < _LABELS_CACHED:
-        # The usual m= line, one RTP port: spared the general loop and its label formatting.
-        rtp = media.port
-        if not 0 < rtp <= _MAX_PORT:
-            return None
-        if media.rtcp_mux:
-            return (rtp,), _RTP_ONLY_LABELS[index]
-        rtcp = media.rtcp.port if media.rtcp is not None else rtp + 1
-        if rtcp == rtp:
-            return (rtp,), _RTP_ONLY_LABELS[index]
-        if not 0 < rtcp <= _MAX_PORT:
-            return None
-        if rtcp > rtp:
-            return (rtp, rtcp), _RTP_RTCP_LABELS[index]
-        return (rtcp, rtp), _RTCP_RTP_LABELS[index]
     # Checked before the loop: the count comes from the network (`m=audio 1024/30000` once cost 6.5 s here).
     if _out_of_range_port(media) is not None:
         return None
-    count = max(count, 1)
+    count = max(media.port_count, 1)
     ports: list[int] = []
     labels: list[str] = []
     seen: set[int] = set()  # the membership test of the loop: a list made it quadratic in the count
@@ -839,8 +792,4 @@ def _out_of_range_port(media: SdpMedia) -> int | None:
     return highest if highest > _MAX_PORT else None
 
 
-_MAX_PORT = 65535
-_LABELS_CACHED = 16
-_RTP_ONLY_LABELS = tuple((f"m{i}.rtp",) for i in range(_LABELS_CACHED))
-_RTP_RTCP_LABELS = tuple((f"m{i}.rtp", f"m{i}.rtcp") for i in range(_LABELS_CACHED))
-_RTCP_RTP_LABELS = tuple((f"m{i}.rtcp", f"m{i}.rtp") for i in range(_LABELS_CACHED))
+_MAX_PORT = 65535  # the highest UDP port

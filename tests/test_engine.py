@@ -230,6 +230,26 @@ def test_rtcp_port_below_the_rtp_port_keeps_each_port_its_own_mapping():
     assert b"a=rtcp:%d" % public_of[5999] in body
 
 
+def test_stream_ports_and_labels_of_the_usual_media_lines():
+    """RTP on the m= port, RTCP on port+1 (RFC 3550), where a=rtcp says (RFC 3605), on the RTP port with
+    rtcp-mux (RFC 5761); each pinhole labelled with its stream and role."""
+    extra = (
+        "m=audio 6002 RTP/AVP 0\r\na=rtcp:7001\r\n"
+        "m=video 6004 RTP/AVP 96\r\na=rtcp:5999 IN IP4 10.0.0.2\r\n"
+        "m=audio 6006 RTP/AVP 0\r\na=rtcp-mux\r\n"
+    )
+    d = engine().handle(outbound("10.0.0.2"), invite(port=6000, extra_media=extra), 0.0)
+    assert sorted((h.label, h.lan.port) for h in d.install) == [
+        ("m0.rtcp", 6001),
+        ("m0.rtp", 6000),
+        ("m1.rtcp", 7001),
+        ("m1.rtp", 6002),
+        ("m2.rtcp", 5999),
+        ("m2.rtp", 6004),
+        ("m3.rtp", 6006),
+    ]
+
+
 def test_changed_media_port_replaces_the_pinhole_in_one_decision():
     eng = engine()
     eng.handle(outbound("10.0.0.2"), invite(port=6000), 0.0)

@@ -1,69 +1,9 @@
-"""The engine's common-case shortcuts give exactly what the general code gives (real SDP and SIP text)."""
+"""The parser's shortcut accessors give exactly what the general code gives (real SIP text)."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from nfsip.engine import _stream_ports
 from nfsip.sip.errors import SipParseError
 from nfsip.sip.message import parse_message
-from nfsip.sip.sdp import parse_sdp
-
-
-def reference_stream_ports(index: int, media) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """RFC 3550 §11 / RFC 3605 / RFC 5761 / RFC 8866 §5.14 written out plainly: RTP ports of the m= line,
-    each with its RTCP port unless rtcp-mux, the first RTCP port as a=rtcp says; sorted by port."""
-    count = max(media.port_count, 1)
-    pairs: list[tuple[int, str]] = []
-    for i in range(count):
-        rtp = media.port + 2 * i
-        suffix = "" if count == 1 else str(i)
-        pairs.append((rtp, f"m{index}.rtp{suffix}"))
-        if media.rtcp_mux:
-            continue
-        rtcp = media.rtcp.port if i == 0 and media.rtcp is not None else rtp + 1
-        if rtcp not in [p for p, _ in pairs]:
-            pairs.append((rtcp, f"m{index}.rtcp{suffix}"))
-    pairs.sort()
-    return tuple(p for p, _ in pairs), tuple(label for _, label in pairs)
-
-
-def sdp_media(lines: list[str]):
-    body = ("v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n" + "".join(lines)).encode()
-    return parse_sdp(body, 0, len(body)).media
-
-
-@given(
-    index=st.integers(0, 20),
-    port=st.integers(1024, 65000),
-    count=st.sampled_from(["", "/1", "/2", "/3"]),
-    rtcp=st.one_of(st.none(), st.integers(1024, 65535)),
-    mux=st.booleans(),
-)
-def test_stream_ports_shortcut_matches_the_general_rule(index, port, count, rtcp, mux):
-    lines = ["m=audio 1 RTP/AVP 0\r\n"] * index + [f"m=audio {port}{count} RTP/AVP 0\r\n"]
-    if rtcp is not None:
-        lines.append(f"a=rtcp:{rtcp}\r\n")
-    if mux:
-        lines.append("a=rtcp-mux\r\n")
-    media = sdp_media(lines)[index]
-    assert _stream_ports(index, media) == reference_stream_ports(index, media)
-
-
-def test_stream_ports_of_the_usual_cases():
-    plain, explicit_rtcp, below, muxed = sdp_media(
-        [
-            "m=audio 6000 RTP/AVP 0\r\n",
-            "m=audio 6002 RTP/AVP 0\r\na=rtcp:7001\r\n",
-            "m=video 6004 RTP/AVP 96\r\na=rtcp:5999 IN IP4 10.0.0.2\r\n",
-            "m=audio 6006 RTP/AVP 0\r\na=rtcp-mux\r\n",
-        ]
-    )
-    assert _stream_ports(0, plain) == ((6000, 6001), ("m0.rtp", "m0.rtcp"))
-    assert _stream_ports(1, explicit_rtcp) == ((6002, 7001), ("m1.rtp", "m1.rtcp"))
-    assert _stream_ports(2, below) == ((5999, 6004), ("m2.rtcp", "m2.rtp"))
-    assert _stream_ports(3, muxed) == ((6006,), ("m3.rtp",))
 
 
 def message_with_to(to_value: str) -> bytes:
