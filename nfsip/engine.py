@@ -38,10 +38,10 @@ from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Ev
 from .policy import Policy, policy_from
 from .ports import PortAllocator, PortsExhausted
 from .registrations import DEFAULT_EXPIRES, PendingRegister, RegistrationTable
-from .sip.edit import apply_splices
+from .sip.edit import Edit, apply_edits
 from .sip.errors import SipParseError
-from .sip.message import HostPort, SipMessage, parse_message
-from .sip.sdp import Sdp, SdpAddress, SdpMedia
+from .sip.message import SipMessage, parse_message
+from .sip.sdp import Sdp, SdpMedia
 from .sip.spans import fast_ctor
 
 # Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
@@ -53,12 +53,6 @@ _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
 _decision = fast_ctor(Decision)
 _pending_register = fast_ctor(PendingRegister)
 _call_ended = fast_ctor(CallEnded)
-
-# An edit of msg.raw as (start, end, replacement), for nfsip.sip.edit.apply_splices. The engine reads the
-# offsets straight from the parsed values' slots (HostPort _hs/_pe, Param _vs/_ve, SdpAddress and SdpRtcp
-# _s/_e, SdpMedia _ps/_pe: what their span properties are made of): a Span and an Edit object per change
-# cost more than the splice itself (bench/engine.py).
-_Splice = tuple[int, int, bytes]
 
 TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
@@ -104,10 +98,6 @@ def _hostport_bytes(ep: Endpoint) -> bytes:
     return f"{ep.ip}:{ep.port}".encode()
 
 
-def _address_splice(address: SdpAddress, replacement: bytes) -> _Splice:
-    return (address._s, address._e, replacement)
-
-
 def _message_kind(msg: SipMessage) -> str:
     if msg.is_request:
         return msg.method or "?"
@@ -124,17 +114,26 @@ def _is_private(address: str) -> bool:
 
 
 def _session_expires(msg: SipMessage) -> int | None:
-    value = msg.session_expires_value()
-    if value is None:
+    header = msg.header("session-expires")
+    if header is None:
         return None
-    digits = value.split(";", 1)[0].strip()
+    digits = header.value.split(";", 1)[0].strip()
     return int(digits) if digits.isdigit() and 0 < int(digits) < 1 << 31 else None
+
+
+def _in_dialog(msg: SipMessage) -> bool:
+    """Whether the request's To carries a tag: it belongs to a dialog (RFC 3261 §12.2.1). A To that does not
+    parse has no tag."""
+    try:
+        return msg.to.tag is not None
+    except SipParseError:
+        return False
 
 
 def _trigger(msg: SipMessage) -> Trigger | None:
     """What the message is to its call (nfsip.callstate.trigger_of)."""
     if msg.is_request:
-        return trigger_of(True, msg.method or "", msg.to_has_tag(), 0, "")
+        return trigger_of(True, msg.method or "", _in_dialog(msg), 0, "")
     return trigger_of(False, "", False, msg.status or 0, msg.cseq_method or "")
 
 
@@ -204,7 +203,7 @@ class Engine:
 
     # -- LAN -> WAN ----------------------------------------------------------------------------------
     def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
-        splices: list[_Splice] = []
+        edits: list[Edit] = []
         lan_ip = flow.lan.ip
         public_sip = Endpoint(self.public_ip, flow.public.port)
         public_sip_text = _hostport_bytes(public_sip)
@@ -213,13 +212,14 @@ class Engine:
             via = msg.top_via
             sent_by = via.sent_by
             if sent_by.host == lan_ip:
-                splices.append((sent_by._hs, sent_by._pe, public_sip_text))
+                sent_by_span = sent_by.span
+                edits.append(Edit(sent_by_span, public_sip_text))
                 branch = via.branch
                 if branch:
-                    self._remember_via(branch, lan_ip, msg.raw[sent_by._hs : sent_by._pe], now)
+                    self._remember_via(branch, lan_ip, sent_by_span.slice(msg.raw), now)
                     if msg.method == "REGISTER":
                         try:
-                            aor = msg.to_uri_bytes().decode("utf-8", "replace")
+                            aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
                         except SipParseError:
                             aor = "?"
                         pending = _pending_register(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
@@ -229,25 +229,25 @@ class Engine:
             hp = contact.uri.hostport
             if hp is not None:
                 if hp.host == lan_ip:
-                    splices.append((hp._hs, hp._pe, public_sip_text))
+                    edits.append(Edit(hp.span, public_sip_text))
                 elif _is_private(hp.host):
                     change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
-            call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, splices)
+            call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, edits)
         else:
             call = self.calls.get(msg.call_id, lan_ip)
         if call is not None:
             call.learn_path(flow.remote.ip, flow.lan.port)
         self._transitions(msg, call, flow.direction, now, change)
-        return self._finish(msg, splices, change, now)
+        return self._finish(msg, edits, change, now)
 
     def _outbound_sdp(
-        self, lan_ip: str, msg: SipMessage, sdp: Sdp, now: float, change: _Change, splices: list[_Splice]
+        self, lan_ip: str, msg: SipMessage, sdp: Sdp, now: float, change: _Change, edits: list[Edit]
     ) -> Call | None:
-        """Rewrite and bind the streams of the LAN host's SDP; adds to `splices`, or leaves them alone when the
+        """Rewrite and bind the streams of the LAN host's SDP; adds to `edits`, or leaves them alone when the
         whole message must pass unchanged (change.pass_unchanged). Returns the call as it stands afterwards
         (None when there is none), which _transitions would otherwise look up again."""
-        edits: list[_Splice] = []
+        sdp_edits: list[Edit] = []
         wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
         disabled: list[int] = []
         held: list[tuple[int, SdpMedia]] = []
@@ -293,9 +293,9 @@ class Engine:
                 binding = call.streams.get(index)
                 derived = _stream_ports(index, media)
                 if binding is not None and derived is not None and binding.lan_ports == derived[0]:
-                    _port_splices(media, binding, edits)
+                    _port_edits(media, binding, sdp_edits)
         if not wanted:
-            splices.extend(edits)
+            edits.extend(sdp_edits)
             return call
         new_pinholes = 0
         streams = call.streams if call is not None else None
@@ -342,17 +342,17 @@ class Engine:
         change.install_call = call
         public_ip = self.public_ip.encode()
         for media, binding in bindings:
-            _port_splices(media, binding, edits)
+            _port_edits(media, binding, sdp_edits)
             rtcp = media.rtcp
             if rtcp is not None and rtcp.address is not None and rtcp.address.address == lan_ip:
-                edits.append(_address_splice(rtcp.address, public_ip))
+                sdp_edits.append(Edit(rtcp.address.address_span, public_ip))
             if media.connection is not None and media.connection.address == lan_ip:
-                edits.append(_address_splice(media.connection, public_ip))
+                sdp_edits.append(Edit(media.connection.address_span, public_ip))
         if session_conn is not None and session_conn.address == lan_ip:
-            edits.append(_address_splice(session_conn, public_ip))
+            sdp_edits.append(Edit(session_conn.address_span, public_ip))
         if sdp.origin is not None and sdp.origin.address == lan_ip:
-            edits.append(_address_splice(sdp.origin, public_ip))
-        splices.extend(edits)
+            sdp_edits.append(Edit(sdp.origin.address_span, public_ip))
+        edits.extend(sdp_edits)
         return call
 
     def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
@@ -373,7 +373,7 @@ class Engine:
 
     # -- WAN -> LAN ----------------------------------------------------------------------------------
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
-        splices: list[_Splice] = []
+        edits: list[Edit] = []
         lan_sip = flow.lan
         public_ip = self.public_ip
         change = _Change()
@@ -383,30 +383,28 @@ class Engine:
                 self._registered(msg, via.branch, flow.remote.ip, now, change)
             sent_by = via.sent_by
             if sent_by.host == public_ip:
-                # The parameters first: split once, the branch is then read from them (Via.branch).
-                received = via.param("received")
-                rport = via.param("rport")
                 original = self._recall_via(via.branch, lan_sip.ip)
-                splices.append((sent_by._hs, sent_by._pe, original or _hostport_bytes(lan_sip)))
-                if received is not None and received._vs >= 0:  # a value (Param.value_span)
-                    if received.value == public_ip:
-                        splices.append((received._vs, received._ve, lan_sip.ip.encode()))
-                if rport is not None and rport._vs >= 0:
-                    splices.append((rport._vs, rport._ve, str(lan_sip.port).encode()))
+                edits.append(Edit(sent_by.span, original or _hostport_bytes(lan_sip)))
+                received = via.param("received")
+                if received is not None and received.value_span is not None and received.value == public_ip:
+                    edits.append(Edit(received.value_span, lan_sip.ip.encode()))
+                rport = via.rport
+                if rport is not None and rport.value_span is not None:
+                    edits.append(Edit(rport.value_span, str(lan_sip.port).encode()))
         if msg.is_request and msg.request_uri is not None:
-            hp: HostPort | None = msg.request_uri.hostport
+            hp = msg.request_uri.hostport
             if hp is not None and hp.host == public_ip:
-                splices.append((hp._hs, hp._pe, _hostport_bytes(lan_sip)))
+                edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
         call = self.calls.get(msg.call_id, lan_sip.ip)
         if call is not None and not call.on_path(flow.remote.ip, lan_sip.port):
             # Not the call's signalling path (another host, or another port of the phone than its SIP
             # port): it is passed on, but changes neither the call's state nor its pinholes.
             change.refuse("not-dialog-peer", f"{msg.call_id}: from {flow.remote} to {lan_sip}, not the call's peer")
-            return self._finish(msg, splices, change, now)
+            return self._finish(msg, edits, change, now)
         if msg.sdp is not None:
             self._far_end_sdp(msg, msg.sdp, lan_sip.ip, call, change)
         self._transitions(msg, call, flow.direction, now, change)
-        return self._finish(msg, splices, change, now)
+        return self._finish(msg, edits, change, now)
 
     def _far_end_sdp(self, msg: SipMessage, sdp: Sdp, lan_ip: str, call: Call | None, change: _Change) -> None:
         """Strict mode: learn where the far end sends media from its SDP, and let only that address in."""
@@ -637,7 +635,7 @@ class Engine:
         entry = self._vias.get((branch, lan_ip))
         return entry[0] if entry else None
 
-    def _finish(self, msg: SipMessage, splices: list[_Splice], change: _Change, now: float) -> Decision:
+    def _finish(self, msg: SipMessage, edits: list[Edit], change: _Change, now: float) -> Decision:
         payload = None
         if change.pass_unchanged:
             return Decision(
@@ -649,8 +647,8 @@ class Engine:
                 events=tuple(change.events),
                 refusals=tuple(change.refusals),
             )
-        if splices:
-            new = apply_splices(msg, splices)
+        if edits:
+            new = apply_edits(msg, edits)
             if new != msg.raw or msg.trailing:
                 payload = new
         install = list(change.install)
@@ -727,17 +725,17 @@ class _Change:
         self.detail = detail
 
 
-def _port_splices(media: SdpMedia, binding: StreamBinding, splices: list[_Splice]) -> None:
+def _port_edits(media: SdpMedia, binding: StreamBinding, edits: list[Edit]) -> None:
     """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
     lan_ports, public_ports = binding.lan_ports, binding.public_ports
     # The binding's ports are sorted: an a=rtcp port below the RTP port (a=rtcp:5999 with m=audio 6004) comes
     # first, and the m= line must still get the RTP port's own public port.
     rtp_public = public_ports[0] if lan_ports[0] == media.port else public_ports[lan_ports.index(media.port)]
-    splices.append((media._ps, media._pe, str(rtp_public).encode()))
+    edits.append(Edit(media.port_span, str(rtp_public).encode()))
     rtcp = media.rtcp
     if rtcp is not None and not media.rtcp_mux and rtcp.port in lan_ports:
         rtcp_public = public_ports[lan_ports.index(rtcp.port)]
-        splices.append((rtcp._s, rtcp._e, str(rtcp_public).encode()))
+        edits.append(Edit(rtcp.port_span, str(rtcp_public).encode()))
 
 
 def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
