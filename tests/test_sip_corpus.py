@@ -26,7 +26,7 @@ import pytest
 from nfsip.sip import Edit, SipMessage, SipParseError, apply_edits, parse_message
 
 from .corpus import CORPUS, case, cases, need
-from .test_sip_lazy import message_fields, parse_both
+from .sip_support import parse_valid
 
 VENDORS = CORPUS / "vendors"
 PCAPS = CORPUS / "pcap"
@@ -155,7 +155,7 @@ def test_vendor_index_complete() -> None:
 def test_vendor_message(name: str) -> None:
     need(VENDORS / case(name))
     data = (VENDORS / name).read_bytes()
-    msg = parse_both(data)
+    msg = parse_valid(data)
     kind = name.split("__")[1]
     if kind[0].isdigit():
         assert msg.status == int(kind[:3])
@@ -354,16 +354,6 @@ EXPECTED_UDP_ERRORS: dict[str, Counter[str]] = {
 }
 
 
-def check_lazy_rejects(data: bytes, stream: bool = False) -> None:
-    """What strict mode rejects, a lazy parse rejects too, at once or from validate()."""
-    try:
-        msg = parse_message(data, stream=stream)
-    except SipParseError:
-        return
-    with pytest.raises(SipParseError):
-        msg.validate()
-
-
 def _pcap_files() -> list[str]:
     if not PCAPS.exists():
         return []
@@ -393,12 +383,10 @@ def test_pcap_messages(name: str) -> None:
             skipped["udp-not-sip"] += 1
             continue
         try:
-            msg = parse_message(payload, strict=True)  # the eager verdict
+            msg = parse_valid(payload)
         except SipParseError as e:
             errors[e.reason] += 1
-            check_lazy_rejects(payload)
             continue
-        assert message_fields(parse_message(payload)) == message_fields(msg)
         assert msg.raw + msg.trailing == payload
         parsed.append(msg)
     for segs in st.tcp_streams.values():
@@ -408,13 +396,11 @@ def test_pcap_messages(name: str) -> None:
                 skipped["tcp-not-sip"] += 1
                 break
             try:
-                msg = parse_message(buf, stream=True, strict=True)
+                msg = parse_valid(buf, stream=True)
             except SipParseError as e:
                 assert e.incomplete, (name, e.reason)  # a TCP capture may end mid-message
-                check_lazy_rejects(buf, stream=True)
                 skipped["tcp-incomplete"] += 1
                 break
-            assert message_fields(parse_message(buf, stream=True)) == message_fields(msg)
             parsed.append(msg)
             buf = msg.trailing
     assert errors == EXPECTED_UDP_ERRORS.get(name, Counter()), (name, errors)

@@ -6,7 +6,7 @@ import pytest
 
 from nfsip.sip import Edit, SipParseError, Span, apply_edits, parse_message, parse_name_addrs, parse_sdp
 
-from .test_sip_lazy import assert_rejected, parse_both
+from .sip_support import assert_rejected, parse_valid
 
 SDP = (
     b"v=0\r\n"
@@ -48,7 +48,7 @@ def invite(
 
 def test_basic_invite() -> None:
     data = invite()
-    m = parse_both(data)
+    m = parse_valid(data)
     assert m.is_request and m.method == "INVITE" and m.status is None
     assert m.request_uri is not None and m.request_uri.user == "bob"
     v = m.vias[0]
@@ -426,7 +426,7 @@ def test_resource_limits(data: bytes, reason: str) -> None:
 
 
 def test_just_below_limits_parse() -> None:
-    m = parse_both(invite(extra=b"Via: SIP/2.0/UDP h\r\n" * 120))
+    m = parse_valid(invite(extra=b"Via: SIP/2.0/UDP h\r\n" * 120))
     assert len(m.vias) == 121
     m = parse_message(invite(body=b"v=0\r\n" + b"m=audio 1 RTP/AVP 0\r\n" * 64))
     assert m.sdp is not None and len(m.sdp.media) == 64

@@ -19,12 +19,14 @@ class SipParseError(ValueError):
     """The bytes are not a SIP message this layer is willing to handle.
 
     ``reason`` is a slug such as ``"no-start-line"``, ``"bad-content-length"``,
-    ``"missing-call-id"`` or ``"truncated-body"``; ``detail`` is free text for logs.
+    ``"missing-call-id"`` or ``"truncated-body"``; ``detail`` is free text for logs (the offending text,
+    cut to its first 120 characters).
     """
 
     __slots__ = ("detail", "reason")
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        detail = detail[:120]
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
