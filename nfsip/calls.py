@@ -13,12 +13,6 @@ from dataclasses import dataclass, field
 from .callstate import CallState
 from .model import Endpoint, Pinhole, comment_call_id
 from .ports import PortAllocator
-from .sip.spans import fast_ctor
-
-# Positional constructors that skip the frozen dataclasses' __init__: every message that installs a call's
-# pinholes builds two Endpoints and a Pinhole per pinhole (nfsip.sip.spans.fast_ctor).
-_pinhole = fast_ctor(Pinhole)
-_endpoint = fast_ctor(Endpoint)
 
 
 @dataclass
@@ -98,13 +92,13 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
     if last and last[0].public.ip == public_ip and last[0].lan.ip == lan_ip:
         for h in last:
             # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
-            holes.append(_pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created))
+            holes.append(Pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created))
         return holes
     for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True):
         holes.append(
-            _pinhole(
-                _endpoint(public_ip, pub),
-                _endpoint(lan_ip, lan),
+            Pinhole(
+                Endpoint(public_ip, pub),
+                Endpoint(lan_ip, lan),
                 call_id,
                 label,
                 timeout,

@@ -42,17 +42,10 @@ from .sip.edit import Edit, apply_edits
 from .sip.errors import SipParseError
 from .sip.message import SipMessage, parse_message
 from .sip.sdp import Sdp, SdpMedia
-from .sip.spans import fast_ctor
 
 # Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
 # (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
 _UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
-
-# Positional constructors that skip the frozen dataclasses' __init__ (nfsip.sip.spans.fast_ctor): a decision
-# makes one Decision per message, a REGISTER a PendingRegister, a call's end a CallEnded.
-_decision = fast_ctor(Decision)
-_pending_register = fast_ctor(PendingRegister)
-_call_ended = fast_ctor(CallEnded)
 
 TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
@@ -222,7 +215,7 @@ class Engine:
                             aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
                         except SipParseError:
                             aor = "?"
-                        pending = _pending_register(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
+                        pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
                         self.registrations.request(branch, pending)
         change = _Change()
         for contact in msg.contacts:
@@ -544,7 +537,7 @@ class Engine:
         if change.install_call is call:
             change.install_call = None
             change.new_lan_ports.clear()
-        change.ended.append(_call_ended(call.call_id, call.lan_ip, why, duration, tuple(removed)))
+        change.ended.append(CallEnded(call.call_id, call.lan_ip, why, duration, tuple(removed)))
 
     def adopt(self, holes: list[Pinhole], now: float) -> None:
         """Rebuild calls and registrations from the pinholes the kernel still holds after a restart (each
@@ -597,9 +590,7 @@ class Engine:
             if not call.streams:  # as when its ports ran out (_outbound_sdp): no call without its media
                 holes = tuple(h for h in dropped if h.call_id == call.call_id and h.lan.ip == call.lan_ip)
                 calls.end(call, now)
-                ended.append(
-                    _call_ended(call.call_id, call.lan_ip, "pinholes refused by nft", now - call.created, holes)
-                )
+                ended.append(CallEnded(call.call_id, call.lan_ip, "pinholes refused by nft", now - call.created, holes))
         return dropped, ended
 
     def expire(self, now: float) -> list[Pinhole]:
@@ -660,19 +651,18 @@ class Engine:
             (recreate if change.recreate and not change.new_lan_ports else install).extend(holes)
             if change.new_lan_ports:
                 opened = opened + [h for h in holes if h.lan.port in change.new_lan_ports]
-        # Every field in Decision's order (_decision skips the dataclass __init__ and its defaults).
-        return _decision(
+        return Decision(
             payload,
             "rewritten" if payload is not None else "unchanged",
-            _message_kind(msg),
-            change.detail,
-            tuple(install),
-            tuple(recreate),
-            tuple(opened),
-            tuple(change.remove),
-            tuple(change.events),
-            tuple(change.refusals),
-            tuple(change.ended),
+            kind=_message_kind(msg),
+            detail=change.detail,
+            install=tuple(install),
+            recreate=tuple(recreate),
+            opened=tuple(opened),
+            remove=tuple(change.remove),
+            events=tuple(change.events),
+            refusals=tuple(change.refusals),
+            ended=tuple(change.ended),
         )
 
     def _call_pinholes(self, call: Call, now: float) -> list[Pinhole]:

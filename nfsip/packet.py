@@ -13,8 +13,6 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .sip.spans import fast_ctor
-
 IPPROTO_UDP = 17
 
 
@@ -39,7 +37,6 @@ class UdpDatagram:
 _PORTS = struct.Struct("!HH")
 _PROTO_UDP = bytes((0, IPPROTO_UDP))
 _inet_ntoa = socket.inet_ntoa
-_udp_datagram = fast_ctor(UdpDatagram)
 
 
 def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
@@ -69,8 +66,7 @@ def decode_ipv4_udp(packet: bytes) -> UdpDatagram:
     if udp_len < 8 or ihl + udp_len > total_len:
         raise PacketError("bad-udp-length")
     sport, dport = _PORTS.unpack_from(packet, ihl)
-    # Positional, without the frozen dataclass __init__ (decoded once per queued packet).
-    return _udp_datagram(
+    return UdpDatagram(
         _inet_ntoa(packet[12:16]), sport, _inet_ntoa(packet[16:20]), dport, ihl + 8, packet[ihl + 8 : ihl + udp_len]
     )
 
