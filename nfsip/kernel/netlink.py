@@ -178,7 +178,7 @@ def acks(data: bytes) -> list[Ack]:
 
 
 _T = TypeVar("_T")
-Parse = Callable[[bytes, int, int], "_T | None"]
+Parse = Callable[[bytes, int, int], _T | None]  # (buffer, attributes start, end) -> an item, or None
 
 
 def request(
