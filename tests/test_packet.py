@@ -116,3 +116,10 @@ def test_checksum_matches_the_rfc1071_loop(data: bytes):
 @pytest.mark.parametrize("data", [b"", b"\0\0\0\0", b"\xff\xff", b"\xff\xff\xff\xff", b"\x00\x01\xff\xfe", b"\x80"])
 def test_checksum_edge_cases(data: bytes):
     assert internet_checksum(data) == rfc1071(data)
+
+
+@pytest.mark.parametrize("size", [511, 512, 513, 2968, 4096, 65507])
+@pytest.mark.parametrize("byte", [0x00, 0xFF, 0x80, 0x01])
+def test_checksum_of_large_uniform_buffers(size: int, byte: int):
+    data = bytes([byte]) * size
+    assert internet_checksum(data) == rfc1071(data)
