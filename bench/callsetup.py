@@ -65,10 +65,10 @@ from common import (
 )
 from media_forwarding import queue_chain_packets, read_counter
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import SippCallee, SippCaller, have_sipp
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import SippCallee, SippCaller, have_sipp
 
 PAUSE_MS = 100
 RTP_BEFORE, RTP_AFTER = 4, 4

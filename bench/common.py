@@ -5,7 +5,7 @@ Nothing here measures by itself. What it provides, and why:
 - `build()` compiles the two C load tools (udpblast.c: RTP-sized UDP at full speed with sendmmsg();
   sipload.c: SIP calls with valid INVITE/200/ACK/BYE messages) once per run: a Python generator would
   measure the interpreter, not the router, and it shares the VM's 2 vCPUs with what it measures.
-- `BENCH_CONFIG`: the daemon configuration for load runs. nfsip's default policy (nfsip.policy.Limits:
+- `BENCH_CONFIG`: the daemon configuration for load runs. nfsip's default policy (nfsip.core.policy.Limits:
   16 calls / 64 pinholes per LAN host, 20 new pinholes/s per host, 5000 calls / 20000 pinholes in all)
   would refuse almost all of a one-phone load test (refused messages pass unchanged and skip the pinhole
   path), so the limits are raised and the media port range widened. Every part says so in its notes.
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nfsip.lab import topology as T  # noqa: E402
-from nfsip.lab.lab import Lab  # noqa: E402
+from nfsiplab import topology as T  # noqa: E402
+from nfsiplab.lab import Lab  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 PHONE = "phone1"

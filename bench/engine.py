@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import queue_roundtrip  # bench/ is on sys.path when run as a script
 
-from nfsip.engine import Engine
-from nfsip.model import Direction, Endpoint, Flow
-from nfsip.packet import decode_ipv4_udp, encode_ipv4_udp, internet_checksum
-from nfsip.ports import PortAllocator
+from nfsip.core.engine import Engine
+from nfsip.core.model import Direction, Endpoint, Flow
+from nfsip.core.packet import decode_ipv4_udp, encode_ipv4_udp, internet_checksum
+from nfsip.core.ports import PortAllocator
 
 PUBLIC = "198.51.100.1"
 PHONE = "10.0.0.2"
@@ -248,9 +248,9 @@ NFT_CHILD = "--nft-child"
 def nft_child(n: int) -> None:
     """Runs inside the scratch namespace: install the table, then time pinhole transactions both ways."""
     from nfsip.config import Config
+    from nfsip.core.model import Pinhole
     from nfsip.kernel.nft import Nft
     from nfsip.kernel.ruleset import options_from, render
-    from nfsip.model import Pinhole
     from tests.libnftables_reference import LibnftablesPath
 
     nft = Nft("nfsip")

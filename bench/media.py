@@ -120,10 +120,10 @@ from media_forwarding import (
     read_counter,
 )
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import SippCallee, SippCaller, have_sipp
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import SippCallee, SippCaller, have_sipp
 
 BENCH = Path(__file__).resolve().parent
 RELAY_PORT = 30000

@@ -52,9 +52,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nfsip.kernel.ruleset import QUEUE_CHAIN
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
-from nfsip.lab.nfsipd import NfsipDaemon
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
+from nfsiplab.nfsipd import NfsipDaemon
 
 BLAST_SRC = Path(__file__).with_name("udpblast.c")
 PUBLIC_IP = T.ROUTER_WAN_IP
@@ -174,7 +174,7 @@ def install_pinhole(lab: Lab) -> None:
     """Add the pinhole's DNAT and SNAT elements through nfsip's own Nft adapter, in the router."""
     code = (
         "from nfsip.kernel.nft import Nft\n"
-        "from nfsip.model import Endpoint, Pinhole\n"
+        "from nfsip.core.model import Endpoint, Pinhole\n"
         f"hole = Pinhole(Endpoint({PUBLIC_IP!r}, {PUBLIC_PORT}), Endpoint({PHONE_IP!r}, {PHONE_MEDIA_PORT}),"
         f" {CALL_ID!r}, 'm0.rtp', timeout=600)\n"
         "Nft('nfsip').apply(install=[hole], remove=[])\n"

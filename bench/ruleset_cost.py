@@ -67,8 +67,8 @@ from media_forwarding import PHONE_MEDIA_PORT, PHONE_PLAIN_PORT, PUBLIC_PORT, SE
 
 from nfsip.config import Config
 from nfsip.kernel import ruleset
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "a94ecf1"  # the last commit with the four-filter-chain table (media_count, sip_new_to_wan, ...)

@@ -66,9 +66,9 @@ from common import (
     start_profile,
 )
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
-from nfsip.lab.nfsipd import NfsipDaemon
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
+from nfsiplab.nfsipd import NfsipDaemon
 
 PROBE = "--probe-child"
 PROBE_LAN_IP = "10.0.0.250"  # no such phone: probe elements never match traffic
@@ -115,10 +115,10 @@ class Level:
 # --------------------------------------------------------------------------------------------- probe
 def probe_child(n: int) -> None:
     """Inside the router namespace: time n add and n remove transactions of one 2-pinhole audio stream."""
+    from nfsip.core.model import Endpoint, Pinhole
     from nfsip.kernel.conntrack import read_media_counters
     from nfsip.kernel.nft import Nft
     from nfsip.kernel.ruleset import SNAT_MAP
-    from nfsip.model import Endpoint, Pinhole
 
     nft = Nft("nfsip")
     add, remove = [], []

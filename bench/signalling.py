@@ -86,9 +86,9 @@ from common import (
     start_profile,
 )
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, can_run
-from nfsip.lab.nfsipd import NfsipDaemon
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, can_run
+from nfsiplab.nfsipd import NfsipDaemon
 
 BENCH = Path(__file__).resolve().parent
 PATHS = ("plain", "accept", "nfsip", "alg")

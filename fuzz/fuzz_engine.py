@@ -18,12 +18,12 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from nfsip.engine import Engine
-    from nfsip.model import Decision, Direction, Endpoint, Flow
-    from nfsip.packet import PacketError, decode_ipv4_udp
-    from nfsip.ports import PortAllocator
-    from nfsip.sip.edit import apply_edits  # noqa: F401 - instrumented for coverage
-    from nfsip.sip.message import parse_message
+    from nfsip.core.engine import Engine
+    from nfsip.core.model import Decision, Direction, Endpoint, Flow
+    from nfsip.core.packet import PacketError, decode_ipv4_udp
+    from nfsip.core.ports import PortAllocator
+    from nfsip.core.sip.edit import apply_edits  # noqa: F401 - instrumented for coverage
+    from nfsip.core.sip.message import parse_message
 
 PUBLIC = "198.51.100.1"
 OUT = Flow(Direction.OUTBOUND, Endpoint("10.0.0.2", 5060), Endpoint(PUBLIC, 5060), Endpoint("198.51.100.2", 5060))

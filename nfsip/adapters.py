@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
-from .mediastats import CallMedia
-from .model import Endpoint, Pinhole
+from .core.mediastats import CallMedia
+from .core.model import Endpoint, Pinhole
 
-# One message's pinhole changes: (install, remove, recreate), as in nfsip.model.Decision.
+# One message's pinhole changes: (install, remove, recreate), as in nfsip.core.model.Decision.
 Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
 
 

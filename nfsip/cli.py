@@ -134,9 +134,9 @@ def cmd_ruleset(args: argparse.Namespace) -> int:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
+    from .core.model import Pinhole
     from .kernel.conntrack import Conntrack
     from .kernel.nft import Nft
-    from .model import Pinhole
 
     config = _load(args)
     nft = Nft(config.table_name)

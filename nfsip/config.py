@@ -47,7 +47,7 @@ class Config:
     # Optional allowlist of SIP servers (addresses or prefixes); empty: any server. Messages to or from
     # other servers then pass unchanged and open nothing.
     sip_servers: tuple[str, ...] = ()
-    # Limits (nfsip.policy): beyond them a message passes unchanged and nfsip_policy_refusals_total counts.
+    # Limits (nfsip.core.policy): beyond them a message passes unchanged and nfsip_policy_refusals_total counts.
     max_pinholes_per_host: int = 64
     max_calls_per_host: int = 16
     max_registrations_per_host: int = 8
@@ -79,8 +79,8 @@ class Config:
     workers: int = 1
 
 
-# Every setting's default, for the code that takes a setting's value (nfsip.policy.Limits,
-# nfsip.engine.Timeouts, ...): each default is written once, above.
+# Every setting's default, for the code that takes a setting's value (nfsip.core.policy.Limits,
+# nfsip.core.engine.Timeouts, ...): each default is written once, above.
 DEFAULTS = Config()
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -1,6 +1,6 @@
 """The daemon: the queue loop that ties the kernel adapters to the sans-I/O engine.
 
-Per queued datagram, one way: bytes -> decode (nfsip.packet) -> flow (who is the LAN host: conntrack)
+Per queued datagram, one way: bytes -> decode (nfsip.core.packet) -> flow (who is the LAN host: conntrack)
 -> engine decision -> pinholes to the kernel in one nft transaction -> encode -> verdict -> after the
 verdict, purge conntrack of what was removed. Whatever goes wrong, the datagram is accepted unchanged and
 the reason counted: nfsip never drops SIP and never leaves a packet without a verdict.
@@ -32,17 +32,9 @@ from .adapters import (
     WanAddress,
 )
 from .config import Config
-from .engine import Engine
-from .kernel import reader
-from .kernel.conntrack import Conntrack, MediaCounts
-from .kernel.firstpacket import FirstPackets
-from .kernel.netinfo import InterfaceError, WanInterface
-from .kernel.nft import Nft, NftError
-from .kernel.queue import Queue
-from .kernel.table import NftTable
-from .mediastats import CallMedia, MediaStats
-from .metrics import Metrics, QueueCollector
-from .model import (
+from .core.engine import Engine
+from .core.mediastats import CallMedia, MediaStats
+from .core.model import (
     CallEnded,
     CallEstablished,
     Decision,
@@ -54,10 +46,18 @@ from .model import (
     RegistrationOpened,
     RegistrationRemoved,
 )
-from .packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
+from .core.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
+from .core.sip.errors import SipParseError
+from .core.sip.message import parse_message
+from .kernel import reader
+from .kernel.conntrack import Conntrack, MediaCounts
+from .kernel.firstpacket import FirstPackets
+from .kernel.netinfo import InterfaceError, WanInterface
+from .kernel.nft import Nft, NftError
+from .kernel.queue import Queue
+from .kernel.table import NftTable
+from .metrics import Metrics, QueueCollector
 from .sdnotify import Notifier, SystemdLink
-from .sip.errors import SipParseError
-from .sip.message import parse_message
 
 if TYPE_CHECKING:
     from .workers import Shard

@@ -13,7 +13,7 @@ import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .mediastats import CallMedia
+    from .core.mediastats import CallMedia
 
 log = logging.getLogger("nfsip")
 

@@ -42,14 +42,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .config import Config
+from .core.mediastats import CallMedia
+from .core.model import Pinhole
 from .daemon import CHECK_TABLE_SECONDS
 from .kernel.fanout import Fanout
 from .kernel.nft import Nft, NftError
 from .kernel.reader import NO_TABLE
 from .kernel.table import NftTable
-from .mediastats import CallMedia
 from .metrics import QueueCollector, serve, supervisor_registry
-from .model import Pinhole
 from .sdnotify import Notifier
 from .workers import EXIT_MISSING, worker_main
 

@@ -36,10 +36,10 @@ from typing import Any
 
 from . import logsetup
 from .config import Config
+from .core.mediastats import CallMedia
 from .daemon import Daemon
 from .kernel.fanout import shard
 from .kernel.nft import NftError
-from .mediastats import CallMedia
 
 log = logging.getLogger("nfsip")
 

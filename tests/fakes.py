@@ -10,12 +10,12 @@ from typing import Any
 
 from nfsip.adapters import FixedAddress, Part, QueuedPacket
 from nfsip.config import Config
+from nfsip.core.mediastats import CallMedia
+from nfsip.core.model import Endpoint, Pinhole
+from nfsip.core.packet import decode_ipv4_udp
 from nfsip.daemon import NF_INET_POST_ROUTING, Daemon
 from nfsip.kernel.nft import NftError
 from nfsip.kernel.reader import NO_TABLE
-from nfsip.mediastats import CallMedia
-from nfsip.model import Endpoint, Pinhole
-from nfsip.packet import decode_ipv4_udp
 
 
 class FakeTable:

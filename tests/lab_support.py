@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from nfsip.lab.lab import can_run, cleanup_stale
+from nfsiplab.lab import can_run, cleanup_stale
 
 REQUIRE_ENV = "NFSIP_REQUIRE_LAB"
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from nfsip.core.model import Pinhole
 from nfsip.kernel.nft import Nft, NftError
 from nfsip.kernel.nftnl import Change
-from nfsip.model import Pinhole
 
 
 def json_command(change: Change, table: str) -> dict[str, Any]:

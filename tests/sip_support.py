@@ -3,7 +3,7 @@ validate() raises (the parts parsed on first access: From, To, the Vias below th
 
 from __future__ import annotations
 
-from nfsip.sip import SipMessage, SipParseError, parse_message
+from nfsip.core.sip import SipMessage, SipParseError, parse_message
 
 
 def parse_valid(data: bytes, *, stream: bool = False) -> SipMessage:

@@ -11,10 +11,10 @@ import pytest
 
 from nfsip import daemon as daemon_module
 from nfsip.config import Config
+from nfsip.core.model import Endpoint, Pinhole
 from nfsip.daemon import Daemon
 from nfsip.kernel.conntrack import Conntrack
 from nfsip.kernel.ctnetlink import Entry, SourceCounts, Tuple, source_key
-from nfsip.model import Endpoint, Pinhole
 
 from .fakes import FakeConntrack, FakePacket, fake_daemon
 from .test_daemon_batch import PHONE, PUBLIC, SERVER, datagram, sdp, sip

@@ -1,4 +1,4 @@
-"""The call state machine (nfsip.callstate), row by row: the table itself, the messages that make each
+"""The call state machine (nfsip.core.callstate), row by row: the table itself, the messages that make each
 trigger, and the engine carrying out each row on a real call; every pair the table leaves out changes
 nothing."""
 
@@ -9,10 +9,10 @@ from itertools import product
 
 import pytest
 
-from nfsip.callstate import TRANSITIONS, Action, CallState, Trigger, first_state, step, trigger_of
-from nfsip.engine import Engine, Timeouts
-from nfsip.model import CallEstablished, Direction, Endpoint, Flow
-from nfsip.ports import PortAllocator
+from nfsip.core.callstate import TRANSITIONS, Action, CallState, Trigger, first_state, step, trigger_of
+from nfsip.core.engine import Engine, Timeouts
+from nfsip.core.model import CallEstablished, Direction, Endpoint, Flow
+from nfsip.core.ports import PortAllocator
 
 OFFERED, EARLY, CONFIRMED, TERMINATED = CallState
 LIVE = (OFFERED, EARLY, CONFIRMED)

@@ -8,12 +8,12 @@ import sys
 import pytest
 
 from nfsip.config import Config, ConfigError, load
-from nfsip.engine import Engine, Timeouts
+from nfsip.core.engine import Engine, Timeouts
+from nfsip.core.mediastats import MediaStats
+from nfsip.core.policy import Limits, Policy, policy_from
+from nfsip.core.ports import PortAllocator
+from nfsip.core.registrations import RegistrationTable
 from nfsip.kernel.ruleset import options_from
-from nfsip.mediastats import MediaStats
-from nfsip.policy import Limits, Policy, policy_from
-from nfsip.ports import PortAllocator
-from nfsip.registrations import RegistrationTable
 
 
 def write(tmp_path, text: str):

@@ -12,10 +12,10 @@ import struct
 import pytest
 
 from nfsip.config import Config
+from nfsip.core.model import Endpoint
+from nfsip.core.packet import internet_checksum
 from nfsip.daemon import BATCH_MAX, Daemon
 from nfsip.kernel.conntrack import MediaCounts
-from nfsip.model import Endpoint
-from nfsip.packet import internet_checksum
 
 from .fakes import FakeConntrack, FakePacket, FakeTable, fake_daemon
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from nfsip.config import Config
+from nfsip.core.model import Endpoint, Pinhole
 from nfsip.daemon import Daemon
 from nfsip.kernel.reader import INSTALLED, NO_QUEUE_RULE, NO_TABLE, TABLE
-from nfsip.model import Endpoint, Pinhole
 from nfsip.workers import Shard, WorkerLink, worker_config
 
 from .fakes import FakeLink, FakePacket, FakeQueue, FakeReader, FakeTable, fake_daemon

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nfsip.engine import Engine, Timeouts
-from nfsip.model import Direction, Endpoint, Flow, comment_call_id
-from nfsip.ports import PortAllocator
-from nfsip.sip.message import SipMessage, parse_message
+from nfsip.core.engine import Engine, Timeouts
+from nfsip.core.model import Direction, Endpoint, Flow, comment_call_id
+from nfsip.core.ports import PortAllocator
+from nfsip.core.sip.message import SipMessage, parse_message
 
 from .corpus import CORPUS, case, cases, corpus_dir, pcap_udp_sip, vendor_messages
 

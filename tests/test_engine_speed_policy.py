@@ -8,7 +8,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfsip.policy import Policy
+from nfsip.core.policy import Policy
 
 _ports = st.integers(0, 65535) | st.sampled_from([0, 1023, 1024, 5060, 5061, 5070, 65535])
 

@@ -8,8 +8,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsip.model import Endpoint, Pinhole
-from nfsip.registrations import PendingRegister, RegistrationTable
+from nfsip.core.model import Endpoint, Pinhole
+from nfsip.core.registrations import PendingRegister, RegistrationTable
 
 _lans = st.builds(Endpoint, st.sampled_from(["10.0.0.2", "10.0.0.3", "192.168.1.9"]), st.sampled_from([5060, 5062]))
 _ops = st.lists(

@@ -1,4 +1,4 @@
-"""The engine reports what happened as typed events (nfsip.model); the daemon turns them into the log lines
+"""The engine reports what happened as typed events (nfsip.core.model); the daemon turns them into the log lines
 docs/troubleshooting.md quotes."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from nfsip.core.model import CallEstablished, Endpoint, RegistrationOpened, RegistrationRemoved
 from nfsip.daemon import _log_event
-from nfsip.model import CallEstablished, Endpoint, RegistrationOpened, RegistrationRemoved
 
 from .test_engine import REGISTER, bye, engine, inbound, invite, outbound, register_ok, response
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nfsip.engine import Engine
-from nfsip.model import Decision, Direction, Endpoint, Flow
-from nfsip.packet import PacketError, decode_ipv4_udp
-from nfsip.ports import PortAllocator
-from nfsip.sip.message import parse_message
+from nfsip.core.engine import Engine
+from nfsip.core.model import Decision, Direction, Endpoint, Flow
+from nfsip.core.packet import PacketError, decode_ipv4_udp
+from nfsip.core.ports import PortAllocator
+from nfsip.core.sip.message import parse_message
 
 CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").iterdir())
 PUBLIC = "198.51.100.1"

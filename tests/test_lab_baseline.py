@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, count_rtp, media_report, sip_messages, stop_all
-from nfsip.lab.lab import Lab, cleanup_stale, list_namespaces
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, count_rtp, media_report, sip_messages, stop_all
+from nfsiplab.lab import Lab, cleanup_stale, list_namespaces
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
 
 from .lab_support import require_lab
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from nfsip.cli import EXIT_MISSING
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, count_rtp
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, count_rtp
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas
 
 from .lab_support import require_lab
 

@@ -6,7 +6,7 @@ a video stream added and removed), clean up after attempts that never became cal
 phones that are both behind NAT (two routers, and two phones behind one router: hairpin), and stay
 clean over a thousand calls.
 
-Kamailio is deliberately NOT NAT-aware (no fix_nated_*, no media relay, nfsip.lab.kamailio): what
+Kamailio is deliberately NOT NAT-aware (no fix_nated_*, no media relay, nfsiplab.kamailio): what
 the router does not fix stays broken, which is what the baselines show. Every test reads the wire
 (captures on the endpoints, the server, the WAN switch) and the router's state (``nfsip status``,
 conntrack); assertion messages carry the SIP flow, the RTP flows and the tail of the nfsip log.
@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
-from nfsip.lab import topology as T
-from nfsip.lab.capture import (
+from nfsip.core.sip.message import parse_message
+from nfsiplab import topology as T
+from nfsiplab.capture import (
     Capture,
     UdpPacket,
     count_rtp,
@@ -37,12 +38,11 @@ from nfsip.lab.capture import (
     sip_messages,
     stop_all,
 )
-from nfsip.lab.kamailio import Kamailio, have_kamailio
-from nfsip.lab.lab import Lab, TwoSiteLab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippCallee, SippCaller, SippPhone, SippResult
-from nfsip.lab.sites import RouterNfsipDaemon
-from nfsip.sip.message import parse_message
+from nfsiplab.kamailio import Kamailio, have_kamailio
+from nfsiplab.lab import Lab, TwoSiteLab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippCallee, SippCaller, SippPhone, SippResult
+from nfsiplab.sites import RouterNfsipDaemon
 
 from .lab_support import require, require_lab
 

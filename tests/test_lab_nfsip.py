@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, UdpPacket, count_rtp, media_report, rtp_packets, sip_messages
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
-from nfsip.sip.message import parse_message
+from nfsip.core.sip.message import parse_message
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, UdpPacket, count_rtp, media_report, rtp_packets, sip_messages
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas, run_uac
 
 from .lab_support import require_lab
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 import pytest
 
 from nfsip.config import Config
+from nfsip.core.model import Decision, Direction, Endpoint, Flow, Pinhole
 from nfsip.daemon import Daemon
 from nfsip.kernel import ctnetlink, divert
 from nfsip.kernel.conntrack import accounting_enabled, read_media_counters
@@ -37,7 +38,6 @@ from nfsip.kernel.ruleset import (
     render,
 )
 from nfsip.kernel.table import NftTable
-from nfsip.model import Decision, Direction, Endpoint, Flow, Pinhole
 
 from .fakes import fake_daemon
 from .lab_support import require_lab

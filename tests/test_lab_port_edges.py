@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import SippUac, SippUas
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import SippUac, SippUas
 
 from .lab_support import require_lab
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
+from nfsip.core.sip.message import parse_message
 from nfsip.kernel.fanout import shard
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, count_rtp, media_report, sip_messages
-from nfsip.lab.kamailio import Kamailio, have_kamailio
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippCaller, SippPhone, SippUac, SippUas
-from nfsip.sip.message import parse_message
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, count_rtp, media_report, sip_messages
+from nfsiplab.kamailio import Kamailio, have_kamailio
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippCaller, SippPhone, SippUac, SippUas
 
 from .lab_support import require, require_lab, require_tool
 from .test_lab_ops import ADMIN_CONF

@@ -4,10 +4,10 @@ the lab's addresses (phone 10.0.0.2, router 198.51.100.1, far end 198.51.100.2).
 
 from __future__ import annotations
 
+from nfsip.core.model import Endpoint
 from nfsip.kernel import ctnetlink, netlink
 from nfsip.kernel.conntrack import accounting_enabled, media_counters
 from nfsip.kernel.ctnetlink import SourceCounts, source_key
-from nfsip.model import Endpoint
 
 PHONE = Endpoint("10.0.0.2", 6000)
 OTHER_PHONE = Endpoint("10.0.0.3", 6000)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nfsip.calls import Call, StreamBinding
-from nfsip.callstate import CallState
-from nfsip.mediastats import MediaStats
-from nfsip.model import Endpoint
+from nfsip.core.calls import Call, StreamBinding
+from nfsip.core.callstate import CallState
+from nfsip.core.mediastats import MediaStats
+from nfsip.core.model import Endpoint
 
 
 def call(confirmed: bool = True) -> Call:

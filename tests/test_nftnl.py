@@ -17,9 +17,9 @@ import struct
 
 import pytest
 
+from nfsip.core.model import Endpoint, Pinhole
 from nfsip.kernel import netlink, nftnl
 from nfsip.kernel.nft import ElementFeatures, Nft
-from nfsip.model import Endpoint, Pinhole
 
 CAPTURED = {
     "add_media": bytes.fromhex(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfsip.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp, internet_checksum
+from nfsip.core.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp, internet_checksum
 
 
 def make_packet(payload: bytes, src="10.0.0.2", dst="198.51.100.2", sport=5060, dport=5060, options=b"") -> bytes:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from nfsip.engine import Engine
-from nfsip.model import Direction, Endpoint, Flow
-from nfsip.policy import Limits, Policy
-from nfsip.ports import PortAllocator
+from nfsip.core.engine import Engine
+from nfsip.core.model import Direction, Endpoint, Flow
+from nfsip.core.policy import Limits, Policy
+from nfsip.core.ports import PortAllocator
 
 from .test_engine import PUBLIC, REGISTER, inbound, invite, outbound, register_ok, response
 

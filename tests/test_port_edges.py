@@ -9,13 +9,13 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsip.engine import Engine, Timeouts
+from nfsip.core.engine import Engine, Timeouts
+from nfsip.core.model import Decision, Direction, Endpoint, Flow
+from nfsip.core.policy import Limits, Policy
+from nfsip.core.ports import PortAllocator
+from nfsip.core.sip.message import parse_message
 from nfsip.kernel.conntrack import media_counters
 from nfsip.kernel.ctnetlink import SourceCounts, source_key
-from nfsip.model import Decision, Direction, Endpoint, Flow
-from nfsip.policy import Limits, Policy
-from nfsip.ports import PortAllocator
-from nfsip.sip.message import parse_message
 
 PUBLIC, PHONE = "203.0.113.7", "10.0.0.2"
 SERVER = Endpoint("198.51.100.2", 5060)

@@ -19,7 +19,6 @@ CORPUS_TESTS = [
     "tests/test_sip_corpus.py",
     "tests/test_sip_rfc4475.py",
     "tests/test_engine.py",
-    "tests/test_engine_fastpaths.py::test_session_expires_on_every_captured_message",
 ]
 """Every test module that reads ../shared/corpus."""
 
@@ -82,7 +81,6 @@ def test_missing_corpus_fails_every_corpus_test_under_require_lab(tmp_path: Path
         "tests/test_sip_corpus.py::test_pcap_messages[pcap-no-cases]",
         "tests/test_sip_rfc4475.py::test_every_file_classified",
         "tests/test_sip_rfc4475.py::test_valid[wsinv.dat]",
-        "tests/test_engine_fastpaths.py::test_session_expires_on_every_captured_message",
     ):
         assert test in failed, (test, proc.stdout[-3000:])
     assert "no-corpus" in proc.stdout  # the failures name the folder that is missing

@@ -6,7 +6,7 @@ program, and that xtables extension, must belong (`dpkg -S`) to a package in set
 to one of their dependencies (apt installs those too), or to an Essential or Priority: required package
 (present on every Debian system).
 
-The programs are read from the code, not only from the list below: every string in tests/ and nfsip/lab/
+The programs are read from the code, not only from the list below: every string in tests/ and nfsiplab/
 that names an installed program from an argv position (a list or tuple element, a call argument), every
 argv head passed to subprocess or the lab's run/popen (installed or not), every `shutil.which("...")`, and
 every command of the bash scripts in scripts/. A program the code starts that PROGRAMS does not list fails
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "setup"
 PYTHON_SOURCES = [
     p
-    for p in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "nfsip" / "lab").glob("*.py"))
+    for p in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "nfsiplab").glob("*.py"))
     if p != Path(__file__).resolve()
 ]
 """Not this file: it names programs as data (it runs only dpkg and dpkg-query, Debian's own)."""

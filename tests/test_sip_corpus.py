@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from nfsip.sip import Edit, SipMessage, SipParseError, apply_edits, parse_message
+from nfsip.core.sip import Edit, SipMessage, SipParseError, apply_edits, parse_message
 
 from .corpus import CORPUS, case, cases, need
 from .sip_support import parse_valid

@@ -1,10 +1,10 @@
-"""Hand-written edge cases for nfsip.sip (no corpus needed)."""
+"""Hand-written edge cases for nfsip.core.sip (no corpus needed)."""
 
 from __future__ import annotations
 
 import pytest
 
-from nfsip.sip import Edit, SipParseError, Span, apply_edits, parse_message, parse_name_addrs, parse_sdp
+from nfsip.core.sip import Edit, SipParseError, Span, apply_edits, parse_message, parse_name_addrs, parse_sdp
 
 from .sip_support import assert_rejected, parse_valid
 

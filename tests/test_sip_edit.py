@@ -1,4 +1,4 @@
-"""nfsip.sip.edit.apply_edits against its rules written out plainly (every edit checked against every
+"""nfsip.core.sip.edit.apply_edits against its rules written out plainly (every edit checked against every
 Content-Length value): the same bytes, or the same ValueError, for any set of edits."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsip.sip import Edit, SipMessage, Span, apply_edits, parse_message
+from nfsip.core.sip import Edit, SipMessage, Span, apply_edits, parse_message
 
 
 def reference_apply_edits(msg: SipMessage, edits: list[Edit]) -> bytes:

@@ -1,4 +1,4 @@
-"""The parts of a message parsed on first access (nfsip.sip.message module docstring).
+"""The parts of a message parsed on first access (nfsip.core.sip.message module docstring).
 
 parse_message defers From, To, the Via values after the first and the ICE candidates to their first access.
 Checked here: an error there surfaces as SipParseError (and only that) when the part is read and from
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from nfsip.sip import SipParseError, apply_edits, parse_message, parse_name_addrs, parse_sdp
-from nfsip.sip.grammar import MAX_SEPARATORS, MAX_VALUES
-from nfsip.sip.sdp import MAX_CANDIDATES
+from nfsip.core.sip import SipParseError, apply_edits, parse_message, parse_name_addrs, parse_sdp
+from nfsip.core.sip.grammar import MAX_SEPARATORS, MAX_VALUES
+from nfsip.core.sip.sdp import MAX_CANDIDATES
 
 from .sip_support import assert_rejected, parse_valid
 

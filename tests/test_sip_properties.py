@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for nfsip.sip: round trips and robustness."""
+"""Property tests (hypothesis) for nfsip.core.sip: round trips and robustness."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from nfsip.sip import Edit, SipParseError, apply_edits, parse_message
+from nfsip.core.sip import Edit, SipParseError, apply_edits, parse_message
 
 from .corpus import CORPUS
 from .sip_support import parse_valid

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 
-from nfsip.sip import SipParseError, apply_edits, parse_message
+from nfsip.core.sip import SipParseError, apply_edits, parse_message
 
 from .corpus import CORPUS, need
 from .sip_support import assert_rejected, parse_valid

@@ -9,9 +9,9 @@ import itertools
 import pytest
 
 from nfsip.config import Config, ConfigError, from_mapping
+from nfsip.core.ports import PortAllocator
 from nfsip.kernel import fanout
 from nfsip.kernel.fanout import shard
-from nfsip.ports import PortAllocator
 from nfsip.workers import port_slices, worker_config
 
 

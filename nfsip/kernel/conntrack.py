@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
-from ..model import Endpoint, Pinhole
+from ..core.model import Endpoint, Pinhole
 from .ctnetlink import CtNetlink, Entry, SourceCounts, source_key
 
 log = logging.getLogger(__name__)

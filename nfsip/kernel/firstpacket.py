@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..model import Endpoint
+from ..core.model import Endpoint
 
 _SECONDS = 2.0
 _LIMIT = 1024

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Endpoint, Pinhole, element_comment, parse_comment
+from ..core.model import Endpoint, Pinhole, element_comment, parse_comment
 from . import nftnl
 from .nftnl import Change
 from .ruleset import (

@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import Any
 
-from ..model import Endpoint
+from ..core.model import Endpoint
 from .conntrack import read_media_counters
 from .nft import Nft
 

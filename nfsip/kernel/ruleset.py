@@ -208,7 +208,7 @@ table ip {opts.table} {{
 \t# pinhole DNATed to a phone's media port (its LAN ip . port is a key of {SNAT_MAP}) is media whatever
 \t# it carries: never queued, so no outside host reaches the engine through a call's media ports (a BYE
 \t# forged there would end the call). The dport rule needs no such test: a media pinhole never leads to
-\t# a SIP port (nfsip.policy).
+\t# a SIP port (nfsip.core.policy).
 \tchain {SIP_FROM_WAN_CHAIN} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
 \t\tmeta l4proto != udp return

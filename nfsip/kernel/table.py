@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from ..adapters import Part
 from ..config import Config
-from ..model import Pinhole
+from ..core.model import Pinhole
 from . import divert, ruleset
 from .nft import Nft
 from .reader import NO_TABLE

@@ -1,7 +1,7 @@
 """The values a parsed SIP message is made of, each with the spans of its parts in ``SipMessage.raw``.
 
 A span is a half-open ``[start, end)`` byte range of the message as received: a NAT helper replaces the
-bytes under a span (:mod:`nfsip.sip.edit`) and leaves every other byte as it was.
+bytes under a span (:mod:`nfsip.core.sip.edit`) and leaves every other byte as it was.
 """
 
 from __future__ import annotations

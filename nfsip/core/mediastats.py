@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import DEFAULTS
 from .calls import Call
-from .config import DEFAULTS
 from .model import Endpoint
 
 

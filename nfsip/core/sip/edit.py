@@ -13,8 +13,8 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nfsip.sip.message import SipMessage
-from nfsip.sip.values import Span
+from nfsip.core.sip.message import SipMessage
+from nfsip.core.sip.values import Span
 
 __all__ = ["Edit", "apply_edits"]
 

@@ -1,6 +1,6 @@
 """The decision core: one SIP datagram in, a Decision out. Pure; the clock is an argument.
 
-Flow of one message: parse (nfsip.sip) -> address rewrites for the direction -> media pinholes for an SDP
+Flow of one message: parse (nfsip.core.sip) -> address rewrites for the direction -> media pinholes for an SDP
 from the LAN host -> registration and call state transitions -> apply the edits (Content-Length fixed).
 
 What is rewritten, and why:
@@ -22,7 +22,7 @@ Lifetimes (all also enforced by the kernel element timeouts, which back up this 
 - an established call: `call` seconds, or Session-Expires + 32 s when the dialog uses session timers
   (RFC 4028 §10), refreshed by every in-dialog request, never beyond `max_call` after the call began;
 - ended at once by BYE, the 200 to BYE, or a final non-2xx answer to the initial INVITE.
-Which message moves a call from one state to the next is the table in nfsip.callstate.
+Which message moves a call from one state to the next is the table in nfsip.core.callstate.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..config import DEFAULTS, Config
 from .calls import Call, CallTable, StreamBinding, stream_pinholes
 from .callstate import Action, CallState, Trigger, first_state, step, trigger_of
-from .config import DEFAULTS, Config
 from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Event, Flow, Pinhole
 from .policy import Policy, policy_from
 from .ports import PortAllocator, PortsExhausted
@@ -124,7 +124,7 @@ def _in_dialog(msg: SipMessage) -> bool:
 
 
 def _trigger(msg: SipMessage) -> Trigger | None:
-    """What the message is to its call (nfsip.callstate.trigger_of)."""
+    """What the message is to its call (nfsip.core.callstate.trigger_of)."""
     if msg.is_request:
         return trigger_of(True, msg.method or "", _in_dialog(msg), 0, "")
     return trigger_of(False, "", False, msg.status or 0, msg.cseq_method or "")
@@ -201,7 +201,7 @@ class Engine:
         public_sip = Endpoint(self.public_ip, flow.public.port)
         public_sip_text = _hostport_bytes(public_sip)
         if msg.is_request:
-            # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.sip.message).
+            # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.core.sip.message).
             via = msg.top_via
             sent_by = via.sent_by
             if sent_by.host == lan_ip:
@@ -306,7 +306,7 @@ class Engine:
             call.strict = self.media_from_sdp
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
-            # Its first state (nfsip.callstate.FIRST_STATES): confirmed when first seen in a request inside
+            # Its first state (nfsip.core.callstate.FIRST_STATES): confirmed when first seen in a request inside
             # a dialog (an ACK carrying the answer to a late offer), early in a PRACK, else offered;
             # _transitions then moves it on by this same message (the phone's own 183 or 200 answering an
             # inbound INVITE).
@@ -471,7 +471,7 @@ class Engine:
             change.opened.extend(install)
             change.events.append(event)
 
-    # -- call state (the table: nfsip.callstate) ------------------------------------------------------
+    # -- call state (the table: nfsip.core.callstate) ------------------------------------------------------
     def _transitions(
         self, msg: SipMessage, call: Call | None, direction: Direction, now: float, change: _Change
     ) -> None:
@@ -491,7 +491,7 @@ class Engine:
         msg: SipMessage | None = None,
         direction: Direction = _OUTBOUND,
     ) -> None:
-        """Move `call` by `trigger` (nfsip.callstate.TRANSITIONS) and carry out the action. `msg`: the message
+        """Move `call` by `trigger` (nfsip.core.callstate.TRANSITIONS) and carry out the action. `msg`: the message
         that is the trigger, None for a timeout."""
         before = call.state
         call.state, action = step(before, trigger)

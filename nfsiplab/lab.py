@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from nfsip.lab import topology as T
+from nfsiplab import topology as T
 
 NS_PREFIX = "nfl"
 _STALE_RE = re.compile(rf"^{NS_PREFIX}(\d+)x\d+-")

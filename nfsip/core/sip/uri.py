@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
-from nfsip.sip import grammar
-from nfsip.sip.errors import SipParseError
-from nfsip.sip.grammar import MAX_PARAMS, user_text
-from nfsip.sip.values import HostPort, Param, SipUri, Span
+from nfsip.core.sip import grammar
+from nfsip.core.sip.errors import SipParseError
+from nfsip.core.sip.grammar import MAX_PARAMS, user_text
+from nfsip.core.sip.values import HostPort, Param, SipUri, Span
 
 __all__ = ["hostport", "params_end", "parse_uri", "split_params"]
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
 
 
 class _RouterView:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from .config import DEFAULTS
+from ..config import DEFAULTS
 from .model import Endpoint, Pinhole, RegistrationOpened, RegistrationRemoved
 
 # A REGISTER transaction's 2xx comes within Timer F (64*T1 = 32 s); keep pending ones a little longer.

@@ -3,7 +3,7 @@
 An ALG is a security boundary. The kernel SIP ALG was the tool of "NAT slipstreaming": a web page made a
 LAN browser send a SIP-looking REGISTER inside an HTTP POST to the attacker's server, the ALG parsed it and
 opened an inbound port to the victim. nfsip is immune by construction (see docs/security.md):
-- it queues UDP SIP only and parses only datagrams that start with a SIP start line (nfsip.sip);
+- it queues UDP SIP only and parses only datagrams that start with a SIP start line (nfsip.core.sip);
 - a pinhole only ever targets the LAN host that sent the message (the engine takes the host from
   conntrack, never from the SIP text);
 and this module adds the configurable limits:
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .config import DEFAULTS, Config
+from ..config import DEFAULTS, Config
 
 _ALLOWED_CACHED = 4096
 

@@ -1,8 +1,8 @@
-"""Demo: ``python -m nfsip.lab [--nat nfsip|masquerade|alg|none] [--phones N]``.
+"""Demo: ``python -m nfsiplab [--nat nfsip|masquerade|alg|none] [--phones N]``.
 
 Builds the lab, places one sipp call per phone (concurrently) to the server and prints how many
 RTP packets each capture point saw. With ``--nat nfsip`` (the default) the router masquerades and
-runs nfsip: media flows both ways and the pinholes are gone after the BYE (nfsip.lab.demo). With
+runs nfsip: media flows both ways and the pinholes are gone after the BYE (nfsiplab.demo). With
 ``--nat masquerade`` it shows the problem nfsip solves: phone→server media arrives, server→phone
 media does not.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, print_report, stop_all
-from nfsip.lab.lab import Lab, can_run, cleanup_stale
-from nfsip.lab.sipp import SippUac, SippUas, have_sipp
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, print_report, stop_all
+from nfsiplab.lab import Lab, can_run, cleanup_stale
+from nfsiplab.sipp import SippUac, SippUas, have_sipp
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nfsip.lab", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m nfsiplab", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--nat",
         choices=["nfsip", "masquerade", "alg", "none"],
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cleanup_stale()
     if args.nat == "nfsip":
-        from nfsip.lab.demo import run_demo
+        from nfsiplab.demo import run_demo
 
         return run_demo(phones=args.phones or 2, distinct_media_ports=args.distinct_media_ports)
     with Lab(phones=args.phones or 1) as lab:

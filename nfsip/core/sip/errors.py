@@ -1,6 +1,6 @@
 """Errors raised by the SIP/SDP parsing layer.
 
-The parser (:func:`nfsip.sip.message.parse_message`) raises *only*
+The parser (:func:`nfsip.core.sip.message.parse_message`) raises *only*
 :class:`SipParseError`, whatever the input bytes: callers on the packet path
 catch exactly one exception type and decide (accept unmodified / drop) from
 :attr:`SipParseError.reason`, a short machine-friendly slug.

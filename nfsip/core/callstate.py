@@ -1,9 +1,9 @@
 """A call's state machine: which message or deadline moves a call from one state to the next, as one table.
 
-A call (nfsip.calls.Call) exists from the message in which its LAN host's SDP first bound media ports; its
+A call (nfsip.core.calls.Call) exists from the message in which its LAN host's SDP first bound media ports; its
 first state depends on that message (`first_state`). Every later SIP message of the call is classified
 (`trigger_of`) and looked up with the call's state in TRANSITIONS, which gives the next state and the
-action the engine carries out (nfsip.engine). A pair that is not in the table changes nothing.
+action the engine carries out (nfsip.core.engine). A pair that is not in the table changes nothing.
 docs/architecture.md has the same table with the RFC sections it follows.
 """
 

@@ -33,7 +33,7 @@ class Call:
     lan_ip: str
     public_ip: str
     created: float
-    state: CallState = CallState.OFFERED  # the engine moves it by the table of nfsip.callstate
+    state: CallState = CallState.OFFERED  # the engine moves it by the table of nfsip.core.callstate
     expires_at: float = 0.0  # the engine's deadline for this call
     kernel_deadline: float = 0.0  # when the kernel elements expire unless refreshed
     session_expires: int = 0  # RFC 4028 interval negotiated for the dialog, 0 without session timers
@@ -146,7 +146,7 @@ class CallTable:
         # new owner means the old call was stale (its BYE lost): take the endpoint over.
         self._owner: dict[tuple[str, int], tuple[tuple[str, str], int]] = {}
         self._adopted = False
-        # Live counts for the policy limits (nfsip.policy), kept up to date instead of recounted per message.
+        # Live counts for the policy limits (nfsip.core.policy), kept up to date instead of recounted per message.
         self.calls_of: Counter[str] = Counter()
         self.pinholes_of: Counter[str] = Counter()
         self.pinholes_total = 0
@@ -176,7 +176,7 @@ class CallTable:
         call = self.get_or_create(hole.call_id, hole.lan.ip, hole.public.ip, now)
         if hole.since:
             call.created = min(call.created, hole.since)
-        # The element comment's state (nfsip.model.element_comment): e is a confirmed call, a an attempt.
+        # The element comment's state (nfsip.core.model.element_comment): e is a confirmed call, a an attempt.
         # Whether an attempt had a response is not kept: it comes back early, under the setup timeout.
         if hole.established:
             call.state = CallState.CONFIRMED

@@ -2,7 +2,7 @@
 
 Public API (see the submodules for details)::
 
-    from nfsip.lab import Lab, Capture, SippUas, SippUac, run_uac, read_udp, rtp_packets
+    from nfsiplab import Lab, Capture, SippUas, SippUac, run_uac, read_udp, rtp_packets
     with Lab(phones=2) as lab:
         lab.masquerade()
         with Capture(lab, "server", "eth0") as cap, SippUas(lab) as uas:
@@ -11,10 +11,10 @@ Public API (see the submodules for details)::
         print_report({"server eth0": cap.packets()})
 
 Everything needs root, iproute2 and nftables; calls need sipp, captures dumpcap.
-Run ``python -m nfsip.lab`` for a demonstration call.
+Run ``python -m nfsiplab`` for a demonstration call.
 """
 
-from nfsip.lab.capture import (
+from nfsiplab.capture import (
     Capture,
     UdpPacket,
     count_rtp,
@@ -27,8 +27,8 @@ from nfsip.lab.capture import (
     sip_messages,
     stop_all,
 )
-from nfsip.lab.lab import CommandError, Lab, LabError, can_run, cleanup_stale, list_namespaces
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippResult, SippUac, SippUas, have_sipp, run_uac
+from nfsiplab.lab import CommandError, Lab, LabError, can_run, cleanup_stale, list_namespaces
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippResult, SippUac, SippUas, have_sipp, run_uac
 
 __all__ = [
     "PCAP_RTP_PACKETS",

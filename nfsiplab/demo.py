@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 
-from nfsip.lab import topology as T
-from nfsip.lab.capture import Capture, count_rtp, rtp_packets, sip_messages, stop_all
-from nfsip.lab.lab import Lab
-from nfsip.lab.nfsipd import NfsipDaemon
-from nfsip.lab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas
-from nfsip.sip.message import parse_message
+from nfsip.core.sip.message import parse_message
+from nfsiplab import topology as T
+from nfsiplab.capture import Capture, count_rtp, rtp_packets, sip_messages, stop_all
+from nfsiplab.lab import Lab
+from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippUac, SippUas
 
 MIN_SHARE = 0.95
 

@@ -63,7 +63,7 @@ def phone_ip(n: int) -> str:
     return PHONE_IPS[n - 1]
 
 
-# --- Second site ("both ends behind NAT"), built by ``nfsip.lab.lab.TwoSiteLab`` ----------------
+# --- Second site ("both ends behind NAT"), built by ``nfsiplab.lab.TwoSiteLab`` ----------------
 #
 #    phoneb1 10.1.0.2 ─┐                                         ┌─ router  198.51.100.1 (site A)
 #    phoneb2 10.1.0.3 ─┤ lanbswitch ── lan0 routerb wan0 ── wanswitch ┤

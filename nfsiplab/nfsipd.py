@@ -13,8 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, LabError
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, LabError
 
 METRICS_PORT = 9477
 

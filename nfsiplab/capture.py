@@ -26,7 +26,7 @@ from typing import IO, Any, Self
 
 import dpkt
 
-from nfsip.lab.lab import Lab, LabError
+from nfsiplab.lab import Lab, LabError
 
 SIP_PORT = 5060
 

@@ -1,11 +1,11 @@
 """Header fields (RFC 3261 §7.3): the lines of a header block, and the values of Via, Contact, From, To and
 CSeq.
 
-The parsers work on the latin-1 text of the header block (``t``, see :mod:`nfsip.sip.grammar`) between
+The parsers work on the latin-1 text of the header block (``t``, see :mod:`nfsip.core.sip.grammar`) between
 offsets given by the caller; every span they return indexes that text, hence ``SipMessage.raw``. They raise
-:class:`~nfsip.sip.errors.SipParseError` and nothing else.
+:class:`~nfsip.core.sip.errors.SipParseError` and nothing else.
 
-Tolerated beyond the ABNF, because the value stays unambiguous (see :mod:`nfsip.sip.grammar`): empty list
+Tolerated beyond the ABNF, because the value stays unambiguous (see :mod:`nfsip.core.sip.grammar`): empty list
 elements and parameters (RFC 4475 badinv01), LWS inside ``<...>`` (RFC 4475 badaspec), unquoted display
 names with non-token characters in From/To (RFC 4475 baddn), ``?headers`` in an addr-spec Contact (RFC 4475
 regbadct).
@@ -13,11 +13,11 @@ regbadct).
 
 from __future__ import annotations
 
-from nfsip.sip import grammar
-from nfsip.sip.errors import SipParseError
-from nfsip.sip.grammar import COMPACT_FORMS, LWS_CHARS, MAX_PARAMS, MAX_SEPARATORS, MAX_VALUES, user_text
-from nfsip.sip.uri import hostport, params_end, parse_uri, split_params
-from nfsip.sip.values import NameAddr, Span, Via
+from nfsip.core.sip import grammar
+from nfsip.core.sip.errors import SipParseError
+from nfsip.core.sip.grammar import COMPACT_FORMS, LWS_CHARS, MAX_PARAMS, MAX_SEPARATORS, MAX_VALUES, user_text
+from nfsip.core.sip.uri import hostport, params_end, parse_uri, split_params
+from nfsip.core.sip.values import NameAddr, Span, Via
 
 __all__ = [
     "HeaderLine",

@@ -78,7 +78,7 @@ def comment_call_id(call_id: str) -> str:
 def element_comment(pinhole: Pinhole, since_epoch: float) -> str:
     """`<label> <state> <since> <call-id>`: what `nfsip status` shows and what a restarted daemon rebuilds
     its state from (state: a = attempt, a call offered or early; e = established, a confirmed call; r =
-    registration; since: epoch seconds). nfsip.calls.CallTable.adopt maps a and e back to call states."""
+    registration; since: epoch seconds). nfsip.core.calls.CallTable.adopt maps a and e back to call states."""
     state = "r" if pinhole.kind == "sip" else "e" if pinhole.established else "a"
     text = f"{pinhole.label} {state} {int(since_epoch)} {comment_call_id(pinhole.call_id)}"
     return text.encode("utf-8", "replace")[:_COMMENT_MAX].decode("utf-8", "ignore")
@@ -149,10 +149,10 @@ class Decision:
     detail: str = ""
     install: tuple[Pinhole, ...] = ()  # every pinhole of the call, new or refreshed
     # Pinholes whose kernel elements must be re-created, not just refreshed: re-adding an existing element
-    # updates its timeout but keeps its old comment, which carries the call state (nfsip.model.element_comment).
+    # updates its timeout but keeps its old comment, which carries the call state (nfsip.core.model.element_comment).
     recreate: tuple[Pinhole, ...] = ()
     opened: tuple[Pinhole, ...] = ()  # the part of `install` that did not exist before
     remove: tuple[Pinhole, ...] = ()
     events: tuple[Event, ...] = field(default=())  # for the log
-    refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.policy), a metrics label each
+    refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.core.policy), a metrics label each
     ended: tuple[CallEnded, ...] = field(default=())

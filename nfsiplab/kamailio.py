@@ -57,8 +57,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from nfsip.lab import topology as T
-from nfsip.lab.lab import Lab, LabError
+from nfsiplab import topology as T
+from nfsiplab.lab import Lab, LabError
 
 MODULE_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 

@@ -12,12 +12,12 @@ and their spans), ``uri`` (URIs and parameters), ``headers`` (header lines, Via,
 ``message`` (start-line, header values, body framing), ``sdp``, ``edit``.
 """
 
-from nfsip.sip.edit import Edit, apply_edits
-from nfsip.sip.errors import SipParseError
-from nfsip.sip.grammar import canonical_header_name
-from nfsip.sip.message import SipMessage, parse_message, parse_name_addrs
-from nfsip.sip.sdp import Sdp, SdpAddress, SdpCandidate, SdpMedia, SdpRtcp, parse_sdp
-from nfsip.sip.values import Header, HostPort, NameAddr, Param, SipUri, Span, Via
+from nfsip.core.sip.edit import Edit, apply_edits
+from nfsip.core.sip.errors import SipParseError
+from nfsip.core.sip.grammar import canonical_header_name
+from nfsip.core.sip.message import SipMessage, parse_message, parse_name_addrs
+from nfsip.core.sip.sdp import Sdp, SdpAddress, SdpCandidate, SdpMedia, SdpRtcp, parse_sdp
+from nfsip.core.sip.values import Header, HostPort, NameAddr, Param, SipUri, Span, Via
 
 __all__ = [
     "Edit",

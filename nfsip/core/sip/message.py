@@ -1,13 +1,13 @@
 """SIP messages (RFC 3261 §7), sans-I/O and byte-preserving.
 
 :func:`parse_message` turns the bytes of one datagram (or the head of a TCP stream buffer) into a
-:class:`SipMessage` whose parts carry :class:`~nfsip.sip.values.Span` offsets into the original bytes, so
-that a NAT helper can replace an address or a port without re-serialising anything (:mod:`nfsip.sip.edit`).
+:class:`SipMessage` whose parts carry :class:`~nfsip.core.sip.values.Span` offsets into the original bytes, so
+that a NAT helper can replace an address or a port without re-serialising anything (:mod:`nfsip.core.sip.edit`).
 
 Parsed at once, with errors raised by :func:`parse_message`: the start-line (§7.1, §7.2; SIP/2.0 only,
 RFC 4475 §3.1.2.16), the syntax of every header line, the first Via value, every Contact, Call-ID, CSeq
 (below 2**31, the request's method), Content-Length, Content-Type, Expires, that From and To are present
-once, the body framing and the SDP lines a NAT helper rewrites (:mod:`nfsip.sip.sdp`). These are what a NAT
+once, the body framing and the SDP lines a NAT helper rewrites (:mod:`nfsip.core.sip.sdp`). These are what a NAT
 helper rewrites or decides on.
 
 Parsed on first access: :attr:`SipMessage.from_`, :attr:`SipMessage.to`, :attr:`SipMessage.vias` (the
@@ -25,17 +25,17 @@ slipstreaming, Samy Kamkar 2020, hid a REGISTER inside an HTTP POST body).
 
 Tolerated: LF-only line endings (RFC 5118 archive files), a datagram without the empty line after its
 headers (RFC 4475 baddn), ``?headers`` in a Request-URI (RFC 4475 escruri), and what
-:mod:`nfsip.sip.headers` lists. Any input bytes raise :class:`SipParseError` or nothing.
+:mod:`nfsip.core.sip.headers` lists. Any input bytes raise :class:`SipParseError` or nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nfsip.sip import grammar
-from nfsip.sip.errors import SipParseError
-from nfsip.sip.grammar import MAX_PARAMS, MAX_SEPARATORS, MAX_VALUES, canonical_header_name, user_text
-from nfsip.sip.headers import (
+from nfsip.core.sip import grammar
+from nfsip.core.sip.errors import SipParseError
+from nfsip.core.sip.grammar import MAX_PARAMS, MAX_SEPARATORS, MAX_VALUES, canonical_header_name, user_text
+from nfsip.core.sip.headers import (
     HeaderLine,
     parse_cseq,
     parse_name_addr_list,
@@ -45,9 +45,9 @@ from nfsip.sip.headers import (
     split_lines,
     unfold,
 )
-from nfsip.sip.sdp import Sdp, parse_sdp
-from nfsip.sip.uri import parse_uri
-from nfsip.sip.values import Header, NameAddr, SipUri, Span, Via
+from nfsip.core.sip.sdp import Sdp, parse_sdp
+from nfsip.core.sip.uri import parse_uri
+from nfsip.core.sip.values import Header, NameAddr, SipUri, Span, Via
 
 __all__ = ["SipMessage", "SipParseError", "parse_message", "parse_name_addrs"]
 

@@ -14,7 +14,7 @@ Only what a NAT helper rewrites or needs to understand is structured:
   pinhole only ever targets the host that sent the SDP), so a malformed one raises only then.
 
 Every span is an absolute byte offset into the buffer handed to :func:`parse_sdp` (in practice
-``SipMessage.raw``), so the same :class:`~nfsip.sip.edit.Edit` machinery rewrites SIP headers and SDP alike.
+``SipMessage.raw``), so the same :class:`~nfsip.core.sip.edit.Edit` machinery rewrites SIP headers and SDP alike.
 
 Tolerance (RFC 8866 §5 requires CRLF but says parsers SHOULD accept LF): lines may end in LF alone,
 trailing whitespace is ignored, empty lines are skipped and unknown ``<type>=`` lines are ignored; real
@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from nfsip.sip.errors import SipParseError
-from nfsip.sip.values import Span
+from nfsip.core.sip.errors import SipParseError
+from nfsip.core.sip.values import Span
 
 __all__ = ["MAX_CANDIDATES", "MAX_MEDIA", "Sdp", "SdpAddress", "SdpCandidate", "SdpMedia", "SdpRtcp", "parse_sdp"]
 
