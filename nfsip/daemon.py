@@ -20,6 +20,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import loglines
 from .adapters import (
     ConntrackTable,
     FixedAddress,
@@ -36,26 +37,21 @@ from .core.engine import Engine
 from .core.mediastats import CallMedia, MediaStats
 from .core.model import (
     CallEnded,
-    CallEstablished,
     Decision,
     Direction,
     Endpoint,
-    Event,
     Flow,
     Pinhole,
-    RegistrationOpened,
-    RegistrationRemoved,
 )
 from .core.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
-from .core.sip.errors import SipParseError
-from .core.sip.message import parse_message
 from .kernel import reader
-from .kernel.conntrack import Conntrack, MediaCounts
+from .kernel.conntrack import Conntrack
 from .kernel.firstpacket import FirstPackets
 from .kernel.netinfo import InterfaceError, WanInterface
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .kernel.table import NftTable
+from .loglines import NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING
 from .metrics import Metrics, QueueCollector
 from .sdnotify import Notifier, SystemdLink
 
@@ -97,71 +93,6 @@ class _Held(NamedTuple):
     raw: bytes
     outcome: str
     decision: Decision | None
-
-
-NF_INET_PRE_ROUTING = 0
-NF_INET_POST_ROUTING = 4
-_HOOK_DIRECTION = {NF_INET_PRE_ROUTING: "in", NF_INET_POST_ROUTING: "out"}
-
-
-def _log_datagram(h: _Held, outcome: str) -> None:
-    """log_level = "debug": one line per queued datagram, after its verdict: the hook it was queued from
-    and its direction, the message's method (or status and CSeq method), its Call-ID, and what was done
-    (the verdict's outcome, with the engine's reason when it gave one). Parses the datagram a second time:
-    only at debug level."""
-    what, call_id = "-", "-"
-    try:
-        msg = parse_message(decode_ipv4_udp(h.raw).payload)
-        what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
-        call_id = msg.call_id
-    except (PacketError, SipParseError):
-        pass
-    decision = h.decision
-    reason = ""
-    if decision is not None:
-        reason = "; ".join(filter(None, (", ".join(decision.refusals), decision.detail)))
-    hook = getattr(h.pkt, "hook", "?")
-    log.debug(
-        "hook %s %s: %s, Call-ID %s: %s%s",
-        hook,
-        _HOOK_DIRECTION.get(hook, "?"),
-        what,
-        call_id,
-        outcome,
-        f" ({reason})" if reason else "",
-    )
-
-
-def _log_end(end: CallEnded, sampled: CallMedia | None, final: MediaCounts | OSError | None) -> None:
-    """The `call ... ended` line. `final`: the counts read as the call ended (per LAN media endpoint), or
-    the error that read met (then the last sample is shown, and said to be one), or None: no media pinhole."""
-    ports = ",".join(f"{h.public.port}->{h.lan.port}" for h in end.pinholes) or "-"
-    if isinstance(final, dict):
-        to_lan = sum(c[0] for c in final.values())
-        from_lan = sum(c[2] for c in final.values())
-        media = f"media to phone {to_lan} pkts, from phone {from_lan} pkts"
-    elif final is None:
-        media = "no media pinholes"
-    elif sampled is not None:
-        media = (
-            f"media to phone {sampled.to_lan_packets} pkts, from phone {sampled.from_lan_packets} pkts at the last "
-            f"sample (reading the final counts failed: {final})"
-        )
-    else:
-        media = f"media not counted (reading the counts failed: {final})"
-    log.info("call %s ended: %s; %.1fs; ports %s; %s", end.call_id, end.why, end.duration, ports, media)
-
-
-def _log_event(event: Event) -> None:
-    """The log line of an engine event (troubleshooting.md quotes them)."""
-    match event:
-        case CallEstablished(call_id, lan_ip, ports):
-            pairs = ",".join(f"{public}->{lan}" for public, lan in ports) or "-"
-            log.info("call %s established: phone %s; ports %s", call_id, lan_ip, pairs)
-        case RegistrationOpened(aor, lan, public, expires):
-            log.info("registration of %s from %s as %s, %ds", aor, lan, public, expires)
-        case RegistrationRemoved(aor, lan):
-            log.info("registration of %s from %s removed", aor, lan)
 
 
 class Daemon:
@@ -541,7 +472,7 @@ class Daemon:
         self.metrics.verdict_seconds.observe(time.perf_counter() - h.started)
         self._after_verdict(remove, fresh)
         if debug:
-            _log_datagram(h, outcome)
+            loglines.log_datagram(h.pkt.hook, h.raw, h.decision, outcome)
 
     def _process(self, hook: int, raw: bytes) -> tuple[str, Decision | None]:
         try:
@@ -561,7 +492,7 @@ class Daemon:
         if decision.outcome == "parse-error":
             self.metrics.parse_errors.labels(decision.detail).inc()
         for event in decision.events:
-            _log_event(event)
+            loglines.log_event(event)
         self._log_ended(decision.ended)
         for reason in decision.refusals:
             self.metrics.refusals.labels(reason).inc()
@@ -718,9 +649,9 @@ class Daemon:
                 lan = frozenset(h.lan for h in end.pinholes if h.kind != "sip")
                 sampled = self.media.get(end.call_id, end.lan_ip)
                 if lan:
-                    self.conntrack.read_before_purge(lan, partial(_log_end, end, sampled))
+                    self.conntrack.read_before_purge(lan, partial(loglines.log_call_ended, end, sampled))
                 else:
-                    _log_end(end, sampled, None)
+                    loglines.log_call_ended(end, sampled, None)
         # An ended call's metric series go at once, not at the next counter sample. Most calls under load
         # end before any sample took them in: then the snapshot (every sampled call) is left as it is.
         gone = {(end.call_id, end.lan_ip) for end in ended if self.media.get(end.call_id, end.lan_ip) is not None}

@@ -13,9 +13,10 @@ from nfsip.config import Config
 from nfsip.core.mediastats import CallMedia
 from nfsip.core.model import Endpoint, Pinhole
 from nfsip.core.packet import decode_ipv4_udp
-from nfsip.daemon import NF_INET_POST_ROUTING, Daemon
+from nfsip.daemon import Daemon
 from nfsip.kernel.nft import NftError
 from nfsip.kernel.reader import NO_TABLE
+from nfsip.loglines import NF_INET_POST_ROUTING
 
 
 class FakeTable:

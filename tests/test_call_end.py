@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from nfsip import daemon as daemon_module
+from nfsip import loglines
 from nfsip.config import Config
 from nfsip.core.model import Endpoint, Pinhole
 from nfsip.daemon import Daemon
@@ -193,7 +193,7 @@ def test_at_info_the_debug_line_costs_nothing(daemon, caplog, monkeypatch):
     def never(*args):
         raise AssertionError("the per-datagram line was built at info level")
 
-    monkeypatch.setattr(daemon_module, "_log_datagram", never)
-    monkeypatch.setattr(daemon_module, "parse_message", never)
+    monkeypatch.setattr(loglines, "log_datagram", never)
+    monkeypatch.setattr(loglines, "parse_message", never)
     call(daemon)
     assert len(daemon.verdicts) == 2

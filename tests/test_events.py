@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from nfsip.core.model import CallEstablished, Endpoint, RegistrationOpened, RegistrationRemoved
-from nfsip.daemon import _log_event
+from nfsip.loglines import log_event
 
 from .test_engine import REGISTER, bye, engine, inbound, invite, outbound, register_ok, response
 
@@ -62,5 +62,5 @@ def test_registration_events_open_and_remove_but_a_refresh_is_none():
 )
 def test_the_daemon_logs_each_event_as_one_info_line(event, line, caplog):
     with caplog.at_level(logging.INFO, logger="nfsip"):
-        _log_event(event)
+        log_event(event)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.INFO, line)]

@@ -27,12 +27,11 @@ Which message moves a call from one state to the next is the table in nfsip.core
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..config import DEFAULTS, Config
-from .calls import Call, CallTable, StreamBinding, stream_pinholes
+from .calls import Call, CallTable, stream_pinholes
 from .callstate import Action, CallState, Trigger, first_state, step, trigger_of
 from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Event, Flow, Pinhole
 from .policy import Policy, policy_from
@@ -42,10 +41,7 @@ from .sip.edit import Edit, apply_edits
 from .sip.errors import SipParseError
 from .sip.message import SipMessage, parse_message
 from .sip.sdp import Sdp, SdpMedia
-
-# Media protocols carried over UDP that need a pinhole: RTP/AVP and its secure/feedback variants, UDPTL
-# (T.38 fax), UDP/BFCP, UDP/TLS/RTP/SAVPF (WebRTC). TCP-based streams (TCP/MSRP, TCP/BFCP) are left alone.
-_UDP_PROTO_PREFIXES = ("rtp/", "udp", "udptl", "dccp")
+from .streams import is_private, is_udp_media, out_of_range_port, port_edits, stream_ports
 
 TIMER_B = 32.0  # 64*T1 with T1 = 500 ms
 # Transaction memory for Via restoration: Timer F/H are 64*T1 = 32 s (RFC 3261 §17); 64 s is enough.
@@ -73,10 +69,6 @@ class Timeouts:
         )
 
 
-def _is_udp_media(media: SdpMedia) -> bool:
-    return media.proto.lower().startswith(_UDP_PROTO_PREFIXES)
-
-
 _OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
 _BYE_WHY = {d: f"BYE ({d.value})" for d in Direction}  # why a BYE ended a call, per direction
 # Why a call's deadline ended it, per the state it was in.
@@ -95,15 +87,6 @@ def _message_kind(msg: SipMessage) -> str:
     if msg.is_request:
         return msg.method or "?"
     return f"{(msg.status or 0) // 100}xx"
-
-
-def _is_private(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    # 0.0.0.0 is the RFC 3264 §8.4 hold address, not a host.
-    return ip.is_private and not ip.is_unspecified
 
 
 def _session_expires(msg: SipMessage) -> int | None:
@@ -223,7 +206,7 @@ class Engine:
             if hp is not None:
                 if hp.host == lan_ip:
                     edits.append(Edit(hp.span, public_sip_text))
-                elif _is_private(hp.host):
+                elif is_private(hp.host):
                     change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
             call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, edits)
@@ -253,22 +236,22 @@ class Engine:
             if media.port == 0:
                 disabled.append(index)  # RFC 3264 §8.2: a stream removed from the session
                 continue
-            if conn is None or not _is_udp_media(media):
+            if conn is None or not is_udp_media(media):
                 continue
             address = conn.address
             if address == "0.0.0.0":
                 held.append((index, media))  # RFC 3264 §8.4 (old-style hold): the stream keeps its ports
                 continue
             if address != lan_ip:
-                if _is_private(address):
+                if is_private(address):
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
                     change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
-            derived = _stream_ports(index, media)
+            derived = stream_ports(index, media)
             if derived is None:
                 change.refuse(
                     "media-port-range",
-                    f"SDP m={media.port}/{media.port_count} of {lan_ip} makes port {_out_of_range_port(media)}, "
+                    f"SDP m={media.port}/{media.port_count} of {lan_ip} makes port {out_of_range_port(media)}, "
                     "outside 1-65535",
                 )
                 continue
@@ -284,9 +267,9 @@ class Engine:
                 change.remove.extend(calls.drop_stream(call, index, now))
             for index, media in held:
                 binding = call.streams.get(index)
-                derived = _stream_ports(index, media)
+                derived = stream_ports(index, media)
                 if binding is not None and derived is not None and binding.lan_ports == derived[0]:
-                    _port_edits(media, binding, sdp_edits)
+                    port_edits(media, binding, sdp_edits)
         if not wanted:
             edits.extend(sdp_edits)
             return call
@@ -335,7 +318,7 @@ class Engine:
         change.install_call = call
         public_ip = self.public_ip.encode()
         for media, binding in bindings:
-            _port_edits(media, binding, sdp_edits)
+            port_edits(media, binding, sdp_edits)
             rtcp = media.rtcp
             if rtcp is not None and rtcp.address is not None and rtcp.address.address == lan_ip:
                 sdp_edits.append(Edit(rtcp.address.address_span, public_ip))
@@ -713,71 +696,3 @@ class _Change:
     def refuse(self, reason: str, detail: str) -> None:
         self.refusals.append(reason)
         self.detail = detail
-
-
-def _port_edits(media: SdpMedia, binding: StreamBinding, edits: list[Edit]) -> None:
-    """The m= port (and a=rtcp port) of a stream, as the public ports of its binding."""
-    lan_ports, public_ports = binding.lan_ports, binding.public_ports
-    # The binding's ports are sorted: an a=rtcp port below the RTP port (a=rtcp:5999 with m=audio 6004) comes
-    # first, and the m= line must still get the RTP port's own public port.
-    rtp_public = public_ports[0] if lan_ports[0] == media.port else public_ports[lan_ports.index(media.port)]
-    edits.append(Edit(media.port_span, str(rtp_public).encode()))
-    rtcp = media.rtcp
-    if rtcp is not None and not media.rtcp_mux and rtcp.port in lan_ports:
-        rtcp_public = public_ports[lan_ports.index(rtcp.port)]
-        edits.append(Edit(rtcp.port_span, str(rtcp_public).encode()))
-
-
-def _stream_ports(index: int, media: SdpMedia) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
-    """LAN ports a stream receives on, with labels: RTP ports, then RTCP (RFC 3550: port+1; RFC 3605
-    a=rtcp names it explicitly; RFC 5761 rtcp-mux puts it on the RTP port). `m=video 49170/2` means two RTP
-    ports 49170 and 49172, with RTCP on 49171 and 49173 (RFC 8866 §5.14).
-
-    None when a port the stream derives falls outside 1-65535 (`m=audio 65535` makes RTCP 65536): such a
-    stream opens nothing (_out_of_range_port says which). A UDP port has 16 bits; the nft and conntrack
-    encoders refuse anything else, and a bad key once failed the whole transaction and every media sample."""
-    # Checked before the loop: the count comes from the network (`m=audio 1024/30000` once cost 6.5 s here).
-    if _out_of_range_port(media) is not None:
-        return None
-    count = max(media.port_count, 1)
-    ports: list[int] = []
-    labels: list[str] = []
-    seen: set[int] = set()  # the membership test of the loop: a list made it quadratic in the count
-    for i in range(count):
-        rtp = media.port + 2 * i
-        ports.append(rtp)
-        seen.add(rtp)
-        labels.append(f"m{index}.rtp" if count == 1 else f"m{index}.rtp{i}")
-        if media.rtcp_mux:
-            continue
-        if i == 0 and media.rtcp is not None:
-            rtcp = media.rtcp.port
-        else:
-            rtcp = rtp + 1
-        if rtcp not in seen:
-            ports.append(rtcp)
-            seen.add(rtcp)
-            labels.append(f"m{index}.rtcp" if count == 1 else f"m{index}.rtcp{i}")
-    order = sorted(range(len(ports)), key=ports.__getitem__)
-    return tuple(ports[i] for i in order), tuple(labels[i] for i in order)
-
-
-def _out_of_range_port(media: SdpMedia) -> int | None:
-    """A port of `media`'s RTP/RTCP ports (as _stream_ports derives them) outside 1-65535, or None: an
-    a=rtcp port of 0, else the highest port. Arithmetic only, whatever the count: the highest port is the
-    last RTP port's RTCP port (the last RTP port with rtcp-mux, or with a=rtcp and a single RTP port)."""
-    rtp = media.port
-    if not 0 < rtp <= _MAX_PORT:
-        return rtp
-    count = max(media.port_count, 1)
-    highest = rtp + 2 * (count - 1)
-    if not media.rtcp_mux:
-        explicit = media.rtcp.port if media.rtcp is not None else None
-        if explicit is not None and not 0 < explicit <= _MAX_PORT:
-            return explicit
-        if explicit is None or count > 1:  # a=rtcp replaces the first RTP port's port+1 only
-            highest += 1
-    return highest if highest > _MAX_PORT else None
-
-
-_MAX_PORT = 65535  # the highest UDP port
