@@ -320,7 +320,9 @@ def test_a_bye_forged_through_a_media_pinhole_ends_nothing(lab: Lab):
             time.sleep(0.5)
             assert [c["call_id"] for c in daemon.status()["calls"]] == [call["call_id"]], daemon.log()
             assert uac.wait(60).ok and uas.wait(20).ok
-        assert count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP) >= int(PCAP_RTP_PACKETS * 0.95)
+        received = count_rtp(at_phone.packets(), dst=T.PHONE_IPS[0], src=T.SERVER_IP)
+        print(f"forged BYE: {received} of {PCAP_RTP_PACKETS} RTP packets reached the phone")
+        assert received >= int(PCAP_RTP_PACKETS * 0.95)
         assert f"call {call['call_id']} ended: BYE (out)" in daemon.log()  # the phone's own BYE ended it
         # The queue never saw the forged messages (the engine would refuse them too: tests/test_engine.py).
         assert daemon.metric("nfsip_policy_refusals_total", reason="not-dialog-peer") == 0
