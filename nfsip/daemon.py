@@ -134,8 +134,8 @@ class Daemon:
         self.first_packets = FirstPackets()
         self._stop = False
         self._held: list[_Held] = []
-        # Metric children by label values: labels() takes a lock and builds a key on every call (about 1 µs
-        # each, twice per datagram). Both label sets are bounded (outcomes; direction x _KINDS).
+        # Metric children by label values: labels() takes a lock and builds a key on every call, twice per
+        # datagram. Both label sets are bounded (outcomes; direction x _KINDS).
         self._verdict_counters: dict[str, Any] = {}
         self._message_counters: dict[tuple[str, str], Any] = {}
 

@@ -21,8 +21,7 @@ Why "spawn" and not "fork": a forked worker would inherit the supervisor's metri
 threaded process can leave a lock held forever in the child), its libnftables context and netlink
 sockets, and prometheus-client's value class, which is chosen when the module is first imported (before
 PROMETHEUS_MULTIPROC_DIR is set, so a forked worker would count into private memory nobody scrapes). The
-price, measured in the lab: READY after 0.65 s with 2 workers instead of 0.30 s, about 42 MB resident per
-worker (as much as the single daemon) plus multiprocessing's resource tracker (13 MB).
+price is a slower start and a worker as large as the single daemon (docs/performance.md, the workers paragraph).
 """
 
 from __future__ import annotations

@@ -22,9 +22,6 @@ class StreamBinding:
     lan_ports: tuple[int, ...]
     public_ports: tuple[int, ...]
     labels: tuple[str, ...]
-    # The pinholes stream_pinholes made last: the next message that installs, refreshes or removes them takes
-    # their Endpoints (two per pinhole cost about a third of building it).
-    _last: tuple[Pinhole, ...] = field(default=(), init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -66,13 +63,9 @@ class Call:
         return remote_ip in self.peer_ips and lan_port in self.sip_ports
 
     def pinholes(self, timeout: int = 0) -> list[Pinhole]:
-        if len(self.streams) == 1:
-            for index, binding in self.streams.items():
-                return stream_pinholes(self, index, binding, timeout)
-        holes = []
-        for index, binding in self.streams.items():
-            holes += stream_pinholes(self, index, binding, timeout)
-        return holes
+        return [
+            hole for index, binding in self.streams.items() for hole in stream_pinholes(self, index, binding, timeout)
+        ]
 
 
 def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int) -> list[Pinhole]:
@@ -80,36 +73,20 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
     if call.strict:
         remote = call.far_media.get(index, "")
         kind = "media" if remote else "media-out"
-    public_ip = call.public_ip
-    lan_ip = call.lan_ip
-    call_id = call.call_id
-    confirmed = call.confirmed
-    created = call.created
-    holes = []
-    # Plain loops rather than comprehensions: one stream's two pinholes are built on every message that
-    # installs, refreshes or removes them, and a comprehension's own call cost a fifth of that.
-    last = binding._last
-    if last and last[0].public.ip == public_ip and last[0].lan.ip == lan_ip:
-        for h in last:
-            # Fields in Pinhole's order: public, lan, call_id, label, timeout, kind, remote_ip, established, since.
-            holes.append(Pinhole(h.public, h.lan, call_id, h.label, timeout, kind, remote, confirmed, created))
-        return holes
-    for lan, pub, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True):
-        holes.append(
-            Pinhole(
-                Endpoint(public_ip, pub),
-                Endpoint(lan_ip, lan),
-                call_id,
-                label,
-                timeout,
-                kind,
-                remote,
-                confirmed,
-                created,
-            )
+    return [
+        Pinhole(
+            Endpoint(call.public_ip, public),
+            Endpoint(call.lan_ip, lan),
+            call.call_id,
+            label,
+            timeout,
+            kind=kind,
+            remote_ip=remote,
+            established=call.confirmed,
+            since=call.created,
         )
-    binding._last = tuple(holes)
-    return holes
+        for lan, public, label in zip(binding.lan_ports, binding.public_ports, binding.labels, strict=True)
+    ]
 
 
 def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ Which message moves a call from one state to the next is the table in nfsip.core
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import DEFAULTS, Config
 from .calls import Call, CallTable, stream_pinholes
@@ -660,38 +660,21 @@ class Engine:
         return call.pinholes(timeout)
 
 
+@dataclass(slots=True)
 class _Change:
-    """What one message changes: collected by the steps of the decision, turned into a Decision.
+    """What one message changes: collected by the steps of the decision, turned into a Decision."""
 
-    A plain slotted class, not a dataclass: one is made per message, and eleven default factories cost
-    more than the rest of a BYE's decision (bench/engine.py)."""
-
-    __slots__ = (
-        "detail",
-        "ended",
-        "events",
-        "install",
-        "install_call",
-        "new_lan_ports",
-        "opened",
-        "pass_unchanged",
-        "recreate",
-        "refusals",
-        "remove",
-    )
-
-    def __init__(self) -> None:
-        self.install_call: Call | None = None
-        self.install: list[Pinhole] = []
-        self.opened: list[Pinhole] = []
-        self.remove: list[Pinhole] = []
-        self.events: list[Event] = []
-        self.refusals: list[str] = []
-        self.ended: list[CallEnded] = []
-        self.new_lan_ports: set[int] = set()  # LAN ports of streams bound by this message
-        self.recreate = False  # the call's state changed: its elements' comments must be rewritten
-        self.detail = ""
-        self.pass_unchanged = False
+    install_call: Call | None = None
+    install: list[Pinhole] = field(default_factory=list)
+    opened: list[Pinhole] = field(default_factory=list)
+    remove: list[Pinhole] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    ended: list[CallEnded] = field(default_factory=list)
+    new_lan_ports: set[int] = field(default_factory=set)  # LAN ports of streams bound by this message
+    recreate: bool = False  # the call's state changed: its elements' comments must be rewritten
+    detail: str = ""
+    pass_unchanged: bool = False
 
     def refuse(self, reason: str, detail: str) -> None:
         self.refusals.append(reason)

@@ -1,7 +1,7 @@
 """IPv4/UDP datagrams as the queue hands them over: decode, and re-encode after the payload changed.
 
 Sans-I/O: bytes in, bytes out. The kernel's `set_payload()` copies our bytes into the skb and fixes
-*nothing* (see ../shared/LAB.md, "Rewriting a queued packet"): after a length change the IP total length,
+*nothing*: after a length change the IP total length,
 the IP header checksum, the UDP length and the UDP checksum must all be recomputed here, or receivers drop
 the datagram (UdpInCsumErrors, IpExtInTruncatedPkts).
 """

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 from ..config import DEFAULTS, Config
 
-_ALLOWED_CACHED = 4096
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -49,42 +47,23 @@ class Policy:
     sip_ports: tuple[int, ...] = DEFAULTS.sip_ports
     limits: Limits = field(default_factory=Limits)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    # server_allowed's answers per address, for the sip_servers they were computed for: with an allowlist
-    # every message asked, and parsing the address and testing the networks cost about 2.7 µs each time.
-    _allowed: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
-    _allowed_for: tuple[ipaddress.IPv4Network, ...] = field(default=(), repr=False, compare=False)
 
     def server_allowed(self, address: str) -> bool:
-        servers = self.sip_servers
-        if not servers:
+        if not self.sip_servers:
             return True
-        if self._allowed_for is not servers:  # the field was replaced: forget the old answers
-            self._allowed = {}
-            self._allowed_for = servers
-        allowed = self._allowed.get(address)
-        if allowed is None:
-            try:
-                ip = ipaddress.IPv4Address(address)
-            except ValueError:
-                allowed = False
-            else:
-                allowed = any(ip in net for net in servers)
-            if len(self._allowed) >= _ALLOWED_CACHED:  # bounded: remote addresses come from the network
-                self._allowed.clear()
-            self._allowed[address] = allowed
-        return allowed
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.sip_servers)
 
     def media_port_allowed(self, port: int) -> bool:
         """Privileged ports and SIP ports are never pinhole targets: an SDP naming 22 or 5060 is a trick."""
         return port >= 1024 and port not in self.sip_ports
 
     def media_ports_allowed(self, ports: tuple[int, ...]) -> bool:
-        """media_port_allowed for each of `ports` (one call per stream of every SDP, not one per port)."""
-        sip_ports = self.sip_ports
-        for port in ports:  # noqa: SIM110 - a loop, not all() over a generator: this runs per stream
-            if port < 1024 or port in sip_ports:
-                return False
-        return True
+        """media_port_allowed for each of `ports`."""
+        return all(self.media_port_allowed(port) for port in ports)
 
     def take_pinholes(self, host: str, count: int, now: float) -> bool:
         """Rate limit for new pinholes of one LAN host (token bucket). False: over the limit."""

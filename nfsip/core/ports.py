@@ -2,7 +2,7 @@
 
 RTP wants an even port and RTCP the next odd one (RFC 3550 §11), so ports are handed out in blocks that
 start even. A port whose block was just released is quarantined: a flow on it may still have a conntrack
-entry (the kernel keeps the NAT binding in the conntrack entry, not in our map: LAB.md "Behaviour verified"),
+entry (the kernel keeps the NAT binding in the conntrack entry, not in our map),
 and a new call on that port would inherit the old binding.
 """
 

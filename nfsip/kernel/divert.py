@@ -2,7 +2,7 @@
 
 CONFIG_NFT_QUEUE is off on some kernels (this lab's among them) while the xt NFQUEUE target is available
 through nft_compat. `nft -f` cannot write that expression, and `iptables-nft` only creates its own tables
-at standard priorities (LAB.md, "Diverting SIP to the queue"). So the daemon adds, by a netlink NEWRULE
+at standard priorities. So the daemon adds, by a netlink NEWRULE
 message (pyroute2), the very expression iptables-nft emits - target "NFQUEUE" revision 3 with a
 struct xt_NFQ_info_v3 - to the `sip_queue` chain of its own table. `nft list` shows it as
 `queue num N bypass`.

@@ -8,7 +8,7 @@ it only replaces its own table (`table ip nfsip`). Priorities, and why:
   admin's rules apply as if nfsip were not there.
 - SIP divert at dstnat+10 / srcnat+10, in *filter* chains (a nat chain only sees the first packet of a
   connection): there the queue sees the translated addresses, i.e. the public port masquerade chose for
-  an outbound message and the LAN host an inbound one is for (LAB.md, "Where each hook sees the packet").
+  an outbound message and the LAN host an inbound one is for (docs/architecture.md, "The kernel side").
   The daemon tells the directions apart by the hook (prerouting: inbound, postrouting: outbound).
 - Filter chains cost every forwarded packet, media included (bench/ruleset_cost.py): as few base chains
   as the hooks above need, one protocol test per chain, and in each rule the port test that fails for
