@@ -247,6 +247,13 @@ class Engine:
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
                     change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
+            if media.port_count > self.policy.limits.pinholes_per_host:
+                # More RTP ports than the host may hold pinholes: refused before its ports are listed (the
+                # count comes from the network; building tens of thousands of ports per message is a stall).
+                change.refuse(
+                    "pinholes-per-host", f"SDP m={media.port}/{media.port_count} of {lan_ip} asks for too many ports"
+                )
+                continue
             derived = stream_ports(index, media)
             if derived is None:
                 change.refuse(
@@ -267,8 +274,10 @@ class Engine:
                 change.remove.extend(calls.drop_stream(call, index, now))
             for index, media in held:
                 binding = call.streams.get(index)
+                if binding is None or media.port_count > self.policy.limits.pinholes_per_host:
+                    continue
                 derived = stream_ports(index, media)
-                if binding is not None and derived is not None and binding.lan_ports == derived[0]:
+                if derived is not None and binding.lan_ports == derived[0]:
                     port_edits(media, binding, sdp_edits)
         if not wanted:
             edits.extend(sdp_edits)
