@@ -14,10 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from .core.mediastats import CallMedia
-from .core.model import Endpoint, Pinhole
-
-# One message's pinhole changes: (install, remove, recreate), as in nfsip.core.model.Decision.
-Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
+from .core.model import Endpoint, Part, Pinhole
 
 
 class PinholeTable(Protocol):

@@ -247,9 +247,7 @@ class Engine:
                     # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
                     change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
                 continue
-            if media.port_count > self.policy.limits.pinholes_per_host:
-                # More RTP ports than the host may hold pinholes: refused before its ports are listed (the
-                # count comes from the network; building tens of thousands of ports per message is a stall).
+            if self._too_many_ports(media):
                 change.refuse(
                     "pinholes-per-host", f"SDP m={media.port}/{media.port_count} of {lan_ip} asks for too many ports"
                 )
@@ -274,7 +272,7 @@ class Engine:
                 change.remove.extend(calls.drop_stream(call, index, now))
             for index, media in held:
                 binding = call.streams.get(index)
-                if binding is None or media.port_count > self.policy.limits.pinholes_per_host:
+                if binding is None or self._too_many_ports(media):
                     continue
                 derived = stream_ports(index, media)
                 if derived is not None and binding.lan_ports == derived[0]:
@@ -339,6 +337,11 @@ class Engine:
             sdp_edits.append(Edit(sdp.origin.address_span, public_ip))
         edits.extend(sdp_edits)
         return call
+
+    def _too_many_ports(self, media: SdpMedia) -> bool:
+        """More RTP ports than the host may hold pinholes: refused before its ports are listed (the count comes
+        from the network; listing tens of thousands of ports per message would stall the queue)."""
+        return media.port_count > self.policy.limits.pinholes_per_host
 
     def _over_limit(self, lan_ip: str, new_pinholes: int, new_call: bool, now: float) -> str:
         limits = self.policy.limits

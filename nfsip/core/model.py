@@ -8,6 +8,7 @@ refresh, pinholes to remove). Nothing here does I/O.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -156,3 +157,7 @@ class Decision:
     events: tuple[Event, ...] = field(default=())  # for the log
     refusals: tuple[str, ...] = field(default=())  # policy refusals (nfsip.core.policy), a metrics label each
     ended: tuple[CallEnded, ...] = field(default=())
+
+
+# One message's pinhole changes, as in its Decision: (install, remove, recreate).
+Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]

@@ -20,8 +20,6 @@ from dataclasses import dataclass, replace
 from ..config import DEFAULTS
 from .model import Endpoint, Pinhole, RegistrationOpened, RegistrationRemoved
 
-# A REGISTER transaction's 2xx comes within Timer F (64*T1 = 32 s); keep pending ones a little longer.
-_PENDING_SECONDS = 64.0
 _PENDING_LIMIT = 20000
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1: the registrar's default when the request asked for none
 

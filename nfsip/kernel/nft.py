@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.model import Endpoint, Pinhole, element_comment, parse_comment
+from ..core.model import Endpoint, Part, Pinhole, element_comment, parse_comment
 from . import nftnl
 from .nftnl import Change
 from .ruleset import (
@@ -87,8 +87,6 @@ class MapElement:
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
 
-# One message's pinhole changes: (install, remove, recreate).
-Part = tuple[Iterable[Pinhole], Iterable[Pinhole], Iterable[Pinhole]]
 Entry = tuple[str, tuple["nftnl.Field", ...], tuple[str, int] | None]  # (set, key, value) of one element
 Deleted = dict[tuple[str, tuple["nftnl.Field", ...]], tuple["nftnl.Field", ...] | None]  # (set, key) -> value
 Added = tuple[Pinhole, list[Entry]]  # a pinhole to add, with its elements

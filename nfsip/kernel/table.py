@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..adapters import Part
 from ..config import Config
-from ..core.model import Pinhole
+from ..core.model import Part, Pinhole
 from . import divert, ruleset
 from .nft import Nft
 from .reader import NO_TABLE
