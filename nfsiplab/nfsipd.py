@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -140,6 +141,11 @@ class NfsipDaemon:
             f"print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())"
         )
         return self.lab.run(T.ROUTER, [sys.executable, "-c", code]).stdout
+
+    def verdicts(self) -> dict[str, float]:
+        """nfsip_verdicts_total by outcome, from one scrape: every datagram the daemon read, once each."""
+        found = re.findall(r'^nfsip_verdicts_total\{outcome="([^"]+)"\} (\S+)$', self.metrics(), re.M)
+        return {outcome: float(value) for outcome, value in found}
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of the last scrape (0 when absent)."""
