@@ -77,6 +77,11 @@ class Config:
     # Worker processes, one queue each (queue_num .. queue_num + workers - 1), SIP sharded by LAN host so
     # that all state of one phone lives in one worker (nfsip.workers). 1: the single-process daemon.
     workers: int = 1
+    # The packet-mark bit nfsip sets on the first packet of every flow a pinhole lets in (media, and SIP to a
+    # registered phone), IPv4 and IPv6 alike: an admin's forward chain with policy drop accepts nfsip's
+    # pinholes with one rule, `meta mark & MARK == MARK accept` (`nfsip admin-rule` prints it for this value;
+    # docs/nftables.md). One bit, so that other users of the mark (policy routing, mwan3) keep theirs.
+    pinhole_mark: int = 0x00100000
 
 
 # Every setting's default, for the code that takes a setting's value (nfsip.core.policy.Limits,
@@ -169,6 +174,11 @@ def _validate_value(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, got {value!r}")
         return value
+    if key == "pinhole_mark":
+        mark = _expect_int(key, value, 1, 0xFFFFFFFF)
+        if mark & (mark - 1):
+            raise ConfigError(key, f"must be a single bit (a power of two), got {mark:#x}")
+        return mark
     if key == "sip_ports":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list of port numbers")
