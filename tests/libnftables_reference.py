@@ -18,7 +18,9 @@ from nfsip.kernel.nftnl import Change
 
 
 def json_command(change: Change, table: str) -> dict[str, Any]:
-    """One change as a libnftables JSON command (nft 1.0.6 has no destroy: a delete)."""
+    """One change as a libnftables JSON command on `table inet <table>` (nft 1.0.6 has no destroy: a
+    delete). Addresses go in as nfsip holds them (IPv6 unbracketed); nft parses each field by the type of
+    the map, ipv4_addr or ipv6_addr."""
     elem: dict[str, Any] = {"val": {"concat": list(change.key)}}
     if change.add:
         elem["timeout"] = (change.timeout_ms or 0) // 1000
@@ -27,7 +29,7 @@ def json_command(change: Change, table: str) -> dict[str, Any]:
     item: Any = {"elem": elem}
     if change.value is not None:
         item = [item, {"concat": list(change.value)}]
-    element = {"family": "ip", "table": table, "name": change.set_name, "elem": [item]}
+    element = {"family": "inet", "table": table, "name": change.set_name, "elem": [item]}
     return {"add" if change.add else "delete": {"element": element}}
 
 
