@@ -30,6 +30,7 @@ from nfsip.kernel.nft import CONSERVATIVE, Nft, NftError
 from nfsip.kernel.ruleset import (
     DNAT_MAP,
     DNAT_STRICT_MAP,
+    IPV6_SUFFIX,
     SIP_DNAT_ANY_MAP,
     SIP_DNAT_MAP,
     SIP_SNAT_MAP,
@@ -45,8 +46,10 @@ from .libnftables_reference import LibnftablesPath
 
 pytestmark = pytest.mark.lab
 
-MAPS = (DNAT_MAP, DNAT_STRICT_MAP, SNAT_MAP, SIP_DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_SNAT_MAP)
+MAPS4 = (DNAT_MAP, DNAT_STRICT_MAP, SNAT_MAP, SIP_DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_SNAT_MAP)
+MAPS = MAPS4 + tuple(name + IPV6_SUFFIX for name in MAPS4)  # and their IPv6 twins
 PUBLIC = "198.51.100.1"
+PHONE6 = "2001:db8:1::10"
 _names = itertools.count()
 
 
@@ -110,6 +113,12 @@ def hole(port: int, lan_port: int, call: str = "call-1@10.0.0.2", **kw) -> Pinho
     )
 
 
+def hole6(port: int, **kw) -> Pinhole:
+    """An IPv6 media pinhole without NAT: the public endpoint is the phone's own (identity map entries)."""
+    phone = Endpoint(PHONE6, port)
+    return Pinhole(phone, phone, "call-6@example.org", f"m{port}", 180, since=1_700_000_003, **kw)
+
+
 MIXED = [
     hole(40000, 6000),  # latching media
     hole(40001, 6001, established=True),
@@ -119,6 +128,13 @@ MIXED = [
             kind="sip", remote_ip="198.51.100.2", since=1_700_000_001),
     Pinhole(Endpoint(PUBLIC, 5062), Endpoint("10.0.0.4", 5060), "reg:sip:b@example.org", "sip", 7200,
             kind="sip", since=1_700_000_002),
+    # IPv6 without NAT: latching media, strict media with an IPv6 far end, registrations
+    hole6(6000),
+    hole6(6002, remote_ip="2001:db8:ff::9"),
+    Pinhole(Endpoint("2001:db8:1::11", 5060), Endpoint("2001:db8:1::11", 5060), "reg:sip:c@example.org", "sip",
+            3630, kind="sip", remote_ip="2001:db8:ff::2", since=1_700_000_004),
+    Pinhole(Endpoint("2001:db8:1::12", 5062), Endpoint("2001:db8:1::12", 5062), "reg:sip:d@example.org", "sip",
+            7200, kind="sip", since=1_700_000_005),
 ]  # fmt: skip
 
 
@@ -127,7 +143,7 @@ def listing(nft: Nft) -> dict[str, list[tuple]]:
     has a counter (`expires` left out: it runs down between the two listings)."""
     out = {}
     for name in MAPS:
-        rc, text, err = nft._nft.cmd(f"list map ip {nft.table} {name}")
+        rc, text, err = nft._nft.cmd(f"list map inet {nft.table} {name}")
         assert rc == 0, err
         rows = []
         for item in json.loads(text)["nftables"]:
@@ -159,13 +175,22 @@ def test_raw_batch_leaves_what_the_json_transaction_leaves(tables):
     ref.apply_json(MIXED, ())
     got = listing(raw)
     assert got == listing(ref)
-    assert len(got[SNAT_MAP]) == 4 and len(got[SIP_DNAT_MAP]) == 1 and len(got[SIP_DNAT_ANY_MAP]) == 1
+    ipv4 = {DNAT_MAP: 2, DNAT_STRICT_MAP: 1, SNAT_MAP: 4, SIP_DNAT_MAP: 1, SIP_DNAT_ANY_MAP: 1, SIP_SNAT_MAP: 2}
+    ipv6 = {DNAT_MAP: 1, DNAT_STRICT_MAP: 1, SNAT_MAP: 2, SIP_DNAT_MAP: 1, SIP_DNAT_ANY_MAP: 1, SIP_SNAT_MAP: 2}
+    assert {name: len(rows) for name, rows in got.items()} == ipv4 | {n + IPV6_SUFFIX: k for n, k in ipv6.items()}
     assert not any(row[4] for rows in got.values() for row in rows)  # no counters: conntrack accounting counts
     assert ("m40000 a 1700000000 call-1@10.0.0.2") in {row[3] for row in got[SNAT_MAP]}
-    assert {row[2] for row in got[SIP_SNAT_MAP]} == {3630, 7200}
+    assert {row[2] for row in got[SIP_SNAT_MAP]} == {row[2] for row in got[SIP_SNAT_MAP + IPV6_SUFFIX]} == {3630, 7200}
+    # IPv6 without NAT: each element maps the phone's address and port to themselves
+    identity = json.dumps({"concat": [PHONE6, 6002]})
+    assert (identity, identity) in {row[:2] for row in got[SNAT_MAP + IPV6_SUFFIX]}
+    strict = json.dumps({"concat": ["2001:db8:ff::9", PHONE6, 6002]})
+    assert [row[:2] for row in got[DNAT_STRICT_MAP + IPV6_SUFFIX]] == [(strict, identity)]
     same_pinholes(raw.media_pinholes(), ref.media_pinholes())
     same_pinholes(raw.registration_pinholes(), ref.registration_pinholes())
-    assert sorted(h.call_id for h in raw.media_pinholes()) == ["call-1@10.0.0.2"] * 4
+    same_pinholes(raw.registration_pinholes(), [h for h in MIXED if h.kind == "sip"])
+    assert sorted(h.call_id for h in raw.media_pinholes()) == ["call-1@10.0.0.2"] * 4 + ["call-6@example.org"] * 2
+    same_pinholes([h for h in raw.media_pinholes() if ":" in h.lan.ip], MIXED[6:8])  # read back as installed
     assert {h.timeout for h in raw.media_pinholes()} <= {179, 180}
 
 
@@ -326,9 +351,10 @@ def test_probe_says_what_this_kernel_does_and_leaves_nothing(tables):
     features = raw.element_features()
     assert features.destroy == _kernel_at_least(6, 3)  # NFT_MSG_DESTROYSETELEM
     assert features.timeout_update == _kernel_at_least(6, 12)  # a re-add sets the new timeout
-    rc, out, err = raw._nft.cmd("list tables ip")
+    rc, out, err = raw._nft.cmd("list tables")
     assert rc == 0, err
-    assert [t["table"]["name"] for t in json.loads(out)["nftables"] if "table" in t] == ["nfsip", "nfsipref"]
+    tables = [(t["table"]["family"], t["table"]["name"]) for t in json.loads(out)["nftables"] if "table" in t]
+    assert tables == [("inet", "nfsip"), ("inet", "nfsipref")]
 
 
 def test_path_for_old_kernels_leaves_the_same_tables(tables):
@@ -404,7 +430,7 @@ def _read_sources(data: bytes, start: int, _end: int) -> tuple[bytes, bytes] | s
 
 def _json_queue_chain(nft: Nft) -> tuple[bool, int | None]:
     """What libnftables lists for sip_queue (the reads before nftnl's): (holds a queue rule, its counter)."""
-    rc, out, err = nft._nft.cmd(f"list chain ip {nft.table} sip_queue")
+    rc, out, err = nft._nft.cmd(f"list chain inet {nft.table} sip_queue")
     assert rc == 0, err
     exprs = [e for item in json.loads(out)["nftables"] for e in (item.get("rule") or {}).get("expr", [])]
     queue = any("queue" in e or (e.get("xt") or {}).get("name") == "NFQUEUE" for e in exprs)
