@@ -60,13 +60,13 @@ def _setup_rule() -> None:
 
     nft = Nft(TABLE)
     nft.run_text(
-        f"table ip {TABLE} {{\n"
+        f"table inet {TABLE} {{\n"
         "  chain sip_queue {\n  }\n"
         "  chain out {\n    type filter hook output priority 0; policy accept;\n"
         f"    udp dport {PORT} jump sip_queue\n  }}\n}}\n"
     )
     if nft.has_native_queue():
-        nft.run_text(f"add rule ip {TABLE} sip_queue queue num {QUEUE_NUM} bypass\n")
+        nft.run_text(f"add rule inet {TABLE} sip_queue queue num {QUEUE_NUM} bypass\n")
     else:
         divert.add_compat_queue_rule(TABLE, QUEUE_NUM, bypass=True)
 

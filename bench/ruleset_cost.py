@@ -133,8 +133,8 @@ FLOWS = {
     ),
 }
 PINHOLE_ELEMENTS = f"""\
-add element ip nfsip {ruleset.DNAT_MAP} {{ {PUBLIC_IP} . {PUBLIC_PORT} timeout 1h : {PHONE_IP} . {PHONE_MEDIA_PORT} }}
-add element ip nfsip {ruleset.SNAT_MAP} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h : {PUBLIC_IP} . {PUBLIC_PORT} }}
+add element inet nfsip {ruleset.DNAT_MAP} {{ {PUBLIC_IP} . {PUBLIC_PORT} timeout 1h : {PHONE_IP} . {PHONE_MEDIA_PORT} }}
+add element inet nfsip {ruleset.SNAT_MAP} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h : {PUBLIC_IP} . {PUBLIC_PORT} }}
 """
 # Older tables counted media per packet in counter sets keyed by the phone's LAN address and port.
 COUNTER_SETS = ("media_to_lan", "media_from_lan")
@@ -142,7 +142,7 @@ COUNTER_SETS = ("media_to_lan", "media_from_lan")
 
 def counter_elements(table: str) -> str:
     return "".join(
-        f"add element ip nfsip {name} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}\n"
+        f"add element inet nfsip {name} {{ {PHONE_IP} . {PHONE_MEDIA_PORT} timeout 1h }}\n"
         for name in COUNTER_SETS
         if f"set {name} " in table
     )
@@ -163,7 +163,7 @@ def chains_of(table: str) -> set[str]:
 def load(lab: Lab, table: str | None, drop: list[str]) -> None:
     # After the table: loading nfsip's table turns accounting on (its conntrack_accounting chain).
     acct = ["sysctl", "-qw", f"net.netfilter.nf_conntrack_acct={int(ACCT in drop)}"]
-    lab.nft(T.ROUTER, "add table ip nfsip\ndelete table ip nfsip\n")
+    lab.nft(T.ROUTER, "add table inet nfsip\ndelete table inet nfsip\n")
     if table is None:
         lab.run(T.ROUTER, acct)
         return
@@ -171,18 +171,18 @@ def load(lab: Lab, table: str | None, drop: list[str]) -> None:
     lab.run(T.ROUTER, acct)
     for chain in (c for c in drop if c != ACCT):
         if chain.startswith(EMPTIED):
-            lab.nft(T.ROUTER, f"flush chain ip nfsip {chain.removeprefix(EMPTIED)}\n")
+            lab.nft(T.ROUTER, f"flush chain inet nfsip {chain.removeprefix(EMPTIED)}\n")
         else:
-            lab.nft(T.ROUTER, f"flush chain ip nfsip {chain}\ndelete chain ip nfsip {chain}\n")
+            lab.nft(T.ROUTER, f"flush chain inet nfsip {chain}\ndelete chain inet nfsip {chain}\n")
     lab.nft(T.ROUTER, PINHOLE_ELEMENTS + counter_elements(table))
 
 
 def receiver_table(match: str) -> str:
     """Count-and-drop at the receiver's first hook; re-creating the table zeroes the counter."""
     return f"""\
-add table ip bench
-delete table ip bench
-table ip bench {{
+add table inet bench
+delete table inet bench
+table inet bench {{
   counter ok {{ }}
   chain pre {{
     type filter hook prerouting priority raw; policy accept;

@@ -18,7 +18,7 @@ from .core.model import Endpoint, Part, Pinhole
 
 
 class PinholeTable(Protocol):
-    """nfsip's own table (`table ip nfsip`) and the pinholes in it (real: nfsip.kernel.table.NftTable)."""
+    """nfsip's own table (`table inet nfsip`) and the pinholes in it (real: nfsip.kernel.table.NftTable)."""
 
     # The queue rule is nft's own `queue` statement, else the xt NFQUEUE target; known after install().
     native_queue: bool

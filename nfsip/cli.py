@@ -1,4 +1,4 @@
-"""Command line: nfsip run | check | status | ruleset | admin-rule | flush.
+"""Command line: nfsip run | check | status | ruleset | flush.
 
 Exit codes: 0 success; 1 runtime failure (kernel refused something, daemon died); 2 bad usage or
 configuration; 3 a required kernel feature or privilege is missing (`nfsip check` says which and how to fix).
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from . import config as configmod
 from .config import Config, ConfigError
-from .firewall import STYLES
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -126,19 +125,13 @@ def cmd_ruleset(args: argparse.Namespace) -> int:
     if config.workers > 1:
         from .kernel import fanout
 
-        text = fanout.render(config.table_name, config.workers, config.queue_num, config.queue_bypass, native)
+        text = fanout.render(
+            config.table_name, config.workers, config.queue_num, config.queue_bypass, native, config.wan_interface
+        )
         sys.stdout.write(f"# and, added by the daemon at start (workers = {config.workers}):\n")
         sys.stdout.write("".join(f"{line}\n" if line.startswith("#") else f"# {line}\n" for line in text.splitlines()))
     elif native:
         sys.stdout.write("# and, added by the daemon at start:\n# " + ruleset.queue_rule(opts))
-    return EXIT_OK
-
-
-def cmd_admin_rule(args: argparse.Namespace) -> int:
-    from .firewall import admin_rule_file
-
-    config = configmod.load(args.config)
-    sys.stdout.write(admin_rule_file(config.pinhole_mark, args.style))
     return EXIT_OK
 
 
@@ -150,12 +143,12 @@ def cmd_flush(args: argparse.Namespace) -> int:
     config = _load(args)
     nft = Nft(config.table_name)
     if not nft.table_exists():
-        print(f"no table ip {config.table_name}: nothing to flush")
+        print(f"no table inet {config.table_name}: nothing to flush")
         return EXIT_OK
     holes = [Pinhole(e.key, e.value, "", "") for e in nft.elements()]
     nft.remove_table()
     purged = Conntrack().purge_media(holes)
-    print(f"removed table ip {config.table_name} ({len(holes)} pinholes, {purged} conntrack entries)")
+    print(f"removed table inet {config.table_name} ({len(holes)} pinholes, {purged} conntrack entries)")
     return EXIT_OK
 
 
@@ -187,18 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue statement flavour: native nft queue, or xt NFQUEUE added by the daemon (default: ask kernel)",
     )
     p.set_defaults(func=cmd_ruleset)
-    p = sub.add_parser(
-        "admin-rule",
-        help="print the one rule your forward chain needs to let nfsip's pinholes through, and where it goes",
-    )
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file (its pinhole_mark)")
-    p.add_argument(
-        "--style",
-        choices=STYLES,
-        default="debian",
-        help="debian: for a forward chain in /etc/nftables.conf (default); fw4: a file for OpenWrt's firewall4",
-    )
-    p.set_defaults(func=cmd_admin_rule)
     p = sub.add_parser("flush", help="remove everything nfsip installed (table, map entries, media conntrack)")
     _add_config_args(p)
     p.set_defaults(func=cmd_flush)

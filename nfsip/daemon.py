@@ -187,7 +187,7 @@ class Daemon:
         self.table.install()
         self._adopt(left_behind, reapply=True)
         log.info(
-            "table ip %s installed; WAN %s public address %s; queue %d via %s; %s",
+            "table inet %s installed; WAN %s public address %s; queue %d via %s; %s",
             self.config.table_name,
             self.config.wan_interface,
             self.public_ip,
@@ -222,7 +222,7 @@ class Daemon:
         if state == reader.INSTALLED:
             return
         log.warning(
-            "table ip %s or its queue rule was removed by another ruleset load; restoring", self.config.table_name
+            "table inet %s or its queue rule was removed by another ruleset load; restoring", self.config.table_name
         )
         self.table.restore(state)
         self.restore_pinholes()
@@ -282,7 +282,7 @@ class Daemon:
                 self.drain(queue)  # what was queued before the rules went away still gets its verdict
                 self.finish_purges()
                 if self.shard is None:
-                    log.info("table ip %s removed; stopped", self.config.table_name)
+                    log.info("table inet %s removed; stopped", self.config.table_name)
                 else:
                     log.info("stopped")
             finally:
@@ -382,12 +382,12 @@ class Daemon:
                 self.sample_media(now, {})
         for what, value in self.reader.answers():
             if isinstance(value, Exception):
-                log.warning("reading table ip %s (%s) failed: %s", self.config.table_name, what, value)
+                log.warning("reading table inet %s (%s) failed: %s", self.config.table_name, what, value)
             elif what == reader.TABLE:
                 try:
                     self.ensure_installed(value)
                 except (NftError, OSError) as exc:
-                    log.error("cannot restore table ip %s: %s", self.config.table_name, exc)
+                    log.error("cannot restore table inet %s: %s", self.config.table_name, exc)
             elif what == reader.COUNTERS:
                 self.sample_media(now, value)
         expired, ended = self.engine.expire_ended(now)

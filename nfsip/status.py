@@ -87,7 +87,7 @@ def _age(seconds: int | None) -> str:
 
 def format_table(state: dict[str, Any]) -> str:
     if not state["installed"]:
-        return f"table ip {state['table']} is not installed (is `nfsip run` running?)"
+        return f"table inet {state['table']} is not installed (is `nfsip run` running?)"
     lines = [f"{len(state['registrations'])} registrations, {len(state['calls'])} calls, {state['pinholes']} pinholes"]
     if state["registrations"]:
         lines.append("")

@@ -121,10 +121,11 @@ class Supervisor:
             self.config.queue_num,
             self.config.queue_bypass,
             self.table.native_queue,
+            self.config.wan_interface,
         )
         self.fanout.install(ready=())
         log.info(
-            "table ip %s installed; WAN %s; %d workers on queues %d-%d via %s",
+            "table inet %s installed; WAN %s; %d workers on queues %d-%d via %s",
             self.config.table_name,
             self.config.wan_interface,
             self.config.workers,
@@ -151,7 +152,7 @@ class Supervisor:
         if self.table.exists() and self.fanout.installed(ready):
             return
         log.warning(
-            "table ip %s or its queue fanout was removed by another ruleset load; restoring", self.config.table_name
+            "table inet %s or its queue fanout was removed by another ruleset load; restoring", self.config.table_name
         )
         if not self.table.exists():
             self.table.restore(NO_TABLE)
@@ -295,7 +296,7 @@ class Supervisor:
                 notifier.close()
                 self._selector.close()
                 shutil.rmtree(self._multiproc_dir, ignore_errors=True)
-                log.info("table ip %s removed; stopped", self.config.table_name)
+                log.info("table inet %s removed; stopped", self.config.table_name)
 
     def _poll(self, timeout: float, started: bool) -> None:
         for key, _ in self._selector.select(timeout=timeout):
@@ -331,7 +332,7 @@ class Supervisor:
                 try:
                     self.ensure_installed()
                 except (NftError, OSError, RuntimeError) as exc:
-                    log.error("cannot restore table ip %s: %s", self.config.table_name, exc)
+                    log.error("cannot restore table inet %s: %s", self.config.table_name, exc)
             stale = max(STALE_SECONDS, notifier.watchdog_interval)
             healthy = all(s.ready and now - s.last_beat < stale for s in self.slots)
             if notifier.watchdog_interval and healthy:

@@ -19,9 +19,9 @@ from nfsip.check import _compat_listing_check
 
 from .lab_support import require, require_tool
 
-# `nft list chain ip nfsip_probe sip_queue` with the compat rule, as measured with and without the library.
-LISTED = "table ip nfsip_probe {\n\tchain sip_queue {\n\t\tqueue num 0 bypass\n\t}\n}\n"
-UNPRINTED = "table ip nfsip_probe {\n\tchain sip_queue {\n\t\t\n\t}\n}\n"
+# `nft list chain inet nfsip_probe sip_queue` with the compat rule, as measured with and without the library.
+LISTED = "table inet nfsip_probe {\n\tchain sip_queue {\n\t\tqueue num 0 bypass\n\t}\n}\n"
+UNPRINTED = "table inet nfsip_probe {\n\tchain sip_queue {\n\t\t\n\t}\n}\n"
 COMPAT_RESULTS = (
     "import json\n"
     "from nfsip.check import _compat_queue_check\n"

@@ -179,9 +179,14 @@ def test_exit_codes_are_documented():
 
 def test_every_table_object_is_documented():
     text = ruleset.render(ruleset.options_from(Config(wan_interface="eth0"), native_queue=True))
-    rows = table_rows(doc("nftables.md"))
+    page = doc("nftables.md")
+    rows = table_rows(page)
     for kind, name in re.findall(r"^\t(set|map|chain) (\w+) \{", text, re.M):
-        assert name in rows, f"docs/nftables.md has no table row for {kind} {name}"
+        base = name.removesuffix(ruleset.IPV6_SUFFIX)
+        if base != name and base in rows:
+            assert f"`{name}`" in page, f"docs/nftables.md does not name {kind} {name}, the IPv6 twin of {base}"
+        else:
+            assert name in rows, f"docs/nftables.md has no table row for {kind} {name}"
 
 
 def test_firewall_example_loads_beside_the_table(tmp_path: Path):

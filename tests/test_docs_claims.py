@@ -253,7 +253,7 @@ def test_every_quoted_log_line_is_produced_by_the_code():
         "hook 4: rewritten",
         "nft transaction failed (EEXIST); retrying element by element",
         "call 3c2a7f1e@10.0.0.2: one-way audio, no media far end -> phone for 10s",
-        "table ip nfsip installed; WAN eth0 public address 203.0.113.7; queue 5060 via nft queue",
+        "table inet nfsip installed; WAN eth0 public address 203.0.113.7; queue 5060 via nft queue",
         "call <id> ended: BYE (out); 9.5s; ports -",
         "took over N pinholes of M calls left by a previous run",
     ],

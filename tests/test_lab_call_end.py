@@ -92,7 +92,7 @@ def test_clean_stop_keeps_the_media_of_a_call_in_progress(lab: Lab):
         uas.wait(20)
     log = daemon.log()
     assert "Traceback" not in log, log
-    assert "table ip nfsip removed; stopped" in log, log
+    assert "table inet nfsip removed; stopped" in log, log
     ports = {h["public_port"] for c in before["calls"] for h in c["pinholes"]}
     assert ports, before
     assert table.returncode != 0, table.stdout  # the table and its map elements are gone

@@ -187,7 +187,7 @@ def test_shipped_table_included_beside_a_drop_policy_firewall(lab: Lab, tmp_path
     finally:
         assert daemon.stop() == 0, daemon.log()
     tables = lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
-    assert "table ip nfsip" not in tables and "table inet filter" in tables
+    assert "table inet nfsip" not in tables and "table inet filter" in tables
 
 
 def test_status_table_shows_ages_and_packet_counts(lab: Lab):

@@ -81,7 +81,7 @@ def test_without_the_daemon_sip_flows_unchanged(lab: Lab):
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(5)
-    assert "table ip nfsip" in lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
+    assert "table inet nfsip" in lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
     with SippUas(lab) as uas, Capture(lab, T.SERVER, "eth0") as at_server:
         result = run_uac(lab, "phone1")
         assert result.ok, result.log
@@ -145,7 +145,7 @@ def _as_previous_release(lab: Lab) -> int:
     """Turn the kernel state a killed daemon left into what the previous release would have left for the
     same call: its table, with the same map elements (timeouts, comments), and a media_to_lan element per
     media pinhole. Returns how many media pinholes there are."""
-    data = json.loads(lab.run(T.ROUTER, ["nft", "-j", "list", "table", "ip", "nfsip"]).stdout)["nftables"]
+    data = json.loads(lab.run(T.ROUTER, ["nft", "-j", "list", "table", "inet", "nfsip"]).stdout)["nftables"]
     lines, media = [], 0
     for item in data:
         found = item.get("map")
@@ -160,7 +160,8 @@ def _as_previous_release(lab: Lab) -> int:
             if found["name"] == "media_snat":
                 lines.append(f"add element ip nfsip media_to_lan {{ {k} {extra} }}")
                 media += 1
-    lab.nft(T.ROUTER, PREVIOUS_TABLE.read_text() + "\n".join(lines) + "\n")
+    # That release's table was `table ip nfsip`, and it had no other.
+    lab.nft(T.ROUTER, "delete table inet nfsip\n" + PREVIOUS_TABLE.read_text() + "\n".join(lines) + "\n")
     return media
 
 
@@ -176,7 +177,9 @@ def test_upgrade_mid_call_from_the_table_with_counter_sets(lab: Lab):
         assert old.count("comment") == 2, old
 
     def restarted(second: NfsipDaemon) -> None:
-        table = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
+        table = lab.run(T.ROUTER, ["nft", "list", "table", "inet", "nfsip"]).stdout
+        tables = lab.run(T.ROUTER, ["nft", "list", "tables"]).stdout
+        assert "table ip nfsip" not in tables, tables  # the new table replaced the old one
         assert "media_to_lan" not in table and "chain conntrack_accounting" in table, table
         assert second.status()["pinholes"] == 2
 

@@ -64,7 +64,7 @@ def nfsip(lab: Lab) -> Iterator[NfsipDaemon]:
         assert "Traceback" not in log, log
         assert code == 0, log
         # A clean stop removes the table and leaves no worker behind.
-        assert "table ip nfsip removed; stopped" in log, log
+        assert "table inet nfsip removed; stopped" in log, log
         assert lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"], check=False).returncode != 0
 
 

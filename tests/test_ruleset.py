@@ -28,7 +28,14 @@ def test_ruleset_never_flushes_and_only_replaces_its_own_table():
     text = render(options_from(Config(wan_interface="wan0"), True))
     assert "flush ruleset" not in text
     tables = [line for line in text.splitlines() if "table" in line and not line.startswith("#")]
-    assert all("ip nfsip" in line for line in tables), tables
+    # Its own table, and the IPv4-only table of earlier versions, removed.
+    assert tables == [
+        "add table ip nfsip",
+        "delete table ip nfsip",
+        "add table inet nfsip",
+        "delete table inet nfsip",
+        "table inet nfsip {",
+    ]
 
 
 # -- per-packet cost: the filter chains every forwarded packet traverses ---------------------------------
@@ -99,9 +106,11 @@ def test_sip_divert_covers_both_ports_in_every_position():
     }
     for name, conditions in want.items():
         for port in ("sport", "dport"):
-            (rule,) = [r for r in divert[name] if r.startswith(f"th {port} 5060 ")]
-            assert all(c in rule for c in conditions), (name, rule)
-    assert sum(len(rs) for rs in divert.values()) == 6
+            found = [r for r in divert[name] if r.startswith(f"th {port} 5060 ")]
+            # Inbound from a SIP port: one rule per family (the media pinhole test names each family's map).
+            assert len(found) == (2 if (name, port) == (ruleset.SIP_FROM_WAN_CHAIN, "sport") else 1), found
+            assert all(c in rule for c in conditions for rule in found), (name, found)
+    assert sum(len(rs) for rs in divert.values()) == 7
 
 
 def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
@@ -109,7 +118,7 @@ def test_sip_ports_are_literals_in_the_divert_rules_and_kept_in_their_set():
     keeps the configured ports either way."""
     text = render(options_from(Config(wan_interface="wan0", sip_ports=(5060, 5080)), True))
     divert = [r for _h, rules in filter_chains(text).values() for r in rules if " jump sip_rate_" in r]
-    assert len(divert) == 6 and all(re.match(r"th [sd]port \{ 5060, 5080 \} ", r) for r in divert), divert
+    assert len(divert) == 7 and all(re.match(r"th [sd]port \{ 5060, 5080 \} ", r) for r in divert), divert
     assert "elements = { 5060, 5080 }" in text
     assert "elements = { 5060 }" in RENDERED
     assert "@sip_ports" not in RENDERED
@@ -121,12 +130,14 @@ def test_no_per_packet_counters_in_the_table():
     the two counter lookups the table had cost about 3 % of forwarding). The one lookup, that keeps media
     pinholes away from the queue, comes after the SIP port and the FIB tests."""
     sets_and_maps = re.findall(r"^\t(?:set|map) \w+ \{.*?^\t\}", RENDERED, re.M | re.S)
-    assert len(sets_and_maps) == 9 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
+    # sip_ports, 6 maps and 2 rate sets, each map and rate set in both families
+    assert len(sets_and_maps) == 17 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
     assert "media_to_lan" not in RENDERED and "media_from_lan" not in RENDERED
     rules = [r for _h, rs in filter_chains(RENDERED).values() for r in rs]
     lookups = [r for r in rules if "@" in r]  # the per-host rate sets are updated only in the rate chains
     assert lookups == [
-        'th sport 5060 iifname "wan0" fib daddr type != local ip daddr . th dport != @media_snat jump sip_rate_in'
+        'th sport 5060 iifname "wan0" fib daddr type != local ip daddr . th dport != @media_snat jump sip_rate_in',
+        'th sport 5060 iifname "wan0" fib daddr type != local ip6 daddr . th dport != @media_snat6 jump sip_rate_in',
     ]
 
 
@@ -192,7 +203,7 @@ table ip nat {
     listing = in_ns(netns, "nft", "-j", "list", "ruleset").stdout
     tables = {i["table"]["name"] for i in json.loads(listing)["nftables"] if "table" in i}
     assert tables == {"filter", "nat", "nfsip"}
-    queue_chain = in_ns(netns, "nft", "list", "chain", "ip", "nfsip", "sip_queue").stdout
+    queue_chain = in_ns(netns, "nft", "list", "chain", "inet", "nfsip", "sip_queue").stdout
     assert "queue num 5060 bypass" in queue_chain  # nft shows the xt target the same way
     assert queue_chain.count("queue num") == 1
     check = in_ns(netns, sys.executable, "-m", "nfsip", "check", "--wan-interface", "wan0")
@@ -218,12 +229,18 @@ def test_each_lan_host_has_its_own_sip_rate_before_the_queue():
         [
             f"ct direction original update @{ruleset.RATE_OUT_SET} {{ ct original ip saddr {limit} }} counter accept",
             f"ct direction reply update @{ruleset.RATE_OUT_SET} {{ ct reply ip saddr {limit} }} counter accept",
+            f"ct direction original update @{ruleset.RATE_OUT_SET}6 {{ ct original ip6 saddr {limit} }} counter accept",
+            f"ct direction reply update @{ruleset.RATE_OUT_SET}6 {{ ct reply ip6 saddr {limit} }} counter accept",
             f"jump {ruleset.QUEUE_CHAIN}",
         ],
     )
     assert all_chains[ruleset.RATE_IN_CHAIN] == (
         None,
-        [f"update @{ruleset.RATE_IN_SET} {{ ip daddr {limit} }} counter accept", f"jump {ruleset.QUEUE_CHAIN}"],
+        [
+            f"update @{ruleset.RATE_IN_SET} {{ ip daddr {limit} }} counter accept",
+            f"update @{ruleset.RATE_IN_SET}6 {{ ip6 daddr {limit} }} counter accept",
+            f"jump {ruleset.QUEUE_CHAIN}",
+        ],
     )
     jumps_to_queue = [
         n for n, (_h, rules) in all_chains.items() for r in rules if r.endswith(f"jump {ruleset.QUEUE_CHAIN}")

@@ -59,6 +59,7 @@ PROGRAMS = {
     "cat": "reads /proc files inside a namespace (coreutils)",
     "sleep": "a process to kill in the stale-lab test (coreutils)",
     "true": "a process that has exited (coreutils)",
+    "strace": "tests/libnftables_capture.py re-takes libnftables' element batches (strace)",
     # scripts/
     "bash": "the scripts' interpreter",
     "env": "the scripts' #! line",

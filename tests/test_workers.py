@@ -56,10 +56,12 @@ def test_shard_is_the_low_bits_of_the_lan_address():
     assert shard("10.0.0.7", 1) == 0
     # The same choice as the kernel's `ip saddr & mask` lookup, for every address of a /24.
     for workers in (2, 4, 8):
-        mask = int(ipaddress.IPv4Address(fanout._mask(workers)))
+        mask = workers - 1
         for i in range(256):
             ip = f"172.16.3.{i}"
             assert shard(ip, workers) == int(ipaddress.IPv4Address(ip)) & mask
+            ip6 = f"2001:db8:1::{i:x}"
+            assert shard(ip6, workers) == int(ipaddress.IPv6Address(ip6)) & mask
 
 
 def test_shards_spread_a_lan_evenly():
@@ -113,32 +115,41 @@ def test_worker_config_splits_ports_queues_and_global_caps():
 
 # -- fanout rules ----------------------------------------------------------------------------------------
 def test_fanout_dispatch_rules_for_two_workers():
-    text = fanout.vmap_rules("nfsip", 2)
+    text = fanout.vmap_rules("nfsip", 2, "wan0")
     assert text == (
-        "add rule ip nfsip sip_queue ct status dnat ct reply ip saddr & 0.0.0.1 vmap "
+        "add rule inet nfsip sip_queue ct status dnat ct reply ip saddr & 0.0.0.1 vmap "
         "{ 0.0.0.0 : jump sip_queue_0, 0.0.0.1 : jump sip_queue_1 }\n"
-        "add rule ip nfsip sip_queue ct original ip saddr & 0.0.0.1 vmap "
+        "add rule inet nfsip sip_queue ct original ip saddr & 0.0.0.1 vmap "
         "{ 0.0.0.0 : jump sip_queue_0, 0.0.0.1 : jump sip_queue_1 }\n"
+        'add rule inet nfsip sip_queue iifname "wan0" ip6 daddr & ::1 vmap '
+        "{ :: : jump sip_queue_0, ::1 : jump sip_queue_1 }\n"
+        "add rule inet nfsip sip_queue ct direction reply ct reply ip6 saddr & ::1 vmap "
+        "{ :: : jump sip_queue_0, ::1 : jump sip_queue_1 }\n"
+        "add rule inet nfsip sip_queue ct original ip6 saddr & ::1 vmap "
+        "{ :: : jump sip_queue_0, ::1 : jump sip_queue_1 }\n"
     )
 
 
 def test_fanout_for_eight_workers_covers_every_shard_once():
-    text = fanout.vmap_rules("t", 8)
+    text = fanout.vmap_rules("t", 8, "wan0")
     for line in text.splitlines():
-        assert "& 0.0.0.7 vmap" in line
+        v4 = " ip saddr " in line
+        assert ("& 0.0.0.7 vmap" if v4 else "& ::7 vmap") in line
         targets = line.split("{ ", 1)[1].rstrip(" }").split(", ")
-        assert targets == [f"0.0.0.{i} : jump sip_queue_{i}" for i in range(8)]
+        first = "0.0.0.0" if v4 else "::"
+        assert targets == [f"{f'0.0.0.{i}' if v4 else f'::{i}' if i else first} : jump sip_queue_{i}" for i in range(8)]
+    assert fanout.shard("2001:db8:1::13", 8) == 3 and fanout.shard("10.0.0.13", 8) == 5
 
 
 def test_fanout_queue_rules_and_parking():
-    native = fanout.render("nfsip", 2, 5060, True, native_queue=True)
-    assert "add rule ip nfsip sip_queue_0 queue num 5060 bypass\n" in native
-    assert "add rule ip nfsip sip_queue_1 queue num 5061 bypass\n" in native
+    native = fanout.render("nfsip", 2, 5060, True, native_queue=True, wan_interface="wan0")
+    assert "add rule inet nfsip sip_queue_0 queue num 5060 bypass\n" in native
+    assert "add rule inet nfsip sip_queue_1 queue num 5061 bypass\n" in native
     # The worker chains exist (and are queue rules) before the dispatch rules that jump to them.
     assert native.index("queue num 5061") < native.index("vmap")
-    compat = fanout.render("nfsip", 2, 7000, False, native_queue=False)
+    compat = fanout.render("nfsip", 2, 7000, False, native_queue=False, wan_interface="wan0")
     # The xt target cannot be written as nft text: only named in comments, added over netlink by the daemon.
     assert not [line for line in compat.splitlines() if "queue num" in line and not line.startswith("#")]
     assert "listed as: queue num 7001\n" in compat
-    assert fanout.parked("nfsip", 1, bypass=True) == "flush chain ip nfsip sip_queue_1\n"
-    assert fanout.parked("nfsip", 1, bypass=False).endswith("add rule ip nfsip sip_queue_1 drop\n")
+    assert fanout.parked("nfsip", 1, bypass=True) == "flush chain inet nfsip sip_queue_1\n"
+    assert fanout.parked("nfsip", 1, bypass=False).endswith("add rule inet nfsip sip_queue_1 drop\n")

@@ -37,7 +37,7 @@ def add_compat_queue_rule(
     target["name"] = "NFQUEUE"
     target["rev"] = 3
     target["info"] = nfqueue_info(queue_num, queues_total, bypass)
-    nft = NFTables(nfgen_family=2)  # NFPROTO_IPV4
+    nft = NFTables(nfgen_family=1)  # NFPROTO_INET: table inet nfsip
     try:
         nft.rule("add", table=table, chain=chain, expressions=[[genex("target", target)]])
     finally:

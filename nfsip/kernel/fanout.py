@@ -1,7 +1,7 @@
 """Queue fanout for several worker processes: SIP of one LAN host always goes to the same queue.
 
 With `workers = N` (a power of two), worker i reads queue `queue_num + i` and owns every LAN host whose
-IPv4 address ANDed with N - 1 is i (`shard()`): all state of one phone (its calls, registrations, per-host
+address (IPv4 or IPv6) ANDed with N - 1 is i (`shard()`): all state of one phone (its calls, registrations, per-host
 limits and rate bucket) lives in one process, so the packet path shares nothing between workers.
 
 The kernel makes the same choice in `sip_queue`, the one chain every diverted datagram goes through (the
@@ -15,7 +15,10 @@ So the daemon appends to `sip_queue`
     ct status dnat ct reply ip saddr & 0.0.0.1 vmap { 0.0.0.0 : jump sip_queue_0, 0.0.0.1 : jump sip_queue_1 }
     ct original ip saddr & 0.0.0.1 vmap { 0.0.0.0 : jump sip_queue_0, 0.0.0.1 : jump sip_queue_1 }
 
-and each `sip_queue_<i>` holds worker i's queue rule (native `queue num`, or the xt NFQUEUE target added
+For IPv6 a pinhole without NAT is an identity DNAT, which sets no `ct status dnat`: an IPv6 host is
+taken from the packet's direction instead, `ip6 daddr` of an inbound datagram (after DNAT), of an outbound
+one `ct reply ip6 saddr` in a flow's reply direction (a flow opened from the WAN) and `ct original ip6
+saddr` otherwise. Each `sip_queue_<i>` holds worker i's queue rule (native `queue num`, or the xt NFQUEUE target added
 over netlink by nfsip.kernel.divert where the kernel lacks nft_queue). A worker's chain is "parked" while
 its process is not ready (empty: its SIP passes unchanged, as the queue's bypass would do; or `drop` when
 queue_bypass is false, as the queue would do with nobody bound): the queue rule is added only after the
@@ -44,47 +47,48 @@ class FanoutError(RuntimeError):
 def shard(lan_ip: str, workers: int) -> int:
     """The worker that owns LAN host `lan_ip`: the low bits of its address (workers is a power of two).
     The same function as the kernel's `ip saddr & (workers - 1)` vmap lookup."""
-    return int(ipaddress.IPv4Address(lan_ip)) & (workers - 1)
+    return int(ipaddress.ip_address(lan_ip)) & (workers - 1)
 
 
 def chain_name(index: int) -> str:
     return f"{QUEUE_CHAIN}_{index}"
 
 
-def _mask(workers: int) -> str:
-    return str(ipaddress.IPv4Address(workers - 1))
-
-
-def vmap_rules(table: str, workers: int) -> str:
-    """The two dispatch rules appended to `sip_queue` (see the module docstring)."""
-    targets = ", ".join(f"{ipaddress.IPv4Address(i)} : jump {chain_name(i)}" for i in range(workers))
-    mask = _mask(workers)
+def vmap_rules(table: str, workers: int, wan_interface: str) -> str:
+    """The dispatch rules appended to `sip_queue` (see the module docstring): IPv4's two, then IPv6's three."""
+    v4 = ", ".join(f"{ipaddress.IPv4Address(i)} : jump {chain_name(i)}" for i in range(workers))
+    v6 = ", ".join(f"{ipaddress.IPv6Address(i)} : jump {chain_name(i)}" for i in range(workers))
+    mask4, mask6 = ipaddress.IPv4Address(workers - 1), ipaddress.IPv6Address(workers - 1)
+    rule = f"add rule inet {table} {QUEUE_CHAIN}"
     return (
-        f"add rule ip {table} {QUEUE_CHAIN} ct status dnat ct reply ip saddr & {mask} vmap {{ {targets} }}\n"
-        f"add rule ip {table} {QUEUE_CHAIN} ct original ip saddr & {mask} vmap {{ {targets} }}\n"
+        f"{rule} ct status dnat ct reply ip saddr & {mask4} vmap {{ {v4} }}\n"
+        f"{rule} ct original ip saddr & {mask4} vmap {{ {v4} }}\n"
+        f'{rule} iifname "{wan_interface}" ip6 daddr & {mask6} vmap {{ {v6} }}\n'
+        f"{rule} ct direction reply ct reply ip6 saddr & {mask6} vmap {{ {v6} }}\n"
+        f"{rule} ct original ip6 saddr & {mask6} vmap {{ {v6} }}\n"
     )
 
 
 def chains(table: str, workers: int) -> str:
     """Create every worker chain (idempotent) and empty it."""
     return "".join(
-        f"add chain ip {table} {chain_name(i)}\nflush chain ip {table} {chain_name(i)}\n" for i in range(workers)
+        f"add chain inet {table} {chain_name(i)}\nflush chain inet {table} {chain_name(i)}\n" for i in range(workers)
     )
 
 
 def parked(table: str, index: int, bypass: bool) -> str:
     """Worker `index` is not ready: its SIP passes unchanged (bypass) or is dropped (fail-closed)."""
-    text = f"flush chain ip {table} {chain_name(index)}\n"
+    text = f"flush chain inet {table} {chain_name(index)}\n"
     if not bypass:
-        text += f"add rule ip {table} {chain_name(index)} drop\n"
+        text += f"add rule inet {table} {chain_name(index)} drop\n"
     return text
 
 
 def native_queue_rule(table: str, index: int, queue_num: int, bypass: bool) -> str:
-    return f"add rule ip {table} {chain_name(index)} queue num {queue_num + index}{' bypass' if bypass else ''}\n"
+    return f"add rule inet {table} {chain_name(index)} queue num {queue_num + index}{' bypass' if bypass else ''}\n"
 
 
-def render(table: str, workers: int, queue_num: int, bypass: bool, native_queue: bool) -> str:
+def render(table: str, workers: int, queue_num: int, bypass: bool, native_queue: bool, wan_interface: str) -> str:
     """Everything at once, every worker ready (for `nfsip ruleset` and the tests). The daemon applies the same
     pieces in steps: chains parked, then each worker's queue rule once the worker is ready."""
     text = chains(table, workers)
@@ -94,14 +98,16 @@ def render(table: str, workers: int, queue_num: int, bypass: bool, native_queue:
         else:
             text += f"# {chain_name(i)}: xt NFQUEUE target (added over netlink), listed as: queue num {queue_num + i}"
             text += " bypass\n" if bypass else "\n"
-    return text + vmap_rules(table, workers)
+    return text + vmap_rules(table, workers, wan_interface)
 
 
 class Fanout:
     """Applies the fanout to the installed table through its own libnftables context (the packet path's
     nft context lives in the workers; this one is the supervisor's)."""
 
-    def __init__(self, table: str, workers: int, queue_num: int, bypass: bool, native_queue: bool) -> None:
+    def __init__(
+        self, table: str, workers: int, queue_num: int, bypass: bool, native_queue: bool, wan_interface: str
+    ) -> None:
         import nftables
 
         self.table = table
@@ -109,6 +115,7 @@ class Fanout:
         self.queue_num = queue_num
         self.bypass = bypass
         self.native_queue = native_queue
+        self.wan_interface = wan_interface
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
@@ -135,9 +142,9 @@ class Fanout:
             else:
                 self.park(i)
         stale = [r["handle"] for r in self._rules(QUEUE_CHAIN) if any("vmap" in e for e in r.get("expr", []))]
-        script = "".join(f"delete rule ip {self.table} {QUEUE_CHAIN} handle {h}\n" for h in stale)
+        script = "".join(f"delete rule inet {self.table} {QUEUE_CHAIN} handle {h}\n" for h in stale)
         # One transaction: the old dispatch rules go and the new ones come together.
-        self._run(script + vmap_rules(self.table, self.workers))
+        self._run(script + vmap_rules(self.table, self.workers, self.wan_interface))
 
     def park(self, index: int) -> None:
         self._run(parked(self.table, index, self.bypass))
@@ -146,17 +153,17 @@ class Fanout:
         """Worker `index` bound its queue: divert its LAN hosts' SIP to it."""
         if self.native_queue:
             self._run(
-                f"flush chain ip {self.table} {chain_name(index)}\n"
+                f"flush chain inet {self.table} {chain_name(index)}\n"
                 + native_queue_rule(self.table, index, self.queue_num, self.bypass)
             )
             return
         # The xt target cannot go through libnftables; between the flush and the netlink rule the chain is
         # empty for a moment, so that worker's SIP passes unchanged meanwhile.
-        self._run(f"flush chain ip {self.table} {chain_name(index)}\n")
+        self._run(f"flush chain inet {self.table} {chain_name(index)}\n")
         divert.add_compat_queue_rule(self.table, self.queue_num + index, bypass=self.bypass, chain=chain_name(index))
 
     def _rules(self, chain: str) -> list[dict[str, Any]]:
-        return [item["rule"] for item in self._list(f"chain ip {self.table} {chain}") if "rule" in item]
+        return [item["rule"] for item in self._list(f"chain inet {self.table} {chain}") if "rule" in item]
 
     def installed(self, ready: Collection[int]) -> bool:
         """Whether the dispatch rules are there and every ready worker's chain holds its queue rule (an

@@ -27,6 +27,7 @@ from .nftnl import Change
 from .ruleset import (
     DNAT_MAP,
     DNAT_STRICT_MAP,
+    IPV6_SUFFIX,
     QUEUE_CHAIN,
     RATE_IN_CHAIN,
     RATE_OUT_CHAIN,
@@ -34,6 +35,7 @@ from .ruleset import (
     SIP_DNAT_MAP,
     SIP_SNAT_MAP,
     SNAT_MAP,
+    map_for,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,9 @@ class MapElement:
     expires: float | None  # seconds left, None when the kernel gave none
     remote_ip: str = ""  # the first key part of sip_dnat (the only sender allowed)
 
+
+# nfsip's table before IPv6 (`table ip`, the same maps without IPv6 twins): read once, on an upgrade.
+LEGACY_FAMILY = "ip"
 
 Entry = tuple[str, tuple["nftnl.Field", ...], tuple[str, int] | None]  # (set, key, value) of one element
 Deleted = dict[tuple[str, tuple["nftnl.Field", ...]], tuple["nftnl.Field", ...] | None]  # (set, key) -> value
@@ -151,7 +156,7 @@ class Nft:
         """Delete nfsip's table; False when there was none."""
         if not self.table_exists():
             return False
-        self.run_text(f"delete table ip {self.table}")
+        self.run_text(f"delete table inet {self.table}")
         return True
 
     def table_exists(self) -> bool:
@@ -159,7 +164,7 @@ class Nft:
         try:
             return self._nfnl.table_exists(self.table)
         except OSError as exc:
-            raise NftError(f"cannot ask for table ip {self.table}: {exc}", exc.errno) from exc
+            raise NftError(f"cannot ask for table inet {self.table}: {exc}", exc.errno) from exc
 
     # -- pinholes -------------------------------------------------------------------------------------
     @staticmethod
@@ -167,19 +172,20 @@ class Nft:
         """The elements that make one pinhole, as (set, key, value): its inbound DNAT and outbound SNAT map
         entries. (Per-call media counts come from conntrack accounting, not from elements.)"""
         public, lan = hole.public, hole.lan
+        ip = lan.ip  # the family of the pinhole's maps (a pinhole's addresses are all of one family)
         if hole.kind == "sip":
             if hole.remote_ip:
-                dnat = (SIP_DNAT_MAP, (hole.remote_ip, public.ip, public.port), (lan.ip, lan.port))
+                dnat = (map_for(SIP_DNAT_MAP, ip), (hole.remote_ip, public.ip, public.port), (lan.ip, lan.port))
             else:
-                dnat = (SIP_DNAT_ANY_MAP, (public.ip, public.port), (lan.ip, lan.port))
-            return [dnat, (SIP_SNAT_MAP, (lan.ip, lan.port), (public.ip, public.port))]
+                dnat = (map_for(SIP_DNAT_ANY_MAP, ip), (public.ip, public.port), (lan.ip, lan.port))
+            return [dnat, (map_for(SIP_SNAT_MAP, ip), (lan.ip, lan.port), (public.ip, public.port))]
         lan_key = (lan.ip, lan.port)
         public_key = (public.ip, public.port)
-        entries: list[Entry] = [(SNAT_MAP, lan_key, public_key)]
+        entries: list[Entry] = [(map_for(SNAT_MAP, ip), lan_key, public_key)]
         if hole.kind == "media" and hole.remote_ip:
-            entries.append((DNAT_STRICT_MAP, (hole.remote_ip, public.ip, public.port), lan_key))
+            entries.append((map_for(DNAT_STRICT_MAP, ip), (hole.remote_ip, public.ip, public.port), lan_key))
         elif hole.kind == "media":
-            entries.append((DNAT_MAP, public_key, lan_key))
+            entries.append((map_for(DNAT_MAP, ip), public_key, lan_key))
         return entries
 
     # -- what the kernel can do -------------------------------------------------------------------------
@@ -194,7 +200,7 @@ class Nft:
         key = ("127.0.0.1", 1)
         try:
             self.run_text(
-                f"add table ip {table}\nadd set ip {table} s {{ type ipv4_addr . inet_service; flags timeout; }}\n"
+                f"add table inet {table}\nadd set inet {table} s {{ type ipv4_addr . inet_service; flags timeout; }}\n"
             )
         except NftError as exc:
             log.warning("cannot ask the kernel about set elements (%s); assuming %s", exc, CONSERVATIVE.describe())
@@ -209,7 +215,7 @@ class Nft:
             try:
                 self._nfnl.send([Change(True, "s", key, None, 60_000)], table)
                 self._nfnl.send([Change(True, "s", key, None, 120_000)], table)
-                rc, out, _err = self._nft.cmd(f"list set ip {table} s")
+                rc, out, _err = self._nft.cmd(f"list set inet {table} s")
                 timeouts = [
                     entry.get("elem", {}).get("timeout")
                     for item in json.loads(out or "{}").get("nftables", [])
@@ -221,7 +227,7 @@ class Nft:
                 timeout_update = False
         finally:
             try:
-                self.run_text(f"delete table ip {table}")
+                self.run_text(f"delete table inet {table}")
             except NftError as exc:
                 log.warning("could not delete the probe table %s: %s", table, exc)
         return ElementFeatures(destroy, timeout_update)
@@ -358,8 +364,8 @@ class Nft:
             except (OSError, ValueError):
                 pass
 
-    def elements(self, map_name: str = DNAT_MAP) -> list[MapElement]:
-        rc, out, err = self._nft.cmd(f"list map ip {self.table} {map_name}")
+    def elements(self, map_name: str = DNAT_MAP, family: str = "inet") -> list[MapElement]:
+        rc, out, err = self._nft.cmd(f"list map {family} {self.table} {map_name}")
         if rc != 0:
             raise NftError(err.strip() or f"cannot list map {map_name}")
         result = []
@@ -385,13 +391,27 @@ class Nft:
                 )
         return result
 
-    def media_pinholes(self) -> list[Pinhole]:
-        """The media pinholes in the kernel, each with its remaining lifetime, rebuilt from the SNAT map
-        (every media pinhole has one) and the DNAT maps (whether, and from where, it accepts inbound)."""
-        latching = {e.key for e in self.elements(DNAT_MAP)}
-        strict = {e.key: e.remote_ip for e in self.elements(DNAT_STRICT_MAP)}
+    def legacy_pinholes(self) -> list[Pinhole]:
+        """The pinholes of nfsip's IPv4-only table of earlier versions (`table ip`; its maps have no IPv6
+        twins), so that an upgrade takes its calls over; [] when there is none."""
+        rc, _out, _err = self._nft.cmd(f"list chain ip {self.table} pinholes_prerouting")
+        if rc != 0:
+            return []
+        return self.media_pinholes(LEGACY_FAMILY) + self.registration_pinholes(LEGACY_FAMILY)
+
+    def _all(self, name: str, family: str) -> list[MapElement]:
+        """The elements of a map in each address family the table holds it for."""
+        suffixes = ("", IPV6_SUFFIX) if family == "inet" else ("",)
+        return [e for x in suffixes for e in self.elements(name + x, family)]
+
+    def media_pinholes(self, family: str = "inet") -> list[Pinhole]:
+        """The media pinholes in the kernel (both address families), each with its remaining lifetime,
+        rebuilt from the SNAT maps (every media pinhole has one) and the DNAT maps (whether, and from where,
+        it accepts inbound)."""
+        latching = {e.key for e in self._all(DNAT_MAP, family)}
+        strict = {e.key: e.remote_ip for e in self._all(DNAT_STRICT_MAP, family)}
         holes = []
-        for elem in self.elements(SNAT_MAP):
+        for elem in self._all(SNAT_MAP, family):
             label, state, since, call_id = parse_comment(elem.comment)
             if not call_id:
                 continue
@@ -414,10 +434,10 @@ class Nft:
             )
         return holes
 
-    def registration_pinholes(self) -> list[Pinhole]:
+    def registration_pinholes(self, family: str = "inet") -> list[Pinhole]:
         holes = []
         for name in (SIP_DNAT_MAP, SIP_DNAT_ANY_MAP):
-            for elem in self.elements(name):
+            for elem in self._all(name, family):
                 _label, _state, since, call_id = parse_comment(elem.comment)
                 if call_id:
                     timeout = max(1, int((elem.expires or 1) + 0.999))
@@ -470,7 +490,9 @@ class Nft:
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing
         anything: a dry-run transaction still goes to the kernel, which validates the expression."""
-        probe = "add table ip nfsip_probe\nadd chain ip nfsip_probe c\nadd rule ip nfsip_probe c queue num 0 bypass\n"
+        probe = (
+            "add table inet nfsip_probe\nadd chain inet nfsip_probe c\nadd rule inet nfsip_probe c queue num 0 bypass\n"
+        )
         try:
             self.run_text(probe, dry_run=True)
         except NftError:

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from . import netlink
 from .netlink import NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST
 
-NFPROTO_IPV4 = 2
+NFPROTO_INET = 1  # nfsip's table is `table inet`: IPv4 and IPv6 in one
 
 # enum nf_tables_msg_types
 NFT_MSG_GETTABLE = 1
@@ -81,13 +81,13 @@ NFTA_COUNTER_BYTES = 1
 NFTA_COUNTER_PACKETS = 2
 NFTA_TARGET_NAME = 1  # also NFTA_MATCH_NAME: the xt extension's name in a "target" / "match" expression
 
-_NFGEN = netlink.nfgenmsg(NFPROTO_IPV4)
+_NFGEN = netlink.nfgenmsg(NFPROTO_INET)
 _MSG_TYPES = {kind: netlink.subsystem_type(NFNL_SUBSYS_NFTABLES, kind) for kind in MSG_NAMES}
 _PORT = struct.Struct("!Hxx")  # inet_service in a concat: network order, padded to a 4-byte register
 
 # -- element changes ---------------------------------------------------------------------------------------
 
-Field = str | int  # an ipv4_addr ("10.0.0.2") or an inet_service (5060)
+Field = str | int  # an ipv4_addr ("10.0.0.2"), an ipv6_addr ("2001:db8::2") or an inet_service (5060)
 
 
 class Change(NamedTuple):
@@ -114,25 +114,27 @@ def element_text(set_name: str, key: tuple[Field, ...], value: tuple[Field, ...]
     return f"{set_name} {{ {text} }}"
 
 
-_IPV4: dict[str, bytes] = {}  # a daemon sees few distinct addresses (its public one, its phones)
+_ADDRESSES: dict[str, bytes] = {}  # a daemon sees few distinct addresses (its public ones, its phones)
 
 
-def _ipv4(text: str) -> bytes:
-    packed = _IPV4.get(text)
+def _address(text: str) -> bytes:
+    """An ipv4_addr (strict dotted quad, as nft parses it) or an ipv6_addr: 4 or 16 bytes, network order."""
+    packed = _ADDRESSES.get(text)
     if packed is None:
-        packed = socket.inet_pton(socket.AF_INET, text)  # strict dotted quad, as nft parses it
-        if len(_IPV4) < 4096:
-            _IPV4[text] = packed
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        if len(_ADDRESSES) < 4096:
+            _ADDRESSES[text] = packed
     return packed
 
 
 def concat(fields: Sequence[Field]) -> bytes:
-    """A key or value of type `ipv4_addr . inet_service ...` as the kernel's registers hold it: each field
-    in its own 4-byte register, ports in network order in the first 2 bytes (what nft's concat does)."""
+    """A key or value of type `ipv4_addr . inet_service ...` (or ipv6_addr) as the kernel's registers hold
+    it: each field in whole 4-byte registers (an IPv6 address in four), ports in network order in the first
+    2 bytes of theirs (what nft's concat does)."""
     try:
-        return b"".join([_PORT.pack(f) if isinstance(f, int) else _ipv4(f) for f in fields])
+        return b"".join([_PORT.pack(f) if isinstance(f, int) else _address(f) for f in fields])
     except (OSError, TypeError, struct.error) as exc:
-        raise ValueError(f"not a concatenation of ipv4_addr / inet_service: {fields!r}") from exc
+        raise ValueError(f"not a concatenation of ipv4_addr / ipv6_addr / inet_service: {fields!r}") from exc
 
 
 # Encoded attributes, kept across batches: a pinhole's key and value come back in the transaction of its
@@ -366,7 +368,7 @@ class NftSocket:
         check_answers(answers, overrun, messages, table, begin)
 
     def table_exists(self, table: str) -> bool:
-        """Whether `table ip <table>` exists."""
+        """Whether `table inet <table>` exists."""
         try:
             return bool(
                 self._netlink.request(
@@ -382,7 +384,7 @@ class NftSocket:
             raise
 
     def chain_rules(self, table: str, chain: str) -> list[list[Expr]]:
-        """The expressions of each rule of `chain` in `table ip <table>`, in order ([] when the chain or the
+        """The expressions of each rule of `chain` in `table inet <table>`, in order ([] when the chain or the
         table does not exist)."""
         body = _NFGEN + netlink.strz(NFTA_RULE_TABLE, table) + netlink.strz(NFTA_RULE_CHAIN, chain)
         try:

@@ -1,11 +1,17 @@
 """The nftables table nfsip owns, rendered from the configuration.
 
 nfsip lives on someone else's router: it never touches the admin's tables and never flushes the ruleset;
-it only replaces its own table (`table ip nfsip`). Priorities, and why:
+it only replaces its own table (`table inet nfsip`: IPv4 and IPv6, each map in both families, the IPv6
+one named with a "6"). Priorities, and why:
 
 - media NAT at dstnat-10 / srcnat-10: the first NAT chain that binds a new connection wins, so our map
   lookups run before the admin's dnat/masquerade (dstnat, srcnat). A map miss matches nothing and the
   admin's rules apply as if nfsip were not there.
+- Every new flow a pinhole lets in gets the `pinhole_mark` bit, in the same rule as its DNAT: nfsip's
+  accept cannot override a drop in the admin's forward chain (every base chain must accept), so a forward
+  policy of drop lets nfsip's pinholes through with one rule matching that bit (`admin_rule()`). Without
+  IPv6 NAT the map's value is the key itself (an identity DNAT that translates nothing): the mark is what
+  such a pinhole is for.
 - SIP divert at dstnat+10 / srcnat+10, in *filter* chains (a nat chain only sees the first packet of a
   connection): there the queue sees the translated addresses, i.e. the public port masquerade chose for
   an outbound message and the LAN host an inbound one is for (docs/architecture.md, "The kernel side").
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config
+from ..config import DEFAULTS, Config
 
 DNAT_MAP = "media_dnat"
 DNAT_STRICT_MAP = "media_dnat_strict"  # far-end ip . public ip . public port -> LAN ip . port
@@ -34,6 +40,9 @@ SNAT_MAP = "media_snat"
 SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
+# Each map exists once per family: the IPv6 twin has this suffix (`media_dnat6`), and its addresses are
+# ipv6_addr. Which one a pinhole's elements go to follows its addresses' family (map_for()).
+IPV6_SUFFIX = "6"
 QUEUE_CHAIN = "sip_queue"
 # The per-LAN-host SIP rate check in front of the queue: one chain per direction, each with the dynamic set
 # that holds one token bucket per LAN host (see render()).
@@ -51,6 +60,11 @@ SIP_FROM_WAN_CHAIN = "sip_from_wan"
 ACCOUNTING_CHAIN = "conntrack_accounting"
 
 
+def map_for(name: str, address: str) -> str:
+    """The map of that name for the family of `address` (an IPv6 address contains ":")."""
+    return name + IPV6_SUFFIX if ":" in address else name
+
+
 @dataclass(frozen=True, slots=True)
 class RulesetOptions:
     table: str
@@ -61,6 +75,7 @@ class RulesetOptions:
     bypass: bool
     sip_rate_per_host: int
     sip_burst_per_host: int
+    pinhole_mark: int = DEFAULTS.pinhole_mark
 
 
 def options_from(config: Config, native_queue: bool) -> RulesetOptions:
@@ -73,13 +88,88 @@ def options_from(config: Config, native_queue: bool) -> RulesetOptions:
         bypass=config.queue_bypass,
         sip_rate_per_host=config.sip_rate_per_host,
         sip_burst_per_host=config.sip_burst_per_host,
+        pinhole_mark=config.pinhole_mark,
     )
 
 
 def queue_rule(opts: RulesetOptions) -> str:
     """The native queue rule the daemon appends to `sip_queue` on kernels with nft_queue."""
     bypass = " bypass" if opts.bypass else ""
-    return f"add rule ip {opts.table} {QUEUE_CHAIN} queue num {opts.queue_num}{bypass}\n"
+    return f"add rule inet {opts.table} {QUEUE_CHAIN} queue num {opts.queue_num}{bypass}\n"
+
+
+def admin_rule(mark: int) -> str:
+    """The one rule an admin's forward chain with policy drop needs for nfsip's pinholes (both families)."""
+    return f'meta mark & {mark:#010x} == {mark:#010x} accept comment "nfsip pinholes"'
+
+
+# (nft address keyword, nft address type, map-name suffix) per family.
+_FAMILIES = (("ip", "ipv4_addr", ""), ("ip6", "ipv6_addr", IPV6_SUFFIX))
+
+
+def _maps() -> str:
+    """Every pinhole map, in both families."""
+    maps = (
+        (
+            DNAT_MAP,
+            "{a} . inet_service : {a} . inet_service",
+            "public ip . public port -> LAN ip . LAN port, one element per pinhole, each with its own timeout",
+        ),
+        (
+            DNAT_STRICT_MAP,
+            "{a} . {a} . inet_service : {a} . inet_service",
+            'media_from = "sdp": the same, but only for media from the far end\'s SDP address',
+        ),
+        (
+            SNAT_MAP,
+            "{a} . inet_service : {a} . inet_service",
+            "LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named)",
+        ),
+        (
+            SIP_DNAT_MAP,
+            "{a} . {a} . inet_service : {a} . inet_service",
+            "a registered phone's SIP port, kept reachable for the registration's lifetime even after the UDP "
+            "conntrack entry expired: from the registrar that accepted it only ...",
+        ),
+        (
+            SIP_DNAT_ANY_MAP,
+            "{a} . inet_service : {a} . inet_service",
+            '... or, when configured (registration_from = "any"), from anywhere',
+        ),
+        (
+            SIP_SNAT_MAP,
+            "{a} . inet_service : {a} . inet_service",
+            "and its outgoing SIP keeps the public port the registrar knows",
+        ),
+    )
+    text = ""
+    for name, kind, what in maps:
+        text += f"\t# {what}\n"
+        for _ip, addr, suffix in _FAMILIES:
+            text += f"\tmap {name}{suffix} {{\n\t\ttype {kind.format(a=addr)}\n\t\tflags timeout\n\t}}\n"
+        text += "\n"
+    return text
+
+
+def _pinhole_rules(wan: str, mark: int) -> tuple[str, str]:
+    """The NAT chains' rules, in both families: (prerouting, postrouting)."""
+    mark_set = f"meta mark set meta mark | {mark:#010x}"
+    pre = post = hairpin = ""
+    for ip, _addr, x in _FAMILIES:
+        # The key is looked up first: a hit is marked and translated, a miss matches nothing. No iifname on
+        # the media rules: a LAN phone sending to another LAN phone's public media port (a hairpin call
+        # through an outside softswitch) is forwarded inside too.
+        for iif, key, name in (
+            ("", f"{ip} daddr . udp dport", DNAT_MAP),
+            ("", f"{ip} saddr . {ip} daddr . udp dport", DNAT_STRICT_MAP),
+            (f'iifname "{wan}" ', f"{ip} saddr . {ip} daddr . udp dport", SIP_DNAT_MAP),
+            (f'iifname "{wan}" ', f"{ip} daddr . udp dport", SIP_DNAT_ANY_MAP),
+        ):
+            pre += f"\t\t{iif}meta l4proto udp {key} @{name}{x} {mark_set} dnat {ip} to {key} map @{name}{x}\n"
+        for name in (SNAT_MAP, SIP_SNAT_MAP):
+            post += f'\t\toifname "{wan}" meta l4proto udp snat {ip} to {ip} saddr . udp sport map @{name}{x}\n'
+        hairpin += f"\t\tct status dnat meta l4proto udp snat {ip} to {ip} saddr . udp sport map @{SNAT_MAP}{x}\n"
+    return pre, post + hairpin
 
 
 def render(opts: RulesetOptions) -> str:
@@ -105,12 +195,22 @@ def render(opts: RulesetOptions) -> str:
         "\t\t# each (`nfsip ruleset` shows them; nfsip.kernel.fanout).\n"
         "\t\t# Until then, or with no daemon running, SIP crosses the router unchanged.\n"
     )
+    pre, post = _pinhole_rules(wan, opts.pinhole_mark)
+    rate_sets = "".join(
+        f"\tset {name}{x} {{\n\t\ttype {addr}\n\t\tsize {RATE_SET_SIZE}\n\t\tflags dynamic,timeout\n"
+        "\t\ttimeout 1m\n\t}\n\n"
+        for name in (RATE_OUT_SET, RATE_IN_SET)
+        for _ip, addr, x in _FAMILIES
+    )
     return f"""\
 # nfsip: SIP-through-NAT helper. This table is owned by nfsip; the daemon replaces it as a whole.
 # Generated by `nfsip ruleset`. Include it from /etc/nftables.conf or let `nfsip run` install it.
+# nfsip's table was `table ip` while nfsip spoke IPv4 only: a load removes that one too.
 add table ip {opts.table}
 delete table ip {opts.table}
-table ip {opts.table} {{
+add table inet {opts.table}
+delete table inet {opts.table}
+table inet {opts.table} {{
 \tcomment "managed by nfsip"
 
 \tset sip_ports {{
@@ -118,62 +218,16 @@ table ip {opts.table} {{
 \t\telements = {{ {ports} }}
 \t}}
 
-\t# public ip . public port -> LAN ip . LAN port, one element per pinhole, each with its own timeout
-\tmap {DNAT_MAP} {{
-\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# media_from = "sdp": the same, but only for media from the far end's SDP address
-\tmap {DNAT_STRICT_MAP} {{
-\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# LAN ip . LAN port -> public ip . public port (outgoing media leaves from the port the SDP named).
-\tmap {SNAT_MAP} {{
-\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# A registered phone's SIP port, kept reachable for the registration's lifetime even after the UDP
-\t# conntrack entry expired: from the registrar that accepted it only ...
-\tmap {SIP_DNAT_MAP} {{
-\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# ... or, when configured (registration_from = "any"), from anywhere.
-\tmap {SIP_DNAT_ANY_MAP} {{
-\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# and its outgoing SIP keeps the public port the registrar knows.
-\tmap {SIP_SNAT_MAP} {{
-\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
-\t\tflags timeout
-\t}}
-
-\t# NAT chains see only the first packet of a connection: their cost is per flow, not per packet.
+{_maps()}\t# NAT chains see only the first packet of a connection: their cost is per flow, not per packet.
 \tchain pinholes_prerouting {{
 \t\ttype nat hook prerouting priority dstnat - 10; policy accept;
-\t\t# No iifname on the media rule: a LAN phone sending to another LAN phone's public media port (a
-\t\t# hairpin call through an outside softswitch) is forwarded inside too.
-\t\tmeta l4proto udp dnat ip to ip daddr . udp dport map @{DNAT_MAP}
-\t\tmeta l4proto udp dnat ip to ip saddr . ip daddr . udp dport map @{DNAT_STRICT_MAP}
-\t\tiifname "{wan}" meta l4proto udp dnat ip to ip saddr . ip daddr . udp dport map @{SIP_DNAT_MAP}
-\t\tiifname "{wan}" meta l4proto udp dnat ip to ip daddr . udp dport map @{SIP_DNAT_ANY_MAP}
-\t}}
+{pre}\t}}
 
 \tchain pinholes_postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;
-\t\toifname "{wan}" meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
-\t\toifname "{wan}" meta l4proto udp snat ip to ip saddr . udp sport map @{SIP_SNAT_MAP}
-\t\t# Hairpin: media DNATed back into the LAN leaves from the sender's public port, so the receiver
-\t\t# sees the address its SDP peer announced and answers through the router too.
-\t\tct status dnat meta l4proto udp snat ip to ip saddr . udp sport map @{SNAT_MAP}
-\t}}
+\t\t# The last rules, hairpin: media DNATed back into the LAN leaves from the sender's public port, so the
+\t\t# receiver sees the address its SDP peer announced and answers through the router too.
+{post}\t}}
 
 \t# The filter chains below run for EVERY packet the router forwards, media included, so each is written
 \t# for the packet that is neither SIP nor media: one protocol test per chain (the "th" loads after it
@@ -213,6 +267,7 @@ table ip {opts.table} {{
 \t\ttype filter hook prerouting priority dstnat + 10; policy accept;
 \t\tmeta l4proto != udp return
 \t\tth sport {sip} iifname "{wan}" fib daddr type != local ip daddr . th dport != @{SNAT_MAP} jump {RATE_IN_CHAIN}
+\t\tth sport {sip} iifname "{wan}" fib daddr type != local ip6 daddr . th dport != @{SNAT_MAP}6 jump {RATE_IN_CHAIN}
 \t\tth dport {sip} iifname "{wan}" fib daddr type != local jump {RATE_IN_CHAIN}
 \t}}
 
@@ -222,28 +277,18 @@ table ip {opts.table} {{
 \t# fails open for everyone). The LAN host of an outbound datagram is its flow's original source (a flow
 \t# the phone opened), or the reply source of a flow opened towards it (a registration pinhole); of an
 \t# inbound one, its destination after DNAT. Buckets of hosts quiet for a minute are forgotten.
-\tset {RATE_OUT_SET} {{
-\t\ttype ipv4_addr
-\t\tsize {RATE_SET_SIZE}
-\t\tflags dynamic,timeout
-\t\ttimeout 1m
-\t}}
-
-\tset {RATE_IN_SET} {{
-\t\ttype ipv4_addr
-\t\tsize {RATE_SET_SIZE}
-\t\tflags dynamic,timeout
-\t\ttimeout 1m
-\t}}
-
+{rate_sets}
 \tchain {RATE_OUT_CHAIN} {{
 \t\tct direction original update @{RATE_OUT_SET} {{ ct original ip saddr {limit} }} counter accept
 \t\tct direction reply update @{RATE_OUT_SET} {{ ct reply ip saddr {limit} }} counter accept
+\t\tct direction original update @{RATE_OUT_SET}6 {{ ct original ip6 saddr {limit} }} counter accept
+\t\tct direction reply update @{RATE_OUT_SET}6 {{ ct reply ip6 saddr {limit} }} counter accept
 \t\tjump {QUEUE_CHAIN}
 \t}}
 
 \tchain {RATE_IN_CHAIN} {{
 \t\tupdate @{RATE_IN_SET} {{ ip daddr {limit} }} counter accept
+\t\tupdate @{RATE_IN_SET}6 {{ ip6 daddr {limit} }} counter accept
 \t\tjump {QUEUE_CHAIN}
 \t}}
 

@@ -54,7 +54,8 @@ class NftTable:
 
     def pinholes(self) -> list[Pinhole]:
         if not self.nft.table_exists():
-            return []
+            # An upgrade from the IPv4-only table: its calls are taken over (the new table replaces it).
+            return self.nft.legacy_pinholes()
         return self.nft.media_pinholes() + self.nft.registration_pinholes()
 
     def features(self) -> str:
