@@ -6,7 +6,7 @@ pytest process. The file is executed by path, so it must import nothing outside 
 
 Subcommands::
 
-    ping DST [COUNT [TIMEOUT]]      ICMP echo; prints the number of replies; exit 0 iff all answered
+    ping DST [COUNT [TIMEOUT]]      ICMP (IPv4) or ICMPv6 echo; prints the number of replies; exit 0 iff all answered
     txcsum-off IFNAME...            switch off TX checksum offload (legacy ETHTOOL_STXCSUM ioctl)
 """
 
@@ -40,15 +40,22 @@ def ping(dst: str, count: int = 1, timeout: float = 1.0) -> int:
 
     A send error (ENETUNREACH when the namespace has no route) counts as unanswered: that is
     exactly what the routing sanity test wants to see from the server towards a private address.
+    For an IPv6 ``dst`` the kernel fills in the ICMPv6 checksum (it covers the pseudo header) and
+    hands the reply over without its IP header.
     """
     ident = os.getpid() & 0xFFFF
     answered = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+    v6 = ":" in dst
+    family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
+    request, reply = (128, 129) if v6 else (8, 0)
+    if v6:
+        dst = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, dst))
+    with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         for seq in range(count):
             body = b"nfsip-lab-ping" + struct.pack("!d", time.time())
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            csum = _inet_checksum(header + body)
-            packet = struct.pack("!BBHHH", 8, 0, csum, ident, seq) + body
+            header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+            csum = 0 if v6 else _inet_checksum(header + body)
+            packet = struct.pack("!BBHHH", request, 0, csum, ident, seq) + body
             try:
                 sock.sendto(packet, (dst, 0))
             except OSError as exc:
@@ -58,12 +65,12 @@ def ping(dst: str, count: int = 1, timeout: float = 1.0) -> int:
             while (remaining := deadline - time.monotonic()) > 0:
                 sock.settimeout(remaining)
                 try:
-                    data, (src, _) = sock.recvfrom(2048)
+                    data, addr = sock.recvfrom(2048)
                 except TimeoutError:
                     break
-                ihl = (data[0] & 0x0F) * 4
+                ihl = 0 if v6 else (data[0] & 0x0F) * 4
                 icmp_type, _code, _sum, r_ident, r_seq = struct.unpack("!BBHHH", data[ihl : ihl + 8])
-                if src == dst and icmp_type == 0 and r_ident == ident and r_seq == seq:
+                if addr[0] == dst and icmp_type == reply and r_ident == ident and r_seq == seq:
                     answered += 1
                     break
     return answered

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from nfsip.config import DEFAULTS
 from nfsiplab import topology as T
 
 NS_PREFIX = "nfl"
@@ -37,6 +38,10 @@ REQUIRED_TOOLS = ("ip", "nft")
 
 MASQUERADE_TABLE = "lab_admin"
 ALG_TABLE = "lab_alg"
+ADMIN_FIREWALL_TABLE = "filter"
+"""``table inet filter``: the admin's firewall (``Lab.admin_firewall``), named as Debian's
+/etc/nftables.conf names it."""
+POLICY_DROP_COMMENT = "lab: reached the drop policy"
 
 # The "admin's" plain NAT. Its own table so that nfsip's table lives beside it: the lab never
 # flushes the ruleset. "add table" + "flush table" first makes the call idempotent.
@@ -70,6 +75,30 @@ table ip {ALG_TABLE} {{
   }}
 }}
 """
+
+
+def admin_firewall_script(nfsip_rule: bool = False, mark: int = DEFAULTS.pinhole_mark) -> str:
+    """The admin's forward chain of a router that firewalls its LAN (RFC 6092's default for IPv6):
+    policy drop, replies (established/related) and LAN to WAN accepted, nothing unsolicited in.
+
+    ``nfsip_rule`` adds the one rule the admin adds for nfsip: accept a flow whose first packet
+    carries nfsip's pinhole mark. The last rule only counts what falls through to the drop policy
+    (``Lab.admin_firewall_dropped``); it changes no verdict. Idempotent like the other scripts.
+    """
+    nfsip = f"    meta mark & 0x{mark:08x} == 0x{mark:08x} accept\n" if nfsip_rule else ""
+    return (
+        f"add table inet {ADMIN_FIREWALL_TABLE}\n"
+        f"delete table inet {ADMIN_FIREWALL_TABLE}\n"
+        f"table inet {ADMIN_FIREWALL_TABLE} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy drop;\n"
+        "    ct state established,related accept\n"
+        f'    iifname "{T.ROUTER_LAN_IF}" oifname "{T.ROUTER_WAN_IF}" accept\n'
+        f"{nfsip}"
+        f'    counter comment "{POLICY_DROP_COMMENT}"\n'
+        "  }\n"
+        "}\n"
+    )
 
 
 class LabError(RuntimeError):
@@ -174,6 +203,10 @@ class Lab:
     ``down()`` always removes everything and may be called any number of times.
     The router only forwards until ``masquerade()`` (or nfsip) gives it NAT: without NAT the
     server cannot answer a private source address, because it has no route to 10.0.0.0/24.
+
+    Every host is dual-stack (addresses in ``topology``): IPv6 is routed without NAT and, until
+    ``admin_firewall()``, without a firewall. ``ip6_of(node)`` is a node's IPv6 address,
+    ``media_ip6_of(node)`` a WAN host's second one.
     """
 
     def __init__(self, phones: int = 2, *, prefix: str | None = None) -> None:
@@ -184,6 +217,10 @@ class Lab:
         self.addresses: dict[str, str] = {T.phone_name(n): T.phone_ip(n) for n in range(1, phones + 1)}
         self.addresses[T.ROUTER] = T.ROUTER_LAN_IP
         self.addresses[T.SERVER] = T.SERVER_IP
+        self.addresses6: dict[str, str] = {T.phone_name(n): T.phone_ip6(n) for n in range(1, phones + 1)}
+        self.addresses6[T.ROUTER] = T.ROUTER_LAN_IP6
+        self.addresses6[T.SERVER] = T.SERVER_IP6
+        self.media_addresses6: dict[str, str] = {T.SERVER: T.SERVER_MEDIA_IP6}
         self.wan_hosts: list[str] = [T.SERVER]
         self._created: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
@@ -204,6 +241,18 @@ class Lab:
     def ip_of(self, node: str) -> str:
         """The address of a host node (the LAN address for the router)."""
         return self.addresses[node]
+
+    def ip6_of(self, node: str) -> str:
+        """The IPv6 address of a host node (the LAN address for the router)."""
+        return self.addresses6[node]
+
+    def media_ip6_of(self, node: str) -> str:
+        """A WAN host's second IPv6 address, for media from another address than its signalling."""
+        return self.media_addresses6[node]
+
+    def lan_routes6(self) -> list[tuple[str, str]]:
+        """(LAN prefix, router WAN address) of every routed IPv6 LAN: the routes of a WAN host."""
+        return [(T.LAN_NET6, T.ROUTER_WAN_IP6)]
 
     # --------------------------------------------------------------- running
     def _argv(self, node: str, argv: Sequence[str]) -> list[str]:
@@ -293,9 +342,60 @@ class Lab:
         """Delete all conntrack entries in ``node`` (between calls: a stale entry pins old NAT)."""
         self.run(node, ["conntrack", "-F"], check=False)
 
+    def admin_firewall(self, nfsip_rule: bool = False, node: str = T.ROUTER) -> None:
+        """Install the admin's firewall in ``node``: ``table inet filter``, forward policy drop,
+        established/related and LAN to WAN accepted (``admin_firewall_script``). ``nfsip_rule``
+        adds the one rule for nfsip's pinholes (the mark bit ``DEFAULTS.pinhole_mark``).
+
+        Both families: IPv4 behind masquerade is firewalled too, which changes nothing for it
+        (an unsolicited packet to the router's WAN address is not forwarded anyway).
+        """
+        self.nft(node, admin_firewall_script(nfsip_rule))
+
+    def remove_admin_firewall(self, node: str = T.ROUTER) -> None:
+        """Delete ``table inet filter`` (no error if absent)."""
+        self.nft(node, f"add table inet {ADMIN_FIREWALL_TABLE}\ndelete table inet {ADMIN_FIREWALL_TABLE}\n")
+
+    def admin_firewall_dropped(self, node: str = T.ROUTER) -> int:
+        """Packets the admin firewall's forward policy dropped so far (its counting last rule)."""
+        listing = self.run(node, ["nft", "list", "chain", "inet", ADMIN_FIREWALL_TABLE, "forward"]).stdout
+        m = re.search(rf'counter packets (\d+) bytes \d+ comment "{re.escape(POLICY_DROP_COMMENT)}"', listing)
+        if m is None:
+            raise LabError(f"no policy-drop counter in the admin firewall of {node}:\n{listing}")
+        return int(m.group(1))
+
+    def conntrack_udp_timeouts(self, unreplied_s: int, stream_s: int, node: str = T.ROUTER) -> None:
+        """Set ``node``'s UDP conntrack timeouts (``nf_conntrack_udp_timeout``, ``..._stream``).
+
+        Per namespace on the lab kernel (6.18): writable inside the router namespace, the root
+        namespace and the other nodes keep the defaults (30 s / 120 s). Short values let a test
+        wait past them: the situation of a phone whose state in the router expired between its
+        REGISTER and an inbound call.
+        """
+        self.sysctl(node, "net.netfilter.nf_conntrack_udp_timeout", unreplied_s)
+        self.sysctl(node, "net.netfilter.nf_conntrack_udp_timeout_stream", stream_s)
+
+    def conntrack_udp(self, address: str, port: int | None = None, node: str = T.ROUTER) -> list[str]:
+        """``node``'s UDP conntrack entries (``conntrack -L`` lines) in which ``address`` appears,
+        on ``port`` when given (either side, either direction; the family follows ``address``)."""
+        family = "ipv6" if T.is_ip6(address) else "ipv4"
+        out = self.run(node, ["conntrack", "-L", "-f", family, "-p", "udp"], check=False).stdout
+        return [
+            line for line in out.splitlines() if f"={address} " in line and (port is None or f"port={port} " in line)
+        ]
+
+    def wait_conntrack_udp_gone(
+        self, address: str, port: int | None = None, timeout: float = 30.0, node: str = T.ROUTER
+    ) -> list[str]:
+        """Wait until ``conntrack_udp(address, port)`` is empty (expired); returns what is left."""
+        deadline = time.monotonic() + timeout
+        while (left := self.conntrack_udp(address, port, node)) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return left
+
     # --------------------------------------------------------------- checks
     def ping(self, src: str, dst: str, *, count: int = 1, timeout: float = 1.0) -> bool:
-        """True if all ``count`` ICMP echoes from ``src`` to address ``dst`` were answered.
+        """True if all ``count`` ICMP echoes from ``src`` to address ``dst`` (IPv4 or IPv6) were answered.
 
         The lab VM has no ping binary: this runs a stdlib ICMP echo in the namespace.
         """
@@ -307,12 +407,21 @@ class Lab:
         ns = self.netns(node)
         _ip("netns", "add", ns)
         self._created.append(ns)
-        # IPv6 off before any interface exists (new interfaces copy conf.default): no router
-        # solicitations, MLD or DAD traffic in the captures, and nothing autoconfigures.
-        sysctls = {
-            "net.ipv6.conf.all.disable_ipv6": 1,
-            "net.ipv6.conf.default.disable_ipv6": 1,
-        }
+        # Set before any interface exists (new interfaces copy conf.default).
+        if node in (T.LAN_SWITCH, T.WAN_SWITCH, T.LANB_SWITCH):
+            # A switch needs no address of its own: IPv6 off, no MLD or DAD traffic from it.
+            sysctls = {
+                "net.ipv6.conf.all.disable_ipv6": 1,
+                "net.ipv6.conf.default.disable_ipv6": 1,
+            }
+        else:
+            # Static addresses only: no DAD (an address is usable at once, not "tentative" for a
+            # second), no router advertisements taken, no router solicitations, no SLAAC.
+            sysctls = {
+                f"net.ipv6.conf.{conf}.{key}": 0
+                for conf in ("all", "default")
+                for key in ("accept_dad", "accept_ra", "autoconf")
+            }
         if node in (T.LAN_SWITCH, T.WAN_SWITCH):
             # br_netfilter is built into the lab kernel and bridge-nf-call-iptables=1 is the
             # per-netns default: the bridge would run IP sanity checks and trim skbs to the IP
@@ -326,6 +435,7 @@ class Lab:
             )
         if node == T.ROUTER:
             sysctls["net.ipv4.ip_forward"] = 1
+            sysctls["net.ipv6.conf.all.forwarding"] = 1
         script = ["set -e"]
         for key, value in sysctls.items():
             path = "/proc/sys/" + key.replace(".", "/")
@@ -358,16 +468,40 @@ class Lab:
         self._add_ns(switch)
         ns = self.netns(switch)
         # STP off (the default) so that ports forward at once instead of after 2 x forward_delay.
-        _ip("-n", ns, "link", "add", T.BRIDGE_IF, "type", "bridge", "stp_state", "0")
+        # Multicast snooping off: IPv6 neighbour discovery is multicast, and a snooping bridge
+        # without an MLD querier would decide by the hosts' reports which port gets it.
+        _ip("-n", ns, "link", "add", T.BRIDGE_IF, "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
         _ip("-n", ns, "link", "set", T.BRIDGE_IF, "up")
 
-    def _add_host(self, node: str, ip: str, switch: str, gateway: str | None) -> None:
+    def _add_host(
+        self,
+        node: str,
+        ip: str,
+        switch: str,
+        gateway: str | None,
+        ip6: str,
+        routes6: Sequence[tuple[str, str]],
+    ) -> None:
+        """A host on ``switch``: ``ip``/24 and ``ip6``/64; the IPv4 default route via ``gateway``
+        (None: no route off the subnet) and the IPv6 routes ``routes6`` ((prefix, via) pairs)."""
         self._add_ns(node)
         self._wire(switch, node, T.HOST_IF)
         ns = self.netns(node)
         _ip("-n", ns, "addr", "add", f"{ip}/{T.PREFIX_LEN}", "dev", T.HOST_IF)
+        self._add_addr6(ns, T.HOST_IF, ip6)
         if gateway:
             _ip("-n", ns, "route", "add", "default", "via", gateway)
+        for prefix, via in routes6:
+            _ip("-n", ns, "-6", "route", "add", prefix, "via", via)
+
+    @staticmethod
+    def _add_addr6(ns: str, ifname: str, ip6: str) -> None:
+        # nodad: usable at once (accept_dad=0 covers the link-local address, nodad this one).
+        _ip("-n", ns, "addr", "add", f"{ip6}/{T.PREFIX_LEN6}", "dev", ifname, "nodad")
+
+    def add_ip6(self, node: str, ip6: str) -> None:
+        """Give host ``node`` one more IPv6 address on its interface (usable at once)."""
+        self._add_addr6(self.netns(node), T.HOST_IF, ip6)
 
     def up(self) -> Self:
         """Build the whole topology; on any failure everything built so far is removed."""
@@ -382,24 +516,41 @@ class Lab:
             rns = self.netns(T.ROUTER)
             _ip("-n", rns, "addr", "add", f"{T.ROUTER_LAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_LAN_IF)
             _ip("-n", rns, "addr", "add", f"{T.ROUTER_WAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_WAN_IF)
+            self._add_addr6(rns, T.ROUTER_LAN_IF, T.ROUTER_LAN_IP6)
+            self._add_addr6(rns, T.ROUTER_WAN_IF, T.ROUTER_WAN_IP6)
+            lan_gateway6 = [("default", T.ROUTER_LAN_IP6)]
             for phone in self.phones:
-                self._add_host(phone, self.addresses[phone], T.LAN_SWITCH, T.ROUTER_LAN_IP)
+                self._add_host(
+                    phone, self.addresses[phone], T.LAN_SWITCH, T.ROUTER_LAN_IP, self.addresses6[phone], lan_gateway6
+                )
             # The server deliberately gets no default route and no route to the LAN: an
             # un-translated private address must be unreachable, as on the real internet.
-            self._add_host(T.SERVER, T.SERVER_IP, T.WAN_SWITCH, None)
+            # In IPv6 the LAN prefix is global and routed: the server reaches it via the router.
+            self._add_host(T.SERVER, T.SERVER_IP, T.WAN_SWITCH, None, T.SERVER_IP6, self.lan_routes6())
+            self.add_ip6(T.SERVER, T.SERVER_MEDIA_IP6)
         except BaseException:
             self.down()
             raise
         self.is_up = True
         return self
 
-    def add_wan_host(self, node: str = "wanhost2", ip: str = T.WAN_HOST2_IP) -> str:
-        """Attach one more "internet" host to the WAN switch (no default route, like the server)."""
+    def add_wan_host(
+        self,
+        node: str = "wanhost2",
+        ip: str = T.WAN_HOST2_IP,
+        ip6: str = T.WAN_HOST2_IP6,
+        media_ip6: str = T.WAN_HOST2_MEDIA_IP6,
+    ) -> str:
+        """Attach one more "internet" host to the WAN switch (no default route, like the server;
+        IPv6 routes to the LANs), with the IPv6 addresses ``ip6`` and ``media_ip6``."""
         if node in self.nodes:
             raise LabError(f"node {node!r} exists")
         self.wan_hosts.append(node)
         self.addresses[node] = ip
-        self._add_host(node, ip, T.WAN_SWITCH, None)
+        self.addresses6[node] = ip6
+        self.media_addresses6[node] = media_ip6
+        self._add_host(node, ip, T.WAN_SWITCH, None, ip6, self.lan_routes6())
+        self.add_ip6(node, media_ip6)
         return node
 
     def down(self) -> None:
@@ -456,6 +607,8 @@ class TwoSiteLab(Lab):
         self.phones_b: list[str] = [T.siteb_phone_name(n) for n in range(1, phones_b + 1)]
         self.addresses.update({T.siteb_phone_name(n): T.siteb_phone_ip(n) for n in range(1, phones_b + 1)})
         self.addresses[T.ROUTERB] = T.ROUTERB_LAN_IP
+        self.addresses6.update({T.siteb_phone_name(n): T.siteb_phone_ip6(n) for n in range(1, phones_b + 1)})
+        self.addresses6[T.ROUTERB] = T.ROUTERB_LAN_IP6
 
     @property
     def nodes(self) -> list[str]:
@@ -465,6 +618,10 @@ class TwoSiteLab(Lab):
     def router_of(self, node: str) -> str:
         """The NAT router in front of a phone (``router`` or ``routerb``)."""
         return T.ROUTERB if node in self.phones_b else T.ROUTER
+
+    def lan_routes6(self) -> list[tuple[str, str]]:
+        """Both sites' IPv6 LANs, each via its router's WAN address."""
+        return [*super().lan_routes6(), (T.LANB_NET6, T.ROUTERB_WAN_IP6)]
 
     def up(self) -> Self:
         """Build site A (``Lab.up``), then site B; on failure everything is removed."""
@@ -476,13 +633,23 @@ class TwoSiteLab(Lab):
             # _add_ns sets ip_forward only for T.ROUTER: routerb gets it here.
             self._add_ns(T.ROUTERB)
             self.sysctl(T.ROUTERB, "net.ipv4.ip_forward", 1)
+            self.sysctl(T.ROUTERB, "net.ipv6.conf.all.forwarding", 1)
             self._wire(T.LANB_SWITCH, T.ROUTERB, T.ROUTER_LAN_IF)
             self._wire(T.WAN_SWITCH, T.ROUTERB, T.ROUTER_WAN_IF)
             rns = self.netns(T.ROUTERB)
             _ip("-n", rns, "addr", "add", f"{T.ROUTERB_LAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_LAN_IF)
             _ip("-n", rns, "addr", "add", f"{T.ROUTERB_WAN_IP}/{T.PREFIX_LEN}", "dev", T.ROUTER_WAN_IF)
+            self._add_addr6(rns, T.ROUTER_LAN_IF, T.ROUTERB_LAN_IP6)
+            self._add_addr6(rns, T.ROUTER_WAN_IF, T.ROUTERB_WAN_IP6)
             for phone in self.phones_b:
-                self._add_host(phone, self.addresses[phone], T.LANB_SWITCH, T.ROUTERB_LAN_IP)
+                self._add_host(
+                    phone,
+                    self.addresses[phone],
+                    T.LANB_SWITCH,
+                    T.ROUTERB_LAN_IP,
+                    self.addresses6[phone],
+                    [("default", T.ROUTERB_LAN_IP6)],
+                )
         except BaseException:
             self.down()
             raise
