@@ -7,6 +7,7 @@ phone"), so the tests count what an interface really saw rather than trusting si
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import select
@@ -45,6 +46,11 @@ _DLT_EN10MB = 1
 _DLT_RAW = (12, 14, 101)
 _DLT_LINUX_SLL = 113
 _DLT_LINUX_SLL2 = 276
+_ETH_IPV4 = b"\x08\x00"
+_ETH_IPV6 = b"\x86\xdd"
+_IPV6_FRAGMENT = 44
+_IPV6_EXTENSIONS = (0, 43, 60)
+"""Hop-by-hop, routing and destination options: skipped on the way to the UDP header."""
 
 
 class Capture:
@@ -204,9 +210,11 @@ class UdpPacket:
 
 
 def _udp_checksum_ok(src: bytes, dst: bytes, udp_bytes: bytes) -> bool | None:
+    """The UDP checksum against the pseudo header of either family: IPv6's (32-bit length, next
+    header 17 in the last of four bytes) adds up to the same 16-bit words as IPv4's."""
     (csum,) = struct.unpack_from("!H", udp_bytes, 6)
     if csum == 0:
-        return None
+        return None if len(src) == 4 else False  # a zero checksum is not allowed in IPv6
     data = src + dst + struct.pack("!BBH", 0, 17, len(udp_bytes)) + udp_bytes
     if len(data) % 2:
         data += b"\0"
@@ -224,8 +232,8 @@ def _open_reader(f: IO[bytes]) -> Any:
     return dpkt.pcap.Reader(f)
 
 
-def _ipv4_of_frame(datalink: int, buf: bytes) -> bytes | None:
-    """The IPv4 packet inside a captured frame, or None (not IPv4 / unknown link type).
+def _ip_of_frame(datalink: int, buf: bytes) -> bytes | None:
+    """The IPv4 or IPv6 packet inside a captured frame, or None (neither / unknown link type).
 
     Parsed by hand rather than with dpkt's protocol classes: those decode and may re-serialise
     headers (recomputing a zero checksum), and the lab wants the bytes exactly as captured.
@@ -239,17 +247,57 @@ def _ipv4_of_frame(datalink: int, buf: bytes) -> bytes | None:
     elif datalink == _DLT_LINUX_SLL2:
         off, ethertype = 20, buf[0:2]
     elif datalink in _DLT_RAW:
-        off, ethertype = 0, b"\x08\x00"
+        off, ethertype = 0, _ETH_IPV6 if buf[:1] and buf[0] >> 4 == 6 else _ETH_IPV4
     else:
         return None
     l3 = buf[off:]
-    if ethertype != b"\x08\x00" or len(l3) < 20 or l3[0] >> 4 != 4:
+    if ethertype == _ETH_IPV4 and len(l3) >= 20 and l3[0] >> 4 == 4:
+        return l3
+    if ethertype == _ETH_IPV6 and len(l3) >= 40 and l3[0] >> 4 == 6:
+        return l3
+    return None
+
+
+_Datagram = tuple[bytes, bytes, int, bool, int, bytes]
+"""(source, destination, fragment id, more fragments, fragment offset, UDP bytes or fragment)."""
+
+
+def _ipv4_udp(l3: bytes) -> _Datagram | None:
+    if l3[9] != 17:  # not UDP
         return None
-    return l3
+    ihl = (l3[0] & 0x0F) * 4
+    (total_len, ip_id, frag) = struct.unpack_from("!HHH", l3, 2)
+    raw = l3[ihl:total_len] if ihl <= total_len <= len(l3) else l3[ihl:]
+    return l3[12:16], l3[16:20], ip_id, bool(frag & 0x2000), (frag & 0x1FFF) * 8, raw
+
+
+def _ipv6_udp(l3: bytes) -> _Datagram | None:
+    """UDP of an IPv6 packet, past extension headers; a fragment header gives id, offset, M flag."""
+    (payload_len,) = struct.unpack_from("!H", l3, 4)
+    end = min(40 + payload_len, len(l3))
+    next_header, off = l3[6], 40
+    ident, more, offset = 0, False, 0
+    while off + 8 <= end:
+        if next_header == _IPV6_FRAGMENT:
+            (offset_flags, ident) = struct.unpack_from("!HI", l3, off + 2)
+            next_header, off = l3[off], off + 8
+            more, offset = bool(offset_flags & 1), offset_flags & 0xFFF8
+        elif next_header in _IPV6_EXTENSIONS:
+            next_header, off = l3[off], off + (l3[off + 1] + 1) * 8
+        else:
+            break
+    if next_header != 17:
+        return None
+    return l3[8:24], l3[24:40], ident, more, offset, l3[off:end]
+
+
+def _address(packed: bytes) -> str:
+    """IPv4 dotted, IPv6 compressed lowercase (as addresses are written everywhere in nfsip)."""
+    return socket.inet_ntoa(packed) if len(packed) == 4 else ipaddress.IPv6Address(packed).compressed
 
 
 def read_udp(path: str | Path) -> list[UdpPacket]:
-    """All IPv4 UDP datagrams of a pcap or pcapng file, in capture order.
+    """All UDP datagrams (IPv4 and IPv6) of a pcap or pcapng file, in capture order.
 
     Fragmented datagrams are reassembled (a 1700-byte SIP message over a 1500 MTU arrives as two
     fragments on the wire) and reported at the time of their last fragment.
@@ -261,14 +309,13 @@ def read_udp(path: str | Path) -> list[UdpPacket]:
         reader = _open_reader(f)
         datalink = reader.datalink()
         for ts, buf in reader:
-            l3 = _ipv4_of_frame(datalink, bytes(buf))
-            if l3 is None or l3[9] != 17:  # not UDP
+            l3 = _ip_of_frame(datalink, bytes(buf))
+            if l3 is None:
                 continue
-            ihl = (l3[0] & 0x0F) * 4
-            (total_len, ip_id, frag) = struct.unpack_from("!HHH", l3, 2)
-            src, dst = l3[12:16], l3[16:20]
-            raw = l3[ihl:total_len] if ihl <= total_len <= len(l3) else l3[ihl:]
-            more, offset = bool(frag & 0x2000), (frag & 0x1FFF) * 8
+            datagram = _ipv4_udp(l3) if l3[0] >> 4 == 4 else _ipv6_udp(l3)
+            if datagram is None:
+                continue
+            src, dst, ip_id, more, offset, raw = datagram
             if more or offset:
                 key = (src, dst, ip_id)
                 frags.setdefault(key, {})[offset] = raw
@@ -292,9 +339,9 @@ def read_udp(path: str | Path) -> list[UdpPacket]:
             out.append(
                 UdpPacket(
                     ts=float(ts),
-                    src=socket.inet_ntoa(src),
+                    src=_address(src),
                     sport=sport,
-                    dst=socket.inet_ntoa(dst),
+                    dst=_address(dst),
                     dport=dport,
                     payload=bytes(udp_bytes[8:]),
                     checksum_ok=_udp_checksum_ok(src, dst, udp_bytes),
