@@ -44,6 +44,11 @@ Kamailio pitfalls that shaped this module:
   ``fix_nated_contact()`` in an onreply_route too: otherwise the ACK of a 2xx goes to the private
   Contact of the 200 (seen here).
 * ``kamailio -c`` checks the rendered file without root and without the listen address existing.
+
+IPv6: in a dual-stack lab Kamailio also listens on the server's IPv6 address (``listen6``), the same
+registrar and proxy for both families. It sends each request from its socket of the destination's
+family, and a request that changes family on the way gets two Record-Routes, one per socket
+(rr's ``enable_double_rr``, on by default), so that in-dialog requests can come back either way.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ rev_dns=no
 use_dns_cache=no
 listen=udp:@@IP@@:@@PORT@@
 alias="@@IP@@:@@PORT@@"
+@@LISTEN6@@
 
 mpath="@@MPATH@@"
 loadmodule "kex.so"
@@ -209,6 +215,7 @@ def render_config(
     ip: str,
     port: int,
     ctl_socket: str,
+    ip6: str | None = None,
     children: int = 1,
     debug: int = 2,
     fr_timer_ms: int = 30000,
@@ -216,10 +223,12 @@ def render_config(
     min_expires: int = 1,
     nat_helper: bool = False,
 ) -> str:
-    """The Kamailio configuration text for one lab instance (see the module doc for what it does)."""
+    """The Kamailio configuration text for one lab instance (see the module doc for what it does);
+    with ``ip6`` it listens on that IPv6 address too."""
     values = {
         "IP": ip,
         "PORT": str(port),
+        "LISTEN6": f'listen=udp:[{ip6}]:{port}\nalias="[{ip6}]:{port}"' if ip6 else "# no IPv6 listen address",
         "CTL": ctl_socket,
         "CHILDREN": str(children),
         "DEBUG": str(debug),
@@ -249,7 +258,8 @@ def _binary(name: str) -> str:
 
 
 class Kamailio:
-    """A Kamailio registrar/proxy in a lab namespace (default: the server, 198.51.100.2:5060).
+    """A Kamailio registrar/proxy in a lab namespace (default: the server, 198.51.100.2:5060 and
+    [2001:db8:f::2]:5060; ``listen6=False`` for IPv4 only, ``ip6`` for another IPv6 address).
 
     Context manager; ``start()`` returns when the UDP socket listens. ``log()`` is the full log (one
     ``RQ``/``RS`` line per request/reply it routed, plus Kamailio's own messages); ``contacts(aor)``
@@ -262,6 +272,8 @@ class Kamailio:
         node: str = T.SERVER,
         *,
         ip: str | None = None,
+        ip6: str | None = None,
+        listen6: bool = True,
         port: int = T.SIP_PORT,
         # One UDP worker: two responses of one transaction that reach Kamailio together (nfsip gives the
         # verdicts of one queue drain together) are relayed in the order they came. With two workers they
@@ -278,6 +290,7 @@ class Kamailio:
     ) -> None:
         self.lab, self.node = lab, node
         self.ip = ip or lab.ip_of(node)
+        self.ip6 = (ip6 or lab.ip6_of(node)) if listen6 else None
         self.port = port
         self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
         self._own_workdir = workdir is None
@@ -292,6 +305,7 @@ class Kamailio:
                 ip=self.ip,
                 port=port,
                 ctl_socket=self.ctl_socket,
+                ip6=self.ip6,
                 children=children,
                 debug=debug,
                 fr_timer_ms=fr_timer_ms,
@@ -308,6 +322,11 @@ class Kamailio:
     def uri(self) -> str:
         """``ip:port`` of the proxy (what sipp takes as remote host)."""
         return f"{self.ip}:{self.port}"
+
+    @property
+    def uri6(self) -> str | None:
+        """``[ip6]:port`` of the proxy's IPv6 socket, None without one."""
+        return T.hostport(self.ip6, self.port) if self.ip6 else None
 
     def check_config(self) -> subprocess.CompletedProcess[str]:
         """``kamailio -c``: syntax and module check of the rendered configuration (no sockets needed)."""
@@ -341,12 +360,12 @@ class Kamailio:
             self.proc = self.lab.popen(self.node, argv, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         deadline = t0 + timeout
-        needle = f"{self.ip}:{self.port} "
+        needles = [f"{self.ip}:{self.port} "] + ([f"{self.uri6} "] if self.uri6 else [])
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LabError(f"kamailio exited with {self.proc.returncode} at start:\n{self.log()[-4000:]}")
             listening = self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout
-            if needle in listening and Path(self.ctl_socket).exists():
+            if all(n in listening for n in needles) and Path(self.ctl_socket).exists():
                 self.startup_s = time.monotonic() - t0
                 return self
             time.sleep(0.02)
@@ -444,4 +463,5 @@ class Kamailio:
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
-        return f"Kamailio({self.node} {self.uri}, {state})"
+        uris = f"{self.uri} {self.uri6}" if self.uri6 else self.uri
+        return f"Kamailio({self.node} {uris}, {state})"

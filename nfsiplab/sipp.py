@@ -33,6 +33,21 @@ sipp facts that shaped this module (pitfalls):
 * Exit codes: 0 all calls succeeded, 1 at least one failed, 97 internal exit command, 99 normal
   exit without processed calls, -1/-2 (255/254) fatal error / cannot bind a socket. The counters
   come from the ``-trace_stat`` CSV (last line, columns SuccessfulCall(C)/FailedCall(C)).
+
+IPv6 (sipp 3.6.1, measured in the dual-stack lab):
+
+* ``-i`` takes an IPv6 address as is, the remote host is given in brackets (``[2001:db8:f::2]:5060``,
+  ``topology.hostport``), and ``ss`` prints the socket the same way.
+* ``[local_ip]`` and ``[remote_ip]`` of an IPv6 endpoint come out in brackets (right for Via,
+  Contact and URIs, RFC 5118), ``[media_ip]`` without. An SDP ``o=`` line with a bracketed address
+  is not SDP, so the scenarios write ``o=`` with ``[media_ip_type] [media_ip]`` (for IPv4 the same
+  bytes as before, since ``-mi`` is ``-i`` there).
+* ``play_pcap_audio`` works over IPv6: it sends through a raw IPv6 socket from ``-mi`` with a
+  correct UDP checksum (236 packets each way, all arriving).
+* ``-mi`` may differ from ``-i``, even in family: ``media_ip`` is the SDP ``c=`` address and the
+  source of the RTP. A dual-stack phone is ``ip`` IPv4 and ``media_ip`` IPv6; a far end whose
+  media comes from another address than its signalling is ``media_ip=lab.media_ip6_of(node)``.
+* A client's default ``ip`` is of the remote's family: ``lab.ip6_of(node)`` for an IPv6 remote.
 """
 
 from __future__ import annotations
@@ -106,6 +121,12 @@ def _scenario_file(template: Path, pcap: str, workdir: Path) -> Path:
     out = workdir / template.name
     out.write_text(text, encoding="latin-1")
     return out
+
+
+def _local_ip(lab: Lab, node: str, remote: str | None) -> str:
+    """A sipp endpoint's default address: of the remote's family (IPv6 when the remote is IPv6),
+    IPv4 for a UAS that has no remote."""
+    return lab.ip6_of(node) if remote is not None and T.is_ip6(remote) else lab.ip_of(node)
 
 
 def _read_counters(stat_file: Path) -> tuple[int, int]:
@@ -254,6 +275,7 @@ class SippUas(_Sipp):
         node: str = T.SERVER,
         *,
         ip: str | None = None,
+        media_ip: str | None = None,
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         calls: int = 1,
@@ -264,6 +286,7 @@ class SippUas(_Sipp):
     ) -> None:
         super().__init__(lab, node, workdir)
         self.ip = ip or lab.ip_of(node)
+        self.media_ip = media_ip or self.ip
         self.sip_port, self.media_port, self.calls = sip_port, media_port, calls
         self.scenario = _scenario_file(UAS_SCENARIO, pcap, self.workdir)
         self.trace_msg = trace_msg
@@ -279,7 +302,7 @@ class SippUas(_Sipp):
                 "-i",
                 self.ip,
                 "-mi",
-                self.ip,
+                self.media_ip,
                 "-p",
                 str(self.sip_port),
                 "-mp",
@@ -291,7 +314,7 @@ class SippUas(_Sipp):
             ]
         )
         deadline = time.monotonic() + timeout
-        needle = f"{self.ip}:{self.sip_port} "
+        needle = f"{T.hostport(self.ip, self.sip_port)} "
         while time.monotonic() < deadline:
             if self.returncode is not None:
                 raise LabError(f"UAS on {self.node} exited at start:\n{self._collect().describe()}")
@@ -322,6 +345,7 @@ class SippUac(_Sipp):
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         ip: str | None = None,
+        media_ip: str | None = None,
         pause_ms: int = UAC_PAUSE_MS,
         service: str = "echo",
         pcap: str = DEFAULT_PCAP,
@@ -331,7 +355,8 @@ class SippUac(_Sipp):
         extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(lab, node, workdir)
-        self.ip = ip or lab.ip_of(node)
+        self.ip = ip or _local_ip(lab, node, server)
+        self.media_ip = media_ip or self.ip
         self.server, self.server_port = server, server_port
         self.sip_port, self.media_port = sip_port, media_port
         self.pause_ms, self.service = pause_ms, service
@@ -345,7 +370,7 @@ class SippUac(_Sipp):
         self._spawn(
             [
                 "sipp",
-                f"{self.server}:{self.server_port}",
+                T.hostport(self.server, self.server_port),
                 "-sf",
                 str(self.scenario),
                 "-s",
@@ -353,7 +378,7 @@ class SippUac(_Sipp):
                 "-i",
                 self.ip,
                 "-mi",
-                self.ip,
+                self.media_ip,
                 "-p",
                 str(self.sip_port),
                 "-mp",
@@ -446,8 +471,10 @@ CALLER_SCENARIOS: dict[str, Path] = {
     "nomedia": SCENARIO_DIR / "caller_nomedia.xml",
     "hold": SCENARIO_DIR / "caller_hold.xml",
     "video": SCENARIO_DIR / "caller_video.xml",
+    "late_media": SCENARIO_DIR / "caller_late_media.xml",
 }
-"""UAC behaviours; all honour Record-Route, so they work through Kamailio and against a plain UAS."""
+"""UAC behaviours; all honour Record-Route, so they work through Kamailio and against a plain UAS.
+"late_media" is "call" with the caller's RTP starting ``media_delay_ms`` after the ACK."""
 
 HOLD_SCENARIO_S = 14.0
 """Duration of caller_hold.xml from the first ACK to the BYE (the sum of its pauses)."""
@@ -493,6 +520,7 @@ class SippScenario(_Sipp):
         remote_port: int = T.SIP_PORT,
         service: str = "service",
         ip: str | None = None,
+        media_ip: str | None = None,
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         calls: int = 1,
@@ -507,7 +535,8 @@ class SippScenario(_Sipp):
         extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(lab, node, workdir)
-        self.ip = ip or lab.ip_of(node)
+        self.ip = ip or _local_ip(lab, node, remote)
+        self.media_ip = media_ip or self.ip
         self.remote, self.remote_port = remote, remote_port
         self.service = service
         self.sip_port, self.media_port = sip_port, media_port
@@ -523,7 +552,7 @@ class SippScenario(_Sipp):
         """The sipp command line."""
         argv = ["sipp"]
         if self.remote is not None:
-            argv.append(f"{self.remote}:{self.remote_port}")
+            argv.append(T.hostport(self.remote, self.remote_port))
         argv += ["-sf", str(self.scenario)]
         if self.ooc_scenario is not None:
             argv += ["-oocsf", str(self.ooc_scenario)]
@@ -533,7 +562,7 @@ class SippScenario(_Sipp):
             "-i",
             self.ip,
             "-mi",
-            self.ip,
+            self.media_ip,
             "-p",
             str(self.sip_port),
             "-mp",
@@ -560,7 +589,7 @@ class SippScenario(_Sipp):
         """
         self._spawn(self.argv())
         deadline = time.monotonic() + timeout
-        needle = f"{self.ip}:{self.sip_port} "
+        needle = f"{T.hostport(self.ip, self.sip_port)} "
         while time.monotonic() < deadline:
             if self.returncode is not None:
                 if self.remote is None:
@@ -621,6 +650,7 @@ class SippPhone(SippScenario):
         registered_ms: int = 30000,
         refresh: bool = False,
         ip: str | None = None,
+        media_ip: str | None = None,
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         pcap: str = DEFAULT_PCAP,
@@ -640,6 +670,7 @@ class SippPhone(SippScenario):
             remote_port=registrar_port,
             service=user,
             ip=ip,
+            media_ip=media_ip,
             sip_port=sip_port,
             media_port=media_port,
             pause_ms=registered_ms,
@@ -661,7 +692,8 @@ class SippPhone(SippScenario):
 class SippCaller(SippScenario):
     """A UAC placing ``calls`` calls to ``sip:<target>@<proxy>`` with the CALLER_SCENARIOS
     behaviour ``kind`` ("call" with RTP both ways, "cancel", "rejected", "noanswer", "nomedia",
-    "hold", "video"). ``proxy`` is Kamailio for calls to an AOR, or a UAS host for direct calls.
+    "hold", "video", "late_media"). ``proxy`` is Kamailio for calls to an AOR, or a UAS host for
+    direct calls. ``media_delay_ms`` is how long "late_media" waits after the ACK before its RTP.
     """
 
     role = "caller"
@@ -676,11 +708,13 @@ class SippCaller(SippScenario):
         proxy: str = T.SERVER_IP,
         proxy_port: int = T.SIP_PORT,
         ip: str | None = None,
+        media_ip: str | None = None,
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         pause_ms: int = UAC_PAUSE_MS,
         calls: int = 1,
         rate: float | None = None,
+        media_delay_ms: int = 3000,
         pcap: str = DEFAULT_PCAP,
         timeout_s: int | None = 60,
         workdir: str | Path | None = None,
@@ -697,11 +731,13 @@ class SippCaller(SippScenario):
             remote_port=proxy_port,
             service=target,
             ip=ip,
+            media_ip=media_ip,
             sip_port=sip_port,
             media_port=media_port,
             calls=calls,
             rate=rate,
             pause_ms=pause_ms,
+            keys={"media_delay_ms": media_delay_ms} if kind == "late_media" else None,
             pcap=pcap,
             timeout_s=timeout_s,
             workdir=workdir,
@@ -725,6 +761,7 @@ class SippCallee(SippScenario):
         kind: str = "answer",
         ring_ms: int = 0,
         ip: str | None = None,
+        media_ip: str | None = None,
         sip_port: int = T.SIP_PORT,
         media_port: int = T.MEDIA_PORT,
         calls: int = 1,
@@ -742,6 +779,7 @@ class SippCallee(SippScenario):
             CALLEE_SCENARIOS[kind],
             service="callee",
             ip=ip,
+            media_ip=media_ip,
             sip_port=sip_port,
             media_port=media_port,
             calls=calls,
