@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError, check_consistency
+from .firewall import INSTALL_PATHS, ChainFinding, Rule, admin_rule, forward_chains, rule_texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ def _kernel_checks(config: Config) -> list[CheckResult]:
         )
 
     results.append(_kernel_alg_check(nft))
+    results.extend(_forward_chain_checks(config))
 
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward")
     if ip_forward.exists() and ip_forward.read_text().strip() != "1":
@@ -158,6 +160,106 @@ def _kernel_alg_check(nft: object) -> CheckResult:
         )
     state = "available but assigned to no traffic" if present else "not loaded"
     return CheckResult("kernel-sip-alg", "ok", f"kernel SIP ALG {state}")
+
+
+def _forward_chain_checks(config: Config) -> list[CheckResult]:
+    """Does the admin's firewall let nfsip's pinholes through? Every base chain on the forward hook must
+    accept their first packets; read from the ruleset (nfsip.firewall), nfsip's own table left out."""
+    import json
+
+    from .kernel.nft import _nftables
+
+    nft = _nftables()
+    nft.set_stateless_output(True)  # no counter values
+    nft.set_terse_output(True)  # no set elements (nfsip's maps may hold thousands)
+    nft.set_handle_output(True)
+    rc, listing, err = nft.cmd("list ruleset")
+    if rc == 0:
+        nft.set_json_output(True)
+        rc, out, err = nft.cmd("list ruleset")
+    if rc != 0:
+        return [CheckResult("forward-chain", "warn", f"could not read the ruleset: {err.strip()}")]
+    findings = forward_chains(
+        json.loads(out or "{}"), config.pinhole_mark, config.wan_interface, config.table_name, rule_texts(listing)
+    )
+    return forward_chain_results(findings, config.pinhole_mark)
+
+
+def forward_chain_results(findings: list[ChainFinding], mark: int) -> list[CheckResult]:
+    """One line per forward chain that drops or may drop a pinhole's first packet (ok when it accepts
+    them first), or one line saying that none does."""
+    concerned = [f for f in findings if f.concerns_pinholes]
+    if not findings:
+        return [CheckResult("forward-chain", "ok", "no forward chain: forwarded traffic is not filtered")]
+    if not concerned:
+        names = ", ".join(f"{f.family} {f.table} {f.chain}" for f in findings)
+        return [CheckResult("forward-chain", "ok", f"no forward chain stops nfsip's pinholes ({names})")]
+    return [_forward_chain_result(f, mark) for f in concerned]
+
+
+_FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+
+
+def _forward_chain_result(finding: ChainFinding, mark: int) -> CheckResult:
+    """What one chain does with the pinholes' first packets, per address family, and the fix if needed."""
+    # Phrases with a placeholder for the families, so that both share one phrase when they fare alike.
+    phrases: dict[str, list[int]] = {}
+    for version, walk in finding.walks.items():
+        outcome = finding.outcome(version)
+        if outcome == "accepted":
+            phrase = "accepts nfsip's FAMILIES pinholes by " + _where(walk.by, walk.via, finding.chain)
+            if walk.may_stop:
+                phrase += f" (unless an earlier rule drops some: {_rules(walk.may_stop, finding.chain)})"
+        elif outcome == "dropped":
+            if walk.verdict is None:
+                phrase = "drops nfsip's FAMILIES pinholes by its policy: no rule accepts them before"
+            else:
+                phrase = "drops nfsip's FAMILIES pinholes by " + _where(walk.by, walk.via, finding.chain)
+            if walk.may_pass:
+                phrase += f" (unless one of these accepts them: {_rules(walk.may_pass, finding.chain)})"
+        elif outcome == "undecided":
+            unread = walk.may_stop + ([walk.by] if walk.verdict == "unknown" and walk.by else [])
+            phrase = (
+                "could not decide whether it lets nfsip's FAMILIES pinholes through: these rules may stop them, "
+                f"on tests this check cannot evaluate: {_rules(unread, finding.chain)}"
+            )
+        else:
+            phrase = "lets nfsip's FAMILIES pinholes through"
+        phrases.setdefault(phrase, []).append(version)
+    parts = [p.replace("FAMILIES", " and ".join(_FAMILY_NAMES[v] for v in vs), 1) for p, vs in phrases.items()]
+    message = f"table {finding.family} {finding.table}, chain {finding.chain} (policy {finding.policy}): " + "; ".join(
+        parts
+    )
+    if all(finding.outcome(v) in ("accepted", "passes") for v in finding.walks):
+        return CheckResult("forward-chain", "ok", message)
+    rule = admin_rule(mark)
+    if (finding.family, finding.table) == ("inet", "fw4"):
+        fix = (
+            f"nfsip admin-rule --style fw4 > {INSTALL_PATHS['fw4']} && fw4 reload "
+            f"(puts `{rule}` at the top of fw4's forward chain)"
+        )
+    else:
+        fix = (
+            f"add `{rule}` to chain {finding.chain} of table {finding.family} {finding.table}, before the rules "
+            f"that drop: at once with nft 'insert rule {finding.family} {finding.table} {finding.chain} {rule}', "
+            "and in your ruleset file (`nfsip admin-rule` prints it and where it goes)"
+        )
+    return CheckResult("forward-chain", "warn", message, fix)
+
+
+def _where(rule: Rule | None, via: tuple[Rule, ...], base_chain: str) -> str:
+    if rule is None:
+        return "a rule"
+    text = f"`{rule.text}`" + (f" in chain {rule.chain}" if rule.chain != base_chain else "")
+    if via:
+        text += ", reached by " + " then ".join(f"`{r.text}`" for r in via)
+    return text
+
+
+def _rules(rules: list[Rule], base_chain: str, shown: int = 3) -> str:
+    texts = [f"`{r.text}`" + (f" in chain {r.chain}" if r.chain != base_chain else "") for r in rules[:shown]]
+    more = f" and {len(rules) - shown} more" if len(rules) > shown else ""
+    return ", ".join(texts) + more
 
 
 def _has_cap_net_admin() -> bool:

@@ -1,4 +1,4 @@
-"""Command line: nfsip run | check | status | ruleset | flush.
+"""Command line: nfsip run | check | status | ruleset | admin-rule | flush.
 
 Exit codes: 0 success; 1 runtime failure (kernel refused something, daemon died); 2 bad usage or
 configuration; 3 a required kernel feature or privilege is missing (`nfsip check` says which and how to fix).
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import config as configmod
 from .config import Config, ConfigError
+from .firewall import STYLES
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -135,6 +136,14 @@ def cmd_ruleset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_admin_rule(args: argparse.Namespace) -> int:
+    from .firewall import admin_rule_file
+
+    config = configmod.load(args.config)
+    sys.stdout.write(admin_rule_file(config.pinhole_mark, args.style))
+    return EXIT_OK
+
+
 def cmd_flush(args: argparse.Namespace) -> int:
     from .core.model import Pinhole
     from .kernel.conntrack import Conntrack
@@ -180,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue statement flavour: native nft queue, or xt NFQUEUE added by the daemon (default: ask kernel)",
     )
     p.set_defaults(func=cmd_ruleset)
+    p = sub.add_parser(
+        "admin-rule",
+        help="print the one rule your forward chain needs to let nfsip's pinholes through, and where it goes",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (its pinhole_mark)")
+    p.add_argument(
+        "--style",
+        choices=STYLES,
+        default="debian",
+        help="debian: for a forward chain in /etc/nftables.conf (default); fw4: a file for OpenWrt's firewall4",
+    )
+    p.set_defaults(func=cmd_admin_rule)
     p = sub.add_parser("flush", help="remove everything nfsip installed (table, map entries, media conntrack)")
     _add_config_args(p)
     p.set_defaults(func=cmd_flush)
