@@ -3,7 +3,9 @@
 Why a lookup at all: at postrouting srcnat+10 the queue sees an outbound SIP datagram after masquerade
 (public source), and this kernel gives the queue no conntrack attributes (no
 CONFIG_NETFILTER_NETLINK_GLUE_CT). The LAN host that really sent it - the only host a pinhole may ever
-target - is on the other side of the conntrack entry the datagram belongs to.
+target - is on the other side of the conntrack entry the datagram belongs to. IPv6 goes the same way, by
+the family of the addresses asked about: without NAT (the usual IPv6 router) the entry's two sides are the
+host and the remote themselves.
 
 Costs (docs/performance.md, "Netlink by hand"): a GET is cheap; a dump walks the whole conntrack hash in
 the kernel whatever the filter, which takes milliseconds on a router with a big hash. So lookups are exact
@@ -75,7 +77,8 @@ class Conntrack:
         The kernel finds the entry by either direction. A flow the LAN host started has reply tuple
         remote -> public, and the host is its original source; a flow the remote started (an INVITE to a
         registration, DNATed by sip_dnat) has original tuple remote -> public, and the host is the source
-        of its reply tuple."""
+        of its reply tuple. Without NAT (IPv6, usually) either way gives the public endpoint itself.
+        Addresses in canonical text (Endpoint.ip), as the kernel's answers are read."""
         key = (remote.ip, remote.port, public.ip, public.port)
         now = self._clock()
         hit = self._cache.get(key)
@@ -235,8 +238,8 @@ def accounting_enabled(path: Path = ACCOUNTING_SYSCTL) -> bool | None:
 
 class MediaCounts(dict[Endpoint, tuple[int, int, int, int]]):
     """Per LAN media endpoint: (packets to it, bytes to it, packets from it, bytes from it). `refused`: the
-    endpoints asked about that cannot be a conntrack source (a port outside 1-65535, an address that is not
-    dotted-quad IPv4), left out of the sample, for the caller to count."""
+    endpoints asked about that cannot be a conntrack source (a port outside 1-65535, an address that is
+    neither IPv4 nor IPv6), left out of the sample, for the caller to count."""
 
     __slots__ = ("refused",)
 
