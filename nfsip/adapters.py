@@ -120,6 +120,20 @@ class PacketQueue(Protocol):
 OpenQueue = Callable[[Callable[[QueuedPacket], None]], PacketQueue]
 
 
+class HostAddresses(Protocol):
+    """Which addresses a LAN host has (real: nfsip.kernel.neighbours.Neighbours, the neighbour table)."""
+
+    def addresses_of(self, ip: str) -> frozenset[str]:
+        """Every address of the host with address `ip`, itself included; empty when unknown."""
+
+
+class NoHostAddresses:
+    """Knows no host's other addresses: an SDP may name only the address its SIP came from."""
+
+    def addresses_of(self, ip: str) -> frozenset[str]:
+        return frozenset()
+
+
 class WanAddress(Protocol):
     """The router's public IPv4 address (real: nfsip.kernel.netinfo.WanInterface, or FixedAddress)."""
 

@@ -155,13 +155,13 @@ def _validate_value(key: str, value: Any) -> Any:
         return _expect_int(key, value, 0, 3600)
     if key == "sip_servers":
         if not isinstance(value, list):
-            raise ConfigError(key, 'must be a list of addresses or prefixes, e.g. ["203.0.113.0/24"]')
+            raise ConfigError(key, 'must be a list of addresses or prefixes, e.g. ["203.0.113.0/24", "2001:db8::/32"]')
         nets = []
         for i, item in enumerate(value):
             try:
-                nets.append(str(ipaddress.IPv4Network(_expect_str(f"{key}[{i}]", item), strict=False)))
+                nets.append(str(ipaddress.ip_network(_expect_str(f"{key}[{i}]", item), strict=False)))
             except ValueError:
-                raise ConfigError(f"{key}[{i}]", f"not an IPv4 address or prefix: {item!r}") from None
+                raise ConfigError(f"{key}[{i}]", f"not an IPv4 or IPv6 address or prefix: {item!r}") from None
         return tuple(nets)
     if key.startswith("max_") or key in (
         "pinhole_rate_per_host",

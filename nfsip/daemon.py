@@ -24,7 +24,9 @@ from . import loglines
 from .adapters import (
     ConntrackTable,
     FixedAddress,
+    HostAddresses,
     KernelReads,
+    NoHostAddresses,
     OpenQueue,
     PacketQueue,
     PinholeTable,
@@ -43,10 +45,11 @@ from .core.model import (
     Flow,
     Pinhole,
 )
-from .core.packet import PacketError, decode_ipv4_udp, encode_ipv4_udp
+from .core.packet import PacketError, decode_udp, encode_udp
 from .kernel import reader
 from .kernel.conntrack import Conntrack
 from .kernel.firstpacket import FirstPackets
+from .kernel.neighbours import Neighbours
 from .kernel.netinfo import InterfaceError, WanInterface
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
@@ -107,10 +110,12 @@ class Daemon:
         wan: WanAddress,
         link: SupervisorLink,
         shard: Shard | None = None,
+        hosts: HostAddresses | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`shard`: as a worker (nfsip.workers), the LAN hosts it owns, and the supervisor owns the table;
-        None: the one daemon, which installs, checks and removes the table."""
+        None: the one daemon, which installs, checks and removes the table. `hosts`: the LAN hosts' other
+        addresses (none known when None: an SDP may name only the address its SIP came from)."""
         self.config = config
         self.clock = clock
         self.table = table
@@ -120,6 +125,7 @@ class Daemon:
         self.wan = wan
         self.link = link
         self.shard = shard
+        self.hosts = hosts or NoHostAddresses()
         self.media = MediaStats(config.one_way_seconds)
         self._media_snapshot: list[CallMedia] = []
         self._last_sample = 0.0
@@ -162,6 +168,7 @@ class Daemon:
             wan=FixedAddress(config.public_address) if config.public_address else WanInterface(config.wan_interface),
             link=link or SystemdLink(Notifier()),
             shard=shard,
+            hosts=Neighbours(clock),
             clock=clock,
         )
 
@@ -458,8 +465,8 @@ class Daemon:
                     fresh = decision.opened
                     if decision.payload is not None:
                         try:
-                            h.pkt.set_payload(encode_ipv4_udp(h.raw, decision.payload))
-                        except PacketError as exc:  # a rewrite that no longer fits in one IPv4 datagram
+                            h.pkt.set_payload(encode_udp(h.raw, decision.payload))
+                        except PacketError as exc:  # a rewrite that no longer fits in one IP datagram
                             outcome, fresh = exc.reason, ()
         except Exception:
             log.exception("internal error; datagram passed unchanged")
@@ -476,7 +483,7 @@ class Daemon:
 
     def _process(self, hook: int, raw: bytes) -> tuple[str, Decision | None]:
         try:
-            dgram = decode_ipv4_udp(raw)
+            dgram = decode_udp(raw)
         except PacketError as exc:
             return exc.reason, None
         flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload)
@@ -500,6 +507,8 @@ class Daemon:
         return decision.outcome, decision
 
     def _flow(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
+        if ":" in src:
+            return self._flow6(hook, src, sport, dst, dport, payload)
         if not self.public_ip:
             return "no-public-address"
         if hook == NF_INET_POST_ROUTING:
@@ -517,11 +526,33 @@ class Daemon:
                 return "no-conntrack"
             if lan.ip == self.public_ip:
                 return "not-from-lan"  # the router's own SIP traffic
-            return Flow(Direction.OUTBOUND, lan, Endpoint(self.public_ip, sport), remote)
+            return Flow(
+                Direction.OUTBOUND, lan, Endpoint(self.public_ip, sport), remote, self.hosts.addresses_of(lan.ip)
+            )
         if hook == NF_INET_PRE_ROUTING:
             if dst == self.public_ip:
                 return "not-for-lan"
             return Flow(Direction.INBOUND, Endpoint(dst, dport), Endpoint(self.public_ip, 0), Endpoint(src, sport))
+        return "unexpected-hook"
+
+    def _flow6(self, hook: int, src: str, sport: int, dst: str, dport: int, payload: bytes) -> Flow | str:
+        """An IPv6 datagram. Whether the router translates IPv6 at all shows only in conntrack: the source of
+        an outbound datagram after source NAT is the host's own address without NAT, the router's (or a
+        mapped one) with it. The first datagram of a new flow is queued twice, before and after NAT, with no
+        confirmed conntrack entry either time: its first pass only notes the sender, as for IPv4, and the
+        second is recognised by its bytes."""
+        if hook == NF_INET_POST_ROUTING:
+            now = self.clock()
+            public = Endpoint(src, sport)
+            remote = Endpoint(dst, dport)
+            lan = self.conntrack.lan_endpoint(remote, public) or self.first_packets.sender(payload, now)
+            if lan is None:
+                self.first_packets.note(payload, public, now)
+                return "not-translated"
+            return Flow(Direction.OUTBOUND, lan, public, remote, self.hosts.addresses_of(lan.ip))
+        if hook == NF_INET_PRE_ROUTING:
+            # The public address it was sent to is the engine's to know (from the host's outbound SIP).
+            return Flow(Direction.INBOUND, Endpoint(dst, dport), Endpoint(dst, 0), Endpoint(src, sport))
         return "unexpected-hook"
 
     def _apply(self, decisions: list[Decision]) -> set[int]:
@@ -611,7 +642,7 @@ class Daemon:
     def _media_endpoints(self) -> frozenset[Endpoint]:
         """The LAN ends of every live call's media streams: whose conntrack counters a sample reads."""
         return frozenset(
-            Endpoint(call.lan_ip, port)
+            Endpoint(binding.lan_ip, port)
             for call in self.engine.calls.calls.values()
             for binding in call.streams.values()
             for port in binding.lan_ports

@@ -38,7 +38,7 @@ Maybe = bool | None  # does a rule's test hold for a pinhole's first packet: alw
 
 def admin_rule(mark: int) -> str:
     """The one rule an admin's forward chain needs, IPv4 and IPv6 alike."""
-    return f'meta mark & {mark:#010x} == {mark:#010x} accept comment "{RULE_COMMENT}"'
+    return f'ct mark & {mark:#010x} == {mark:#010x} accept comment "{RULE_COMMENT}"'
 
 
 def admin_rule_file(mark: int, style: str) -> str:

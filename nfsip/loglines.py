@@ -7,7 +7,7 @@ import logging
 
 from .core.mediastats import CallMedia
 from .core.model import CallEnded, CallEstablished, Decision, Event, RegistrationOpened, RegistrationRemoved
-from .core.packet import PacketError, decode_ipv4_udp
+from .core.packet import PacketError, decode_udp
 from .core.sip.errors import SipParseError
 from .core.sip.message import parse_message
 from .kernel.conntrack import MediaCounts
@@ -26,7 +26,7 @@ def log_datagram(hook: int, raw: bytes, decision: Decision | None, outcome: str)
     only at debug level."""
     what, call_id = "-", "-"
     try:
-        msg = parse_message(decode_ipv4_udp(raw).payload)
+        msg = parse_message(decode_udp(raw).payload)
         what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
         call_id = msg.call_id
     except (PacketError, SipParseError):

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from nfsip.config import DEFAULTS
+from nfsip.firewall import admin_rule
 from nfsiplab import topology as T
 
 NS_PREFIX = "nfl"
@@ -81,11 +82,12 @@ def admin_firewall_script(nfsip_rule: bool = False, mark: int = DEFAULTS.pinhole
     """The admin's forward chain of a router that firewalls its LAN (RFC 6092's default for IPv6):
     policy drop, replies (established/related) and LAN to WAN accepted, nothing unsolicited in.
 
-    ``nfsip_rule`` adds the one rule the admin adds for nfsip: accept a flow whose first packet
-    carries nfsip's pinhole mark. The last rule only counts what falls through to the drop policy
-    (``Lab.admin_firewall_dropped``); it changes no verdict. Idempotent like the other scripts.
+    ``nfsip_rule`` adds the one rule the admin adds for nfsip, as `nfsip admin-rule` prints it: accept
+    a flow whose conntrack mark carries nfsip's pinhole bit. The last rule only counts what falls through
+    to the drop policy (``Lab.admin_firewall_dropped``); it changes no verdict. Idempotent like the other
+    scripts.
     """
-    nfsip = f"    meta mark & 0x{mark:08x} == 0x{mark:08x} accept\n" if nfsip_rule else ""
+    nfsip = f"    {admin_rule(mark)}\n" if nfsip_rule else ""
     return (
         f"add table inet {ADMIN_FIREWALL_TABLE}\n"
         f"delete table inet {ADMIN_FIREWALL_TABLE}\n"

@@ -12,7 +12,7 @@ from nfsip.adapters import FixedAddress, Part, QueuedPacket
 from nfsip.config import Config
 from nfsip.core.mediastats import CallMedia
 from nfsip.core.model import Endpoint, Pinhole
-from nfsip.core.packet import decode_ipv4_udp
+from nfsip.core.packet import decode_udp
 from nfsip.daemon import Daemon
 from nfsip.kernel.nft import NftError
 from nfsip.kernel.reader import NO_TABLE
@@ -187,7 +187,7 @@ class FakePacket:
 
     @property
     def sent_sip(self) -> bytes:
-        return decode_ipv4_udp(self.new or self.raw).payload
+        return decode_udp(self.new or self.raw).payload
 
 
 class FakeQueue:

@@ -11,7 +11,7 @@ from nfsip.core.model import Endpoint
 def call(confirmed: bool = True) -> Call:
     state = CallState.CONFIRMED if confirmed else CallState.EARLY
     c = Call("c1", "10.0.0.2", "198.51.100.1", created=0.0, state=state)
-    c.streams[0] = StreamBinding((6000, 6001), (40000, 40001), ("m0.rtp", "m0.rtcp"))
+    c.streams[0] = StreamBinding((6000, 6001), (40000, 40001), ("m0.rtp", "m0.rtcp"), "10.0.0.2", "198.51.100.1")
     return c
 
 

@@ -2,7 +2,10 @@
 
 A call is keyed by (Call-ID, LAN host): the same Call-ID seen for two LAN hosts (a hairpin call through an
 outside softswitch) is two independent calls here. Each SDP stream (m= line index) of the LAN host owns a
-block of public ports mapped 1:1 onto its LAN ports (RTP, and RTCP unless rtcp-mux).
+block of public ports mapped 1:1 onto its LAN ports (RTP, and RTCP unless rtcp-mux), at its own LAN address:
+the host's signalling address, or another address of the same host (a dual-stack phone's IPv6 media in a
+call signalled over IPv4). A stream whose public address is its LAN address (IPv6 routed without NAT) keeps
+its own ports: nothing is allocated, the pinholes only let the far end in.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from .ports import PortAllocator
 
 @dataclass
 class StreamBinding:
-    """Public ports of one m= line: `lan_ports[i]` is reachable on `public_ports[i]`."""
+    """Public ports of one m= line: `lan_ip`:`lan_ports[i]` is reachable on `public_ip`:`public_ports[i]`."""
 
     lan_ports: tuple[int, ...]
     public_ports: tuple[int, ...]
     labels: tuple[str, ...]
+    lan_ip: str
+    public_ip: str
+
+    @property
+    def translated(self) -> bool:
+        """False where the stream's public address is its own (IPv6 without NAT): ports are kept as they are."""
+        return self.public_ip != self.lan_ip
 
 
 @dataclass
@@ -75,8 +85,8 @@ def stream_pinholes(call: Call, index: int, binding: StreamBinding, timeout: int
         kind = "media" if remote else "media-out"
     return [
         Pinhole(
-            Endpoint(call.public_ip, public),
-            Endpoint(call.lan_ip, lan),
+            Endpoint(binding.public_ip, public),
+            Endpoint(binding.lan_ip, lan),
             call.call_id,
             label,
             timeout,
@@ -106,21 +116,22 @@ def _allocate_run(ports: PortAllocator, lan_ports: tuple[int, ...], now: float) 
             first = ports.allocate(len(run), now, preferred=run[0])
             public.extend(range(first, first + len(run)))
     except Exception:
-        _release(ports, tuple(public), now)
+        ports.release_each(public, now)
         raise
     return tuple(public)
 
 
-def _release(ports: PortAllocator, public_ports: tuple[int, ...], now: float) -> None:
-    ports.release_each(public_ports, now)
+def _release(ports: PortAllocator, binding: StreamBinding, now: float) -> None:
+    if binding.translated:
+        ports.release_each(binding.public_ports, now)
 
 
 class CallTable:
     def __init__(self, ports: PortAllocator) -> None:
         self.ports = ports
         self.calls: dict[tuple[str, str], Call] = {}
-        # Which call/stream owns a LAN media endpoint: a phone cannot use one port in two live calls, so a
-        # new owner means the old call was stale (its BYE lost): take the endpoint over.
+        # Which call/stream owns a LAN media endpoint (ip, port): a phone cannot use one port in two live calls,
+        # so a new owner means the old call was stale (its BYE lost): take the endpoint over.
         self._owner: dict[tuple[str, int], tuple[tuple[str, str], int]] = {}
         self._adopted = False
         # Live counts for the policy limits (nfsip.core.policy), kept up to date instead of recounted per message.
@@ -143,6 +154,11 @@ class CallTable:
             # A call rebuilt after a restart is known by the Call-ID its kernel elements carry.
             call = self.calls.get((comment_call_id(call_id), lan_ip))
         return call
+
+    def owner_of(self, lan: Endpoint) -> Call | None:
+        """The live call whose stream receives on `lan` (a media endpoint of any of the host's addresses)."""
+        owner = self._owner.get((lan.ip, lan.port))
+        return self.calls.get(owner[0]) if owner is not None else None
 
     def adopt(self, hole: Pinhole, now: float) -> None:
         """Take over one media pinhole found in the kernel at start (crash recovery)."""
@@ -176,9 +192,10 @@ class CallTable:
             else [(hole.lan.port, hole.public.port, hole.label)]
         )
         lan_ports, public_ports, labels = (tuple(x) for x in zip(*pairs, strict=True))
-        call.streams[index] = StreamBinding(lan_ports, public_ports, labels)
-        self.ports.claim(hole.public.port)
-        self._owner[(call.lan_ip, hole.lan.port)] = ((call.call_id, call.lan_ip), index)
+        binding = call.streams[index] = StreamBinding(lan_ports, public_ports, labels, hole.lan.ip, hole.public.ip)
+        if binding.translated:
+            self.ports.claim(hole.public.port)
+        self._owner[(hole.lan.ip, hole.lan.port)] = ((call.call_id, call.lan_ip), index)
         self._adopted = True
 
     def get_or_create(self, call_id: str, lan_ip: str, public_ip: str, now: float) -> Call:
@@ -191,25 +208,33 @@ class CallTable:
         return call
 
     def bind_stream(
-        self, call: Call, index: int, lan_ports: tuple[int, ...], labels: tuple[str, ...], now: float
+        self,
+        call: Call,
+        index: int,
+        lan_ports: tuple[int, ...],
+        labels: tuple[str, ...],
+        now: float,
+        lan_ip: str = "",
+        public_ip: str = "",
     ) -> tuple[StreamBinding, list[Pinhole], bool]:
-        """Map the LAN ports of stream `index`; returns the binding, the pinholes it replaced, and whether
-        the binding is new.
+        """Map the LAN ports of stream `index` at `lan_ip` (default: the call's host) to `public_ip` (default:
+        the call's); returns the binding, the pinholes it replaced, and whether the binding is new.
 
-        Same LAN ports as before: the same public ports (a re-offer refreshes). Different ports: the old
-        block is released and a new one allocated. Raises PortsExhausted when the range is full (the
-        state is left as it was).
+        Same LAN endpoints as before: the same public ports (a re-offer refreshes). Different ones: the old
+        block is released and a new one allocated (none where the public address is the LAN one). Raises
+        PortsExhausted when the range is full (the state is left as it was).
         """
+        lan_ip = lan_ip or call.lan_ip
+        public_ip = public_ip or call.public_ip
         removed: list[Pinhole] = []
         old = call.streams.get(index)
-        if old is not None and old.lan_ports == lan_ports:
+        if old is not None and (old.lan_ip, old.lan_ports, old.public_ip) == (lan_ip, lan_ports, public_ip):
             if old.labels != labels:
-                old = call.streams[index] = StreamBinding(old.lan_ports, old.public_ports, labels)
+                old = call.streams[index] = StreamBinding(old.lan_ports, old.public_ports, labels, lan_ip, public_ip)
             return old, removed, False
-        public_ports = _allocate_run(self.ports, lan_ports, now)
+        public_ports = _allocate_run(self.ports, lan_ports, now) if public_ip != lan_ip else lan_ports
         if old is not None:
             removed.extend(self.drop_stream(call, index, now))
-        lan_ip = call.lan_ip
         owners = self._owner
         for lan in lan_ports:
             owner = owners.get((lan_ip, lan))
@@ -217,10 +242,10 @@ class CallTable:
                 other = self.calls.get(owner[0])
                 if other is not None:
                     removed.extend(self.drop_stream(other, owner[1], now))
-        binding = StreamBinding(lan_ports, public_ports, labels)
+        binding = StreamBinding(lan_ports, public_ports, labels, lan_ip, public_ip)
         call.streams[index] = binding
-        self._count_pinholes(lan_ip, len(lan_ports))
-        owner = ((call.call_id, lan_ip), index)
+        self._count_pinholes(call.lan_ip, len(lan_ports))
+        owner = ((call.call_id, call.lan_ip), index)
         for lan in lan_ports:
             owners[(lan_ip, lan)] = owner
         return binding, removed, True
@@ -229,14 +254,13 @@ class CallTable:
         binding = call.streams.pop(index, None)
         if binding is None:
             return []
-        lan_ip = call.lan_ip
-        self._count_pinholes(lan_ip, -len(binding.lan_ports))
-        _release(self.ports, binding.public_ports, now)
+        self._count_pinholes(call.lan_ip, -len(binding.lan_ports))
+        _release(self.ports, binding, now)
         owners = self._owner
-        owner = ((call.call_id, lan_ip), index)
+        owner = ((call.call_id, call.lan_ip), index)
         for lan in binding.lan_ports:
-            if owners.get((lan_ip, lan)) == owner:
-                del owners[(lan_ip, lan)]
+            if owners.get((binding.lan_ip, lan)) == owner:
+                del owners[(binding.lan_ip, lan)]
         return stream_pinholes(call, index, binding, 0)
 
     def end(self, call: Call, now: float) -> list[Pinhole]:

@@ -10,7 +10,12 @@ What is rewritten, and why:
   * Contact hosts -> public ip:port, so in-dialog requests and calls to a registration reach the router,
   * SDP o=/c= addresses -> public ip, m= ports and a=rtcp (RFC 3605) -> the allocated public ports.
   Text naming any other address (another LAN host, a public address the phone learned by STUN) is left
-  alone and opens nothing: a pinhole only ever targets the host that sent the SDP.
+  alone and opens nothing: a pinhole only ever targets the host that sent the SDP (one of its addresses:
+  Flow.host_addresses).
+- IPv6 routed without NAT (the flow's public address is the phone's own): nothing is rewritten; the pinholes
+  map the phone's own address and ports to themselves, which lets the far end in through the router's
+  firewall. IPv6 with NAT (masquerade, NPTv6) is rewritten as IPv4 is. Addresses are compared in canonical
+  form (RFC 5118 section 4, nfsip.core.addresses).
 - INBOUND (WAN -> LAN): what we rewrote must look like the phone's own text again:
   * top Via of a response: our public sent-by goes back to the phone's original text (RFC 3261 §18.1.2:
     a client drops responses whose top Via is not its own), received=/rport= back to the LAN values,
@@ -31,6 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..config import DEFAULTS, Config
+from .addresses import HOLD_ADDRESSES, canonical, hostport, is_ipv6
 from .calls import Call, CallTable, stream_pinholes
 from .callstate import Action, CallState, Trigger, first_state, step, trigger_of
 from .model import CallEnded, CallEstablished, Decision, Direction, Endpoint, Event, Flow, Pinhole
@@ -69,6 +75,7 @@ class Timeouts:
         )
 
 
+_ADDRESS_TYPES = ("IP4", "IP6")  # RFC 8866 section 5.7; RFC 4566 names no other for IN
 _OUTBOUND = Direction.OUTBOUND  # a module constant: Direction.OUTBOUND is an enum class lookup per message
 _BYE_WHY = {d: f"BYE ({d.value})" for d in Direction}  # why a BYE ended a call, per direction
 # Why a call's deadline ended it, per the state it was in.
@@ -80,7 +87,7 @@ _TIMEOUT_WHY = {
 
 
 def _hostport_bytes(ep: Endpoint) -> bytes:
-    return f"{ep.ip}:{ep.port}".encode()
+    return hostport(ep.ip, ep.port)
 
 
 def _message_kind(msg: SipMessage) -> str:
@@ -147,6 +154,9 @@ class Engine:
         self._far_offers: OrderedDict[tuple[str, str], dict[int, str]] = OrderedDict()
         # (branch, lan ip) -> (original sent-by bytes, deadline): to give the phone its own Via back.
         self._vias: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+        # IPv6 LAN address -> the public address its outbound SIP left with (itself without NAT; the router's
+        # with masquerade, the mapped one with NPTv6): the public address of its inbound SIP and its media.
+        self._public6: OrderedDict[str, str] = OrderedDict()
 
     @classmethod
     def from_config(cls, public_ip: str, config: Config) -> Engine:
@@ -178,21 +188,52 @@ class Engine:
         return self._inbound(flow, msg, now)
 
     # -- LAN -> WAN ----------------------------------------------------------------------------------
+    # -- public addresses --------------------------------------------------------------------------------
+    def _public_address(self, flow: Flow) -> str:
+        """The address the far side sees for the flow's LAN host: the router's for IPv4 (masquerade); for
+        IPv6 what the flow's outbound SIP left with, learned here (without NAT the host's own)."""
+        lan_ip = flow.lan.ip
+        if not is_ipv6(lan_ip):
+            return self.public_ip
+        if flow.direction is _OUTBOUND:
+            public = flow.public.ip
+            self._public6.pop(lan_ip, None)
+            self._public6[lan_ip] = public
+            if len(self._public6) > _TRANSACTION_LIMIT:
+                self._public6.popitem(last=False)
+            return public
+        return self._public6.get(lan_ip, lan_ip)
+
+    def _media_public(self, lan_ip: str, flow: Flow, public_ip: str) -> str:
+        """The public address of media at `lan_ip`, one of the host's addresses: its signalling address's,
+        the router's for another IPv4 address, for another IPv6 address what that address's SIP left with
+        (or itself: IPv6 is routed without NAT unless the host's IPv6 SIP showed otherwise)."""
+        if lan_ip == flow.lan.ip:
+            return public_ip
+        if not is_ipv6(lan_ip):
+            return self.public_ip
+        return self._public6.get(lan_ip, lan_ip)
+
+    # -- LAN -> WAN ----------------------------------------------------------------------------------
     def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         edits: list[Edit] = []
         lan_ip = flow.lan.ip
-        public_sip = Endpoint(self.public_ip, flow.public.port)
+        public_ip = self._public_address(flow)
+        translated = public_ip != lan_ip
+        public_sip = Endpoint(public_ip, flow.public.port)
         public_sip_text = _hostport_bytes(public_sip)
         if msg.is_request:
             # top_via, not vias[0]: the Vias below are parsed lazily and only when read (nfsip.core.sip.message).
             via = msg.top_via
             sent_by = via.sent_by
-            if sent_by.host == lan_ip:
+            if canonical(sent_by.host) == lan_ip:
                 sent_by_span = sent_by.span
-                edits.append(Edit(sent_by_span, public_sip_text))
                 branch = via.branch
+                if translated:
+                    edits.append(Edit(sent_by_span, public_sip_text))
+                    if branch:
+                        self._remember_via(branch, lan_ip, sent_by_span.slice(msg.raw), now)
                 if branch:
-                    self._remember_via(branch, lan_ip, sent_by_span.slice(msg.raw), now)
                     if msg.method == "REGISTER":
                         try:
                             aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
@@ -204,12 +245,14 @@ class Engine:
         for contact in msg.contacts:
             hp = contact.uri.hostport
             if hp is not None:
-                if hp.host == lan_ip:
-                    edits.append(Edit(hp.span, public_sip_text))
-                elif is_private(hp.host):
+                host = canonical(hp.host)
+                if host == lan_ip:
+                    if translated:
+                        edits.append(Edit(hp.span, public_sip_text))
+                elif is_private(host) and host not in flow.host_addresses:
                     change.refuse("foreign-contact", f"Contact names {hp.host}, sender is {lan_ip}")
         if msg.sdp is not None:
-            call = self._outbound_sdp(lan_ip, msg, msg.sdp, now, change, edits)
+            call = self._outbound_sdp(flow, public_ip, msg, msg.sdp, now, change, edits)
         else:
             call = self.calls.get(msg.call_id, lan_ip)
         if call is not None:
@@ -218,13 +261,23 @@ class Engine:
         return self._finish(msg, edits, change, now)
 
     def _outbound_sdp(
-        self, lan_ip: str, msg: SipMessage, sdp: Sdp, now: float, change: _Change, edits: list[Edit]
+        self,
+        flow: Flow,
+        public_ip: str,
+        msg: SipMessage,
+        sdp: Sdp,
+        now: float,
+        change: _Change,
+        edits: list[Edit],
     ) -> Call | None:
         """Rewrite and bind the streams of the LAN host's SDP; adds to `edits`, or leaves them alone when the
         whole message must pass unchanged (change.pass_unchanged). Returns the call as it stands afterwards
         (None when there is none), which _transitions would otherwise look up again."""
+        lan_ip = flow.lan.ip
+        own = flow.host_addresses
         sdp_edits: list[Edit] = []
-        wanted: list[tuple[int, SdpMedia, tuple[int, ...], tuple[str, ...]]] = []
+        # (m= index, the m= line, its LAN address, its LAN ports, their labels)
+        wanted: list[tuple[int, SdpMedia, str, tuple[int, ...], tuple[str, ...]]] = []
         disabled: list[int] = []
         held: list[tuple[int, SdpMedia]] = []
         session_conn = sdp.connection
@@ -238,14 +291,16 @@ class Engine:
                 continue
             if conn is None or not is_udp_media(media):
                 continue
-            address = conn.address
-            if address == "0.0.0.0":
+            address = canonical(conn.address)
+            if address in HOLD_ADDRESSES:
                 held.append((index, media))  # RFC 3264 §8.4 (old-style hold): the stream keeps its ports
                 continue
-            if address != lan_ip:
-                if is_private(address):
-                    # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming).
-                    change.refuse("foreign-address", f"SDP names {address}, sender is {lan_ip}")
+            if address != lan_ip and address not in own:
+                if is_private(address) or is_ipv6(address):
+                    # Another LAN host named in this host's SDP: never a pinhole target (slipstreaming). An
+                    # IPv6 address of nobody known to be this host is refused too: without NAT a global
+                    # address may well be another LAN host's.
+                    change.refuse("foreign-address", f"SDP names {conn.address}, sender is {lan_ip}")
                 continue
             if self._too_many_ports(media):
                 change.refuse(
@@ -264,7 +319,7 @@ class Engine:
             if not ports_allowed(lan_ports):
                 change.refuse("media-port", f"SDP asks for port {media.port} of {lan_ip}")
                 continue
-            wanted.append((index, media, lan_ports, labels))
+            wanted.append((index, media, address, lan_ports, labels))
         calls = self.calls
         call = calls.get(msg.call_id, lan_ip)
         if call is not None:
@@ -275,15 +330,16 @@ class Engine:
                 if binding is None or self._too_many_ports(media):
                     continue
                 derived = stream_ports(index, media)
-                if derived is not None and binding.lan_ports == derived[0]:
+                if derived is not None and binding.lan_ports == derived[0] and binding.translated:
                     port_edits(media, binding, sdp_edits)
         if not wanted:
             edits.extend(sdp_edits)
             return call
         new_pinholes = 0
         streams = call.streams if call is not None else None
-        for index, _media, lan_ports, _labels in wanted:
-            if streams is None or index not in streams or streams[index].lan_ports != lan_ports:
+        for index, _media, address, lan_ports, _labels in wanted:
+            old = streams.get(index) if streams is not None else None
+            if old is None or old.lan_ports != lan_ports or old.lan_ip != address:
                 new_pinholes += len(lan_ports)
         over = self._over_limit(lan_ip, new_pinholes, call is None, now)
         if over:
@@ -292,7 +348,7 @@ class Engine:
             change.pass_unchanged = True
             return call
         if call is None:
-            call = calls.get_or_create(msg.call_id, lan_ip, self.public_ip, now)
+            call = calls.get_or_create(msg.call_id, lan_ip, public_ip, now)
             call.strict = self.media_from_sdp
             if call.strict:
                 call.far_media.update(self._far_offers.pop((msg.call_id, lan_ip), {}))
@@ -309,13 +365,16 @@ class Engine:
                 call.expires_at = now + TIMER_B
         try:
             bindings = []
-            for index, media, lan_ports, labels in wanted:
-                binding, replaced, is_new = calls.bind_stream(call, index, lan_ports, labels, now)
+            for index, media, address, lan_ports, labels in wanted:
+                media_public = self._media_public(address, flow, public_ip)
+                binding, replaced, is_new = calls.bind_stream(
+                    call, index, lan_ports, labels, now, address, media_public
+                )
                 if replaced:
                     change.remove.extend(replaced)
                 bindings.append((media, binding))
                 if is_new:
-                    change.new_lan_ports.update(lan_ports)
+                    change.new_lan_ports.update(Endpoint(address, port) for port in lan_ports)
         except PortsExhausted:
             if not call.streams:
                 calls.end(call, now)
@@ -323,18 +382,23 @@ class Engine:
             change.detail = "media ports exhausted"
             return call
         change.install_call = call
-        public_ip = self.public_ip.encode()
+        # The public address of each LAN address the SDP may name, where it is translated (SDP writes IPv6
+        # addresses bare, RFC 8866 section 5.7).
+        public_of = {lan_ip: public_ip} if public_ip != lan_ip else {}
         for media, binding in bindings:
+            if not binding.translated:
+                continue
+            public_of[binding.lan_ip] = binding.public_ip
             port_edits(media, binding, sdp_edits)
             rtcp = media.rtcp
-            if rtcp is not None and rtcp.address is not None and rtcp.address.address == lan_ip:
-                sdp_edits.append(Edit(rtcp.address.address_span, public_ip))
-            if media.connection is not None and media.connection.address == lan_ip:
-                sdp_edits.append(Edit(media.connection.address_span, public_ip))
-        if session_conn is not None and session_conn.address == lan_ip:
-            sdp_edits.append(Edit(session_conn.address_span, public_ip))
-        if sdp.origin is not None and sdp.origin.address == lan_ip:
-            sdp_edits.append(Edit(sdp.origin.address_span, public_ip))
+            if rtcp is not None and rtcp.address is not None and canonical(rtcp.address.address) == binding.lan_ip:
+                sdp_edits.append(Edit(rtcp.address.address_span, binding.public_ip.encode()))
+            if media.connection is not None and canonical(media.connection.address) == binding.lan_ip:
+                sdp_edits.append(Edit(media.connection.address_span, binding.public_ip.encode()))
+        for line in (session_conn, sdp.origin):
+            public = public_of.get(canonical(line.address)) if line is not None else None
+            if line is not None and public is not None:
+                sdp_edits.append(Edit(line.address_span, public.encode()))
         edits.extend(sdp_edits)
         return call
 
@@ -363,25 +427,30 @@ class Engine:
     def _inbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         edits: list[Edit] = []
         lan_sip = flow.lan
-        public_ip = self.public_ip
+        public_ip = self._public_address(flow)
+        translated = public_ip != lan_sip.ip
         change = _Change()
         if not msg.is_request:
             via = msg.top_via
             if msg.cseq_method == "REGISTER":
                 self._registered(msg, via.branch, flow.remote.ip, now, change)
             sent_by = via.sent_by
-            if sent_by.host == public_ip:
+            if translated and canonical(sent_by.host) == public_ip:
                 original = self._recall_via(via.branch, lan_sip.ip)
                 edits.append(Edit(sent_by.span, original or _hostport_bytes(lan_sip)))
                 received = via.param("received")
-                if received is not None and received.value_span is not None and received.value == public_ip:
+                if (
+                    received is not None
+                    and received.value_span is not None
+                    and canonical(received.value.strip("[]")) == public_ip
+                ):
                     edits.append(Edit(received.value_span, lan_sip.ip.encode()))
                 rport = via.rport
                 if rport is not None and rport.value_span is not None:
                     edits.append(Edit(rport.value_span, str(lan_sip.port).encode()))
         if msg.is_request and msg.request_uri is not None:
             hp = msg.request_uri.hostport
-            if hp is not None and hp.host == public_ip:
+            if hp is not None and translated and canonical(hp.host) == public_ip:
                 edits.append(Edit(hp.span, _hostport_bytes(lan_sip)))
         call = self.calls.get(msg.call_id, lan_sip.ip)
         if call is not None and not call.on_path(flow.remote.ip, lan_sip.port):
@@ -402,9 +471,9 @@ class Engine:
             # An inbound call's offer comes before the phone's answer creates the call: keep the far end's
             # addresses until then (bounded, like the Via memory).
             offer = {
-                i: c.address
+                i: canonical(c.address)
                 for i, m in enumerate(sdp.media)
-                if m.port and (c := sdp.media_connection(m)) is not None and c.addrtype.upper() == "IP4"
+                if m.port and (c := sdp.media_connection(m)) is not None and c.addrtype.upper() in _ADDRESS_TYPES
             }
             self._far_offers.pop((msg.call_id, lan_ip), None)
             self._far_offers[(msg.call_id, lan_ip)] = offer
@@ -414,13 +483,16 @@ class Engine:
         for index, media in enumerate(sdp.media):
             conn = sdp.media_connection(media)
             binding = call.streams.get(index)
-            if binding is None or media.port == 0 or conn is None or conn.addrtype.upper() != "IP4":
+            if binding is None or media.port == 0 or conn is None or conn.addrtype.upper() not in _ADDRESS_TYPES:
                 continue
-            if conn.address in ("0.0.0.0", call.far_media.get(index)):
+            address = canonical(conn.address)
+            if address in HOLD_ADDRESSES or address == call.far_media.get(index):
                 continue  # a hold (RFC 3264 §8.4) keeps the address media last came from
+            if is_ipv6(address) != is_ipv6(binding.lan_ip):
+                continue  # media of the other family cannot reach this stream: it keeps what it had
             if call.far_media.get(index):
                 change.remove.extend(stream_pinholes(call, index, binding, 0))
-            call.far_media[index] = conn.address
+            call.far_media[index] = address
             change.install_call = call
 
     def _registered(self, msg: SipMessage, branch: str | None, remote_ip: str, now: float, change: _Change) -> None:
@@ -437,7 +509,11 @@ class Engine:
         if pending is not None and 200 <= msg.status < 300:
             for contact in msg.contacts:
                 hp = contact.uri.hostport
-                if hp is not None and hp.host == pending.public.ip and (hp.port or 5060) == pending.public.port:
+                if (
+                    hp is not None
+                    and canonical(hp.host) == pending.public.ip
+                    and (hp.port or 5060) == pending.public.port
+                ):
                     param = contact.param("expires")
                     if param is not None and param.value is not None and param.value.isdigit():
                         granted = int(param.value)
@@ -573,17 +649,21 @@ class Engine:
             if hole.kind == "sip":
                 dropped.extend(self.registrations.forget(hole))
                 continue
-            call = calls.get(hole.call_id, hole.lan.ip)
-            if call is None:
+            call = calls.owner_of(hole.lan)
+            if call is None or call.call_id != hole.call_id:
                 continue  # ended since (a BYE in the same drain)
             for index, binding in list(call.streams.items()):
-                if hole.lan.port in binding.lan_ports and hole.public.port in binding.public_ports:
+                if (
+                    hole.lan.ip == binding.lan_ip
+                    and hole.lan.port in binding.lan_ports
+                    and hole.public.port in binding.public_ports
+                ):
                     dropped.extend(calls.drop_stream(call, index, now))
             touched[(call.call_id, call.lan_ip)] = call
         ended: list[CallEnded] = []
         for call in touched.values():
             if not call.streams:  # as when its ports ran out (_outbound_sdp): no call without its media
-                holes = tuple(h for h in dropped if h.call_id == call.call_id and h.lan.ip == call.lan_ip)
+                holes = tuple(h for h in dropped if h.call_id == call.call_id)
                 calls.end(call, now)
                 ended.append(CallEnded(call.call_id, call.lan_ip, "pinholes refused by nft", now - call.created, holes))
         return dropped, ended
@@ -645,7 +725,7 @@ class Engine:
             holes = self._call_pinholes(call, now)
             (recreate if change.recreate and not change.new_lan_ports else install).extend(holes)
             if change.new_lan_ports:
-                opened = opened + [h for h in holes if h.lan.port in change.new_lan_ports]
+                opened = opened + [h for h in holes if h.lan in change.new_lan_ports]
         return Decision(
             payload,
             "rewritten" if payload is not None else "unchanged",
@@ -683,7 +763,7 @@ class _Change:
     events: list[Event] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     ended: list[CallEnded] = field(default_factory=list)
-    new_lan_ports: set[int] = field(default_factory=set)  # LAN ports of streams bound by this message
+    new_lan_ports: set[Endpoint] = field(default_factory=set)  # LAN ends of streams bound by this message
     recreate: bool = False  # the call's state changed: its elements' comments must be rewritten
     detail: str = ""
     pass_unchanged: bool = False

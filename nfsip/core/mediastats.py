@@ -46,7 +46,7 @@ class MediaStats:
             totals = [0, 0, 0, 0]
             for binding in call.streams.values():
                 for port in binding.lan_ports:
-                    sample = counters.get(Endpoint(call.lan_ip, port))
+                    sample = counters.get(Endpoint(binding.lan_ip, port))
                     if sample is not None:
                         totals = [a + b for a, b in zip(totals, sample, strict=True)]
             if totals[0] != stats.to_lan_packets:

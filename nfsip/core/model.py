@@ -31,14 +31,19 @@ class Flow:
     """What the adapter knows about one queued SIP datagram.
 
     OUTBOUND: `lan` is the phone's real source (the conntrack original tuple) and `public` the translated
-    source the server will see. INBOUND: `lan` is the translated destination (the phone) and `public` the
-    address the server sent to (its port may be unknown: 0).
+    source the server will see (IPv6 without NAT: the same). INBOUND: `lan` is the translated destination
+    (the phone) and `public` the address the server sent to (its port may be unknown: 0; IPv6: the engine
+    takes the address from the host's outbound flows).
     """
 
     direction: Direction
     lan: Endpoint
     public: Endpoint
     remote: Endpoint
+    # The LAN host's other addresses, of either family (the neighbour table: same link-layer address): the
+    # ones its SDP may name for its own media besides `lan.ip` (a dual-stack phone signalling over IPv4 with
+    # IPv6 media, an IPv6 phone with several addresses).
+    host_addresses: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

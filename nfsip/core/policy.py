@@ -43,7 +43,7 @@ class _Bucket:
 
 @dataclass
 class Policy:
-    sip_servers: tuple[ipaddress.IPv4Network, ...] = ()  # empty: any server
+    sip_servers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: any server
     sip_ports: tuple[int, ...] = DEFAULTS.sip_ports
     limits: Limits = field(default_factory=Limits)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
@@ -52,10 +52,10 @@ class Policy:
         if not self.sip_servers:
             return True
         try:
-            ip = ipaddress.IPv4Address(address)
+            ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ip in net for net in self.sip_servers)
+        return any(ip.version == net.version and ip in net for net in self.sip_servers)
 
     def media_port_allowed(self, port: int) -> bool:
         """Privileged ports and SIP ports are never pinhole targets: an SDP naming 22 or 5060 is a trick."""
@@ -90,7 +90,7 @@ class Policy:
 
 def policy_from(config: Config) -> Policy:
     return Policy(
-        sip_servers=tuple(ipaddress.IPv4Network(n) for n in config.sip_servers),
+        sip_servers=tuple(ipaddress.ip_network(n) for n in config.sip_servers),
         sip_ports=config.sip_ports,
         limits=Limits(
             pinholes_per_host=config.max_pinholes_per_host,

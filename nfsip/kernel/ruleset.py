@@ -7,11 +7,14 @@ one named with a "6"). Priorities, and why:
 - media NAT at dstnat-10 / srcnat-10: the first NAT chain that binds a new connection wins, so our map
   lookups run before the admin's dnat/masquerade (dstnat, srcnat). A map miss matches nothing and the
   admin's rules apply as if nfsip were not there.
-- Every new flow a pinhole lets in gets the `pinhole_mark` bit, in the same rule as its DNAT: nfsip's
-  accept cannot override a drop in the admin's forward chain (every base chain must accept), so a forward
-  policy of drop lets nfsip's pinholes through with one rule matching that bit (`admin_rule()`). Without
-  IPv6 NAT the map's value is the key itself (an identity DNAT that translates nothing): the mark is what
-  such a pinhole is for.
+- Every flow a pinhole lets in gets the `pinhole_mark` bit in its conntrack mark, in the same rule as its
+  DNAT: nfsip's accept cannot override a drop in the admin's forward chain (every base chain must
+  accept), so a forward policy of drop lets nfsip's pinholes through with one rule matching that bit
+  (nfsip.firewall.admin_rule). A conntrack mark, not a packet mark: a UDP flow stays "new", not
+  "established", until its first reply, and every packet of it must pass the admin's rule until then (the
+  far end's media before the phone's); only the flow's first packet crosses a NAT chain. Without IPv6 NAT
+  the map's value is the key itself (an identity DNAT that translates nothing): the mark is what such a
+  pinhole is for. Teardown deletes the flows' conntrack entries, and the mark with them.
 - SIP divert at dstnat+10 / srcnat+10, in *filter* chains (a nat chain only sees the first packet of a
   connection): there the queue sees the translated addresses, i.e. the public port masquerade chose for
   an outbound message and the LAN host an inbound one is for (docs/architecture.md, "The kernel side").
@@ -98,11 +101,6 @@ def queue_rule(opts: RulesetOptions) -> str:
     return f"add rule inet {opts.table} {QUEUE_CHAIN} queue num {opts.queue_num}{bypass}\n"
 
 
-def admin_rule(mark: int) -> str:
-    """The one rule an admin's forward chain with policy drop needs for nfsip's pinholes (both families)."""
-    return f'meta mark & {mark:#010x} == {mark:#010x} accept comment "nfsip pinholes"'
-
-
 # (nft address keyword, nft address type, map-name suffix) per family.
 _FAMILIES = (("ip", "ipv4_addr", ""), ("ip6", "ipv6_addr", IPV6_SUFFIX))
 
@@ -153,7 +151,7 @@ def _maps() -> str:
 
 def _pinhole_rules(wan: str, mark: int) -> tuple[str, str]:
     """The NAT chains' rules, in both families: (prerouting, postrouting)."""
-    mark_set = f"meta mark set meta mark | {mark:#010x}"
+    mark_set = f"ct mark set ct mark | {mark:#010x}"
     pre = post = hairpin = ""
     for ip, _addr, x in _FAMILIES:
         # The key is looked up first: a hit is marked and translated, a miss matches nothing. No iifname on

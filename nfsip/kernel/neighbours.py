@@ -1,0 +1,67 @@
+"""The LAN hosts' addresses by link-layer address, from the router's neighbour table (ARP and NDP, through
+pyroute2): which other addresses a phone has, so that its SDP may name them for its own media (a dual-stack
+phone signalling over IPv4 with IPv6 media, an IPv6 phone with a temporary and a stable address).
+
+The table is read again at most every `max_age` seconds when asked, and on a miss at most every
+`retry` seconds: a phone whose other address the router has not met yet (no IPv6 traffic through the router
+so far) is found once it has; until then that address opens nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from ..core.addresses import canonical
+
+log = logging.getLogger(__name__)
+
+
+class Neighbours:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_age: float = 10.0, retry: float = 1.0) -> None:
+        self._clock = clock
+        self._max_age = max_age
+        self._retry = retry
+        self._by_ip: dict[str, frozenset[str]] = {}
+        self._read_at = float("-inf")
+
+    def addresses_of(self, ip: str) -> frozenset[str]:
+        """Every address of the host that has `ip` (itself included), or none when the table does not know it."""
+        age = self._clock() - self._read_at
+        found = self._by_ip.get(ip)
+        if age >= self._max_age or (found is None and age >= self._retry):
+            self.refresh()
+            found = self._by_ip.get(ip)
+        return found or frozenset()
+
+    def refresh(self) -> None:
+        self._read_at = self._clock()
+        try:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                entries = ipr.get_neighbours()
+        except OSError as exc:
+            log.warning("cannot read the neighbour table: %s", exc)
+            return
+        self._by_ip = group_by_link(
+            (entry["ifindex"], entry.get_attr("NDA_LLADDR"), entry.get_attr("NDA_DST")) for entry in entries
+        )
+
+
+def group_by_link(entries: Iterable[tuple[int, str | None, str | None]]) -> dict[str, frozenset[str]]:
+    """address -> all addresses with the same link-layer address on the same interface, from (interface
+    index, link-layer address, address) triples; entries without a link-layer address (incomplete, failed)
+    are left out."""
+    groups: dict[tuple[int, str], set[str]] = {}
+    for ifindex, lladdr, address in entries:
+        if not lladdr or not address or lladdr == "00:00:00:00:00:00":
+            continue
+        groups.setdefault((ifindex, lladdr), set()).add(canonical(address))
+    by_ip: dict[str, frozenset[str]] = {}
+    for addresses in groups.values():
+        frozen = frozenset(addresses)
+        for address in addresses:
+            by_ip[address] = frozen
+    return by_ip
