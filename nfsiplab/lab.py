@@ -349,8 +349,8 @@ class Lab:
         established/related and LAN to WAN accepted (``admin_firewall_script``). ``nfsip_rule``
         adds the one rule for nfsip's pinholes (the mark bit ``DEFAULTS.pinhole_mark``).
 
-        Both families: IPv4 behind masquerade is firewalled too, which changes nothing for it
-        (an unsolicited packet to the router's WAN address is not forwarded anyway).
+        Both families: an IPv4 flow that a DNAT (one of nfsip's pinholes) sends on to the LAN is
+        forwarded, so without the nfsip rule the policy drops it like an IPv6 one.
         """
         self.nft(node, admin_firewall_script(nfsip_rule))
 
