@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import selectors
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -75,8 +75,19 @@ _KINDS = frozenset(
 )
 
 
-def _media_count(holes: Sequence[Pinhole]) -> int:
-    return sum(1 for h in holes if h.kind != "sip")
+def _count_media(counter: Any, holes: Iterable[Pinhole]) -> None:
+    """Add the media pinholes among `holes` to a counter labelled by address family."""
+    ipv4 = ipv6 = 0
+    for hole in holes:
+        if hole.kind != "sip":
+            if ":" in hole.lan.ip:
+                ipv6 += 1
+            else:
+                ipv4 += 1
+    if ipv4:
+        counter.labels("ipv4").inc(ipv4)
+    if ipv6:
+        counter.labels("ipv6").inc(ipv6)
 
 
 def _changes_kernel(decision: Decision) -> bool:
@@ -143,7 +154,7 @@ class Daemon:
         # Metric children by label values: labels() takes a lock and builds a key on every call, twice per
         # datagram. Both label sets are bounded (outcomes; direction x _KINDS).
         self._verdict_counters: dict[str, Any] = {}
-        self._message_counters: dict[tuple[str, str], Any] = {}
+        self._message_counters: dict[tuple[str, str, str], Any] = {}
 
     @classmethod
     def from_config(
@@ -357,7 +368,7 @@ class Daemon:
             self.public_ip = new_ip
             self.engine.public_ip = new_ip
         if stale:
-            self.metrics.pinholes_closed.inc(_media_count(stale))
+            _count_media(self.metrics.pinholes_closed, stale)
             try:
                 self.table.apply((), stale)
             except NftError:
@@ -401,7 +412,7 @@ class Daemon:
         self._log_ended(ended)
         if not expired:
             return
-        self.metrics.pinholes_expired.inc(_media_count(expired))
+        _count_media(self.metrics.pinholes_expired, expired)
         try:
             self.table.apply((), expired)
         except NftError as exc:
@@ -491,7 +502,7 @@ class Daemon:
             return flow, None
         decision = self.engine.handle(flow, dgram.payload, self.clock())
         kind = decision.kind if decision.kind in _KINDS or decision.kind.endswith("xx") else "other"
-        labels = (flow.direction.value, kind if decision.kind else "unparsed")
+        labels = (flow.direction.value, kind if decision.kind else "unparsed", dgram.family)
         counter = self._message_counters.get(labels)
         if counter is None:
             counter = self._message_counters[labels] = self.metrics.sip_messages.labels(*labels)
@@ -573,12 +584,8 @@ class Daemon:
             if failed:
                 self._forget_refused([d for d in decisions if id(d) in failed])
         self.metrics.nft_seconds.observe(time.perf_counter() - started)
-        closed = sum(_media_count(d.remove) for d in decisions)
-        opened = sum(_media_count(d.opened) for d in decisions if id(d) not in failed)
-        if closed:
-            self.metrics.pinholes_closed.inc(closed)
-        if opened:
-            self.metrics.pinholes_opened.inc(opened)
+        _count_media(self.metrics.pinholes_closed, (h for d in decisions for h in d.remove))
+        _count_media(self.metrics.pinholes_opened, (h for d in decisions if id(d) not in failed for h in d.opened))
         self._update_gauges()
         return failed
 

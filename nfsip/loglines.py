@@ -22,11 +22,14 @@ _HOOK_DIRECTION = {NF_INET_PRE_ROUTING: "in", NF_INET_POST_ROUTING: "out"}
 def log_datagram(hook: int, raw: bytes, decision: Decision | None, outcome: str) -> None:
     """log_level = "debug": one line per queued datagram, after its verdict: the hook it was queued from
     and its direction, the message's method (or status and CSeq method), its Call-ID, and what was done
-    (the verdict's outcome, with the engine's reason when it gave one). Parses the datagram a second time:
+    (the verdict's outcome, with the engine's reason when it gave one); " IPv6" after the direction for an
+    IPv6 datagram. Parses the datagram a second time:
     only at debug level."""
-    what, call_id = "-", "-"
+    what, call_id, family = "-", "-", ""
     try:
-        msg = parse_message(decode_udp(raw).payload)
+        dgram = decode_udp(raw)
+        family = " IPv6" if dgram.family == "ipv6" else ""
+        msg = parse_message(dgram.payload)
         what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
         call_id = msg.call_id
     except (PacketError, SipParseError):
@@ -35,9 +38,10 @@ def log_datagram(hook: int, raw: bytes, decision: Decision | None, outcome: str)
     if decision is not None:
         reason = "; ".join(filter(None, (", ".join(decision.refusals), decision.detail)))
     log.debug(
-        "hook %s %s: %s, Call-ID %s: %s%s",
+        "hook %s %s%s: %s, Call-ID %s: %s%s",
         hook,
         _HOOK_DIRECTION.get(hook, "?"),
+        family,
         what,
         call_id,
         outcome,

@@ -129,8 +129,8 @@ class Metrics:
             r.register(queues)
         self.sip_messages = Counter(
             "nfsip_sip_messages",
-            "SIP messages seen, by direction and method or status class",
-            ["direction", "kind"],
+            "SIP messages seen, by direction, method or status class, and address family",
+            ["direction", "kind", "family"],
             registry=r,
         )
         self.verdicts = Counter(
@@ -145,10 +145,17 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.pinholes_opened = Counter("nfsip_pinholes_opened", "Media pinholes opened", registry=r)
-        self.pinholes_closed = Counter("nfsip_pinholes_closed", "Media pinholes closed by signalling", registry=r)
+        self.pinholes_opened = Counter(
+            "nfsip_pinholes_opened", "Media pinholes opened, by address family", ["family"], registry=r
+        )
+        self.pinholes_closed = Counter(
+            "nfsip_pinholes_closed", "Media pinholes closed by signalling, by address family", ["family"], registry=r
+        )
         self.pinholes_expired = Counter(
-            "nfsip_pinholes_expired", "Media pinholes dropped when their call state timed out", registry=r
+            "nfsip_pinholes_expired",
+            "Media pinholes dropped when their call state timed out, by address family",
+            ["family"],
+            registry=r,
         )
         # "livesum": with several workers, the sum over the live ones (ignored in a single process).
         self.pinholes_active = Gauge(

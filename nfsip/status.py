@@ -37,6 +37,7 @@ def collect(table: str) -> dict[str, Any]:
             {
                 "call_id": hole.call_id,
                 "lan_host": hole.lan.ip,
+                "family": _family(hole.lan.ip),
                 "established": hole.established,
                 "age_seconds": round(now - hole.since) if hole.since else None,
                 "pinholes": [],
@@ -46,9 +47,10 @@ def collect(table: str) -> dict[str, Any]:
         call["pinholes"].append(
             {
                 "label": hole.label,
+                "family": _family(hole.lan.ip),
                 "public_ip": hole.public.ip,
                 "public_port": hole.public.port,
-                "private": f"{hole.lan.ip}:{hole.lan.port}",
+                "private": _hostport(hole.lan.ip, hole.lan.port),
                 "media_from": hole.remote_ip or ("anywhere" if hole.kind == "media" else "nowhere yet"),
                 "seconds_left": hole.timeout,
                 "packets_to_lan": to_lan,
@@ -65,8 +67,9 @@ def collect(table: str) -> dict[str, Any]:
         "registrations": [
             {
                 "aor": hole.call_id.removeprefix("reg:"),
-                "public": f"{hole.public.ip}:{hole.public.port}",
-                "private": f"{hole.lan.ip}:{hole.lan.port}",
+                "family": _family(hole.lan.ip),
+                "public": _hostport(hole.public.ip, hole.public.port),
+                "private": _hostport(hole.lan.ip, hole.lan.port),
                 "from": hole.remote_ip or "any",
                 "age_seconds": round(now - hole.since) if hole.since else None,
                 "seconds_left": hole.timeout,
@@ -75,6 +78,14 @@ def collect(table: str) -> dict[str, Any]:
         ],
         **extra,
     }
+
+
+def _family(ip: str) -> str:
+    return "ipv6" if ":" in ip else "ipv4"
+
+
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _age(seconds: int | None) -> str:
@@ -96,18 +107,22 @@ def format_table(state: dict[str, Any]) -> str:
             lines.append(
                 f"{reg['aor'][:32]:<32} {reg['public']:<21} {reg['private']:<21} {reg['from']:<15}"
                 f" {_age(reg['age_seconds']):>7} {reg['seconds_left']:>5}s"
+                + (" IPv6" if reg["family"] == "ipv6" else "")
             )
     for call in state["calls"]:
         lines.append("")
         status = "established" if call["established"] else "setting up"
-        lines.append(f"call {call['call_id']}  phone {call['lan_host']}  {status}, age {_age(call['age_seconds'])}")
+        family = "IPv6" if call["family"] == "ipv6" else "IPv4"
+        lines.append(
+            f"call {call['call_id']}  phone {call['lan_host']} ({family})  {status}, age {_age(call['age_seconds'])}"
+        )
         lines.append(
             f"  {'STREAM':<10} {'PUBLIC':<21} {'PHONE':<21} {'MEDIA FROM':<15}"
             f" {'TO PHONE':>9} {'FROM PHONE':>10} {'LEFT':>6}"
         )
         for hole in call["pinholes"]:
             lines.append(
-                f"  {hole['label']:<10} {hole['public_ip'] + ':' + str(hole['public_port']):<21} {hole['private']:<21}"
+                f"  {hole['label']:<10} {_hostport(hole['public_ip'], hole['public_port']):<21} {hole['private']:<21}"
                 f" {hole['media_from']:<15} {hole['packets_to_lan']:>9} {hole['packets_from_lan']:>10}"
                 f" {hole['seconds_left']:>5}s"
             )

@@ -1,8 +1,11 @@
-"""The main demo: real sipp calls cross a masquerading router running nfsip, with media both ways.
+"""The main demo: real sipp calls cross a dual-stack router running nfsip, with media both ways.
 
-Prints, per phone, the SDP the server received, the RTP packets each side received, where the phone's
-media left the router, the pinholes nfsip held during the call, and that none (map entries and conntrack
-entries) remained after the BYE. Exit status 0 only if all of that holds.
+The router masquerades IPv4, routes IPv6 without NAT, and firewalls both as a router admin does (forward
+policy drop, replies and LAN to WAN accepted, plus the one rule `nfsip admin-rule` prints). The IPv4 phones
+and one IPv6 phone call the server at once. Prints, per phone, the SDP the server received, the RTP
+packets each side received, where the phone's media left the router, the pinholes nfsip held during the
+calls, and that none (map entries and conntrack entries) remained after the BYE. Exit status 0 only if all
+of that holds.
 """
 
 from __future__ import annotations
@@ -20,23 +23,32 @@ MIN_SHARE = 0.95
 
 
 def _media_conntrack(lab: Lab, ports: set[int]) -> list[str]:
-    out = lab.run(T.ROUTER, ["conntrack", "-L", "-p", "udp"], check=False).stdout
+    out = ""
+    for family in ("ipv4", "ipv6"):
+        out += lab.run(T.ROUTER, ["conntrack", "-L", "-f", family, "-p", "udp"], check=False).stdout
     return [ln for ln in out.splitlines() if any(f"sport={p} " in ln or f"dport={p} " in ln for p in ports)]
 
 
 def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
     ok = True
-    with Lab(phones=phones) as lab:
+    with Lab(phones=phones + 1) as lab:
         lab.masquerade()
+        lab.admin_firewall(nfsip_rule=True)
+        phones4, phone6 = lab.phones[:phones], lab.phones[phones]
+        ip6 = lab.ip6_of(phone6)
         with NfsipDaemon(lab) as daemon:
             caps = {n: Capture(lab, n, T.HOST_IF).start() for n in [*lab.phones, T.SERVER]}
-            uas = SippUas(lab, calls=len(lab.phones)).start()
+            uas = SippUas(lab, calls=len(phones4)).start()
+            uas6 = SippUas(lab, ip=T.SERVER_IP6).start()
             media_ports = [T.MEDIA_PORT + (1000 * i if distinct_media_ports else 0) for i in range(phones)]
-            uacs = [SippUac(lab, p, media_port=m).start() for p, m in zip(lab.phones, media_ports, strict=True)]
+            uacs = [SippUac(lab, p, media_port=m).start() for p, m in zip(phones4, media_ports, strict=True)]
+            uac6 = SippUac(lab, phone6, server=T.SERVER_IP6).start()
             time.sleep(3)
             during = daemon.status()
             results = [u.wait(90) for u in uacs]
+            result6 = uac6.wait(90)
             uas.wait(30)
+            uas6.wait(30)
             stop_all(caps.values())
             after = daemon.status()
             packets = {name: cap.packets() for name, cap in caps.items()}
@@ -46,11 +58,14 @@ def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
                 for p in sip_messages(at_server)
                 if p.payload.startswith(b"INVITE ")
             }
-            print(f"nfsip demo: {phones} phone(s) behind a masquerading router, sipp UAS on {T.SERVER_IP}")
+            print(
+                f"nfsip demo: {phones} IPv4 phone(s) behind a masquerading router and one IPv6 phone behind its"
+                f" firewall (policy drop + nfsip's rule); sipp UAS on {T.SERVER_IP} and [{T.SERVER_IP6}]"
+            )
             print(f"  every phone uses SIP port {T.SIP_PORT}; RTP ports {', '.join(map(str, media_ports))}")
             print(f"  each side plays {PCAP_RTP_PACKETS} RTP packets (G.711, 7 s)\n")
             public_ports: set[int] = set()
-            for phone, result, media_port in zip(lab.phones, results, media_ports, strict=True):
+            for phone, result, media_port in zip(phones4, results, media_ports, strict=True):
                 ip = lab.ip_of(phone)
                 invite = next((m for m in invites.values() if m.call_id.endswith(f"@{ip}")), None)
                 sdp_addr = invite.sdp.connection.address if invite and invite.sdp and invite.sdp.connection else "?"
@@ -71,11 +86,32 @@ def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
                 print(f"  server -> phone RTP:     {to_phone}/{PCAP_RTP_PACKETS} received by the phone")
                 print(f"  phone -> server RTP:     {len(from_phone)}/{PCAP_RTP_PACKETS} received, from {sources}")
                 print(f"  {'PASS' if good else 'FAIL'}\n")
+            invite6 = next((m for m in invites.values() if m.call_id.endswith(f"@{ip6}")), None)
+            sdp6 = invite6.sdp if invite6 is not None else None
+            sdp6_addr = sdp6.connection.address if sdp6 is not None and sdp6.connection else "?"
+            sdp6_port = sdp6.media[0].port if sdp6 is not None else 0
+            to_phone6 = count_rtp(packets[phone6], dst=ip6)
+            from_phone6 = [p for p in rtp_packets(at_server) if p.src == ip6 and p.sport == sdp6_port]
+            good6 = (
+                result6.ok
+                and (sdp6_addr, sdp6_port) == (ip6, T.MEDIA_PORT)
+                and to_phone6 >= MIN_SHARE * PCAP_RTP_PACKETS
+                and len(from_phone6) >= MIN_SHARE * PCAP_RTP_PACKETS
+            )
+            ok &= good6
+            print(f"{phone6} ({ip6}, IPv6, RTP {T.MEDIA_PORT}): call {'ok' if result6.ok else 'FAILED'}")
+            print(f"  SDP at the server:       c={sdp6_addr} m=audio {sdp6_port}  (IPv6 routed: nothing rewritten)")
+            print(
+                f"  server -> phone RTP:     {to_phone6}/{PCAP_RTP_PACKETS} received by the phone, through its pinhole"
+            )
+            print(f"  phone -> server RTP:     {len(from_phone6)}/{PCAP_RTP_PACKETS} received")
+            print(f"  {'PASS' if good6 else 'FAIL'}\n")
             print("pinholes while the calls were up (nfsip status):")
             for call in during["calls"]:
                 holes = ", ".join(f"{h['public_port']}->{h['private']}" for h in call["pinholes"])
                 print(f"  {call['call_id']}: {holes}")
-            leftovers = _media_conntrack(lab, public_ports | {p + 1 for p in public_ports} | set(media_ports))
+            media = public_ports | {p + 1 for p in public_ports} | set(media_ports) | {T.MEDIA_PORT}
+            leftovers = _media_conntrack(lab, media)
             clean = after["pinholes"] == 0 and not leftovers
             ok &= clean and bool(during["calls"])
             print(

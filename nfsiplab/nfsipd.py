@@ -148,17 +148,19 @@ class NfsipDaemon:
         return {outcome: float(value) for outcome, value in found}
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample of the last scrape (0 when absent)."""
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        """The sum of the samples of `name` in the last scrape whose labels include `labels` (0 when none):
+        a label the caller does not name (the address family, say) is summed over."""
+        wanted = {f'{k}="{v}"' for k, v in labels.items()}
+        total = 0.0
         for line in self.metrics().splitlines():
             if line.startswith("#"):
                 continue
             sample, _, value = line.rpartition(" ")
             name_part, _, label_part = sample.partition("{")
-            got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
-            if name_part == name and got == wanted:
-                return float(value)
-        return 0.0
+            got = set(label_part.rstrip("}").split(",")) if label_part else set()
+            if name_part == name and wanted <= got:
+                total += float(value)
+        return total
 
     def __enter__(self) -> Self:
         return self.start()

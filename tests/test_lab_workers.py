@@ -65,7 +65,7 @@ def nfsip(lab: Lab) -> Iterator[NfsipDaemon]:
         assert code == 0, log
         # A clean stop removes the table and leaves no worker behind.
         assert "table inet nfsip removed; stopped" in log, log
-        assert lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"], check=False).returncode != 0
+        assert lab.run(T.ROUTER, ["nft", "list", "table", "inet", "nfsip"], check=False).returncode != 0
 
 
 def queued(lab: Lab) -> dict[int, int]:
@@ -260,7 +260,7 @@ def test_table_reloaded_by_the_admin_comes_back_with_the_fanout_and_both_workers
     assert wait_for(lambda: nfsip.status()["pinholes"] == 4, 8), nfsip.log()
     assert "queue fanout was removed by another ruleset load; restoring" in nfsip.log()
     assert nfsip.log().count("restored 2 pinholes after the table was reinstalled") == 2, nfsip.log()
-    chains = lab.run(T.ROUTER, ["nft", "list", "table", "ip", "nfsip"]).stdout
+    chains = lab.run(T.ROUTER, ["nft", "list", "table", "inet", "nfsip"]).stdout
     assert "queue num 5060" in chains and "queue num 5061" in chains and chains.count(" vmap ") == 2, chains
     assert all(u.wait(60).ok for u in uacs) and uas.wait(20).ok
     assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()  # both BYEs went through
