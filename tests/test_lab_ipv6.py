@@ -292,3 +292,61 @@ def test_corpus_ipv6_messages_cross_the_router_both_ways(lab: Lab, nfsip: NfsipD
     verdicts = nfsip.verdicts()
     assert sum(verdicts.values()) >= 2 * len(messages), verdicts  # queued, each of them
     assert verdicts.get("rewritten", 0) == 0 and verdicts.get("internal-error", 0) == 0, verdicts
+
+
+# ----------------------------------------------------------------------------------------------- IPv6 NAT
+NPT_PREFIX = "2001:db8:e::/64"  # the LAN prefix 2001:db8:1::/64 as the WAN sees it under NPTv6
+
+
+def ipv6_nat(lab: Lab, kind: str) -> str:
+    """The admin NATs IPv6 too: masquerade to the router's WAN address, or NPTv6 (prefix translation) to
+    NPT_PREFIX, routed to the router by the WAN hosts. Returns the phone's public address."""
+    if kind == "masquerade":
+        rule = f'oifname "{T.ROUTER_WAN_IF}" masquerade'
+        public = T.ROUTER_WAN_IP6
+    else:
+        rule = f'oifname "{T.ROUTER_WAN_IF}" ip6 saddr {T.LAN_NET6} snat ip6 prefix to {NPT_PREFIX}'
+        public = PHONE6.replace("2001:db8:1::", "2001:db8:e::")
+        for node in (T.SERVER, FAR_END):
+            lab.run(node, ["ip", "-6", "route", "add", NPT_PREFIX, "via", T.ROUTER_WAN_IP6])
+    lab.nft(
+        T.ROUTER,
+        "add table ip6 lab_nat6\ndelete table ip6 lab_nat6\n"
+        f"table ip6 lab_nat6 {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  {rule}\n }}\n}}\n",
+    )
+    return public
+
+
+@pytest.mark.parametrize("nat", ["masquerade", "npt"])
+def test_ipv6_nat_is_rewritten_like_ipv4(lab: Lab, kamailio: Kamailio, nfsip: NfsipDaemon, nat: str):
+    """Where the admin NATs IPv6, a phone's SIP and SDP are rewritten to its public address and the media
+    gets public ports from the range, as for IPv4; the far end's media (from its second address, before
+    the phone sends any) reaches the phone."""
+    public = ipv6_nat(lab, nat)
+    far_media = lab.media_ip6_of(FAR_END)
+    with Capture(lab, "phone1", T.HOST_IF) as at_phone, Capture(lab, FAR_END, T.HOST_IF) as at_far:
+        bob = far_end_phone(lab).start()
+        kamailio.wait_registered("bob")
+        caller = SippCaller(
+            lab, "phone1", "bob", proxy=T.SERVER_IP6, kind="late_media", media_delay_ms=MEDIA_DELAY_MS
+        ).start()
+        result = caller.wait(40)
+        bob.kill()
+    caps = {"phone1": at_phone.packets(), FAR_END: at_far.packets()}
+    report = evidence(caps, {"caller": result}, nfsip)
+    assert result.ok, report
+    invite = next(p for p in sip_messages(caps[FAR_END]) if p.first_line.startswith("INVITE "))
+    msg = parse_message(invite.payload)
+    assert msg.sdp is not None and msg.sdp.connection is not None, report
+    assert msg.sdp.connection.address == public, report
+    (port,) = [m.port for m in msg.sdp.media]
+    assert 40000 <= port <= 49999, report
+    assert PHONE6.encode() not in msg.body(), report  # the LAN address is gone from the SDP ...
+    contact = msg.contacts[0].uri.hostport
+    assert contact is not None and contact.host == public, report  # ... and from the Contact
+    assert any(v.sent_by.host == public for v in msg.vias), report  # the phone's Via, below Kamailio's
+    sent, received = rtp(caps["phone1"], PHONE6, far_media), rtp(caps["phone1"], far_media, PHONE6)
+    assert len(sent) >= MIN_RTP and len(received) >= MIN_RTP, report
+    assert [p for p in received if p.ts < sent[0].ts], report
+    assert [p for p in rtp(caps[FAR_END], public, far_media) if p.sport == port], report
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 0), report

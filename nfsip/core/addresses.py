@@ -8,7 +8,7 @@ engine compares every address from a message in the canonical form.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from functools import lru_cache
 
 # The "no address" of an old-style hold (RFC 3264 section 8.4): a stream keeps its ports.
@@ -17,12 +17,13 @@ HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))
 
 @lru_cache(maxsize=4096)
 def canonical(text: str) -> str:
-    """An IPv6 address in canonical form; anything else (IPv4, a host name, junk) as written."""
+    """An IPv6 address in canonical form, as inet_ntop writes it (the form of the kernel adapters' addresses,
+    also for an IPv4-mapped address); anything else (IPv4, a host name, junk) as written."""
     if ":" not in text:
         return text
     try:
-        return ipaddress.IPv6Address(text).compressed
-    except ValueError:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
         return text
 
 
