@@ -164,7 +164,8 @@ def _kernel_alg_check(nft: object) -> CheckResult:
 
 def _forward_chain_checks(config: Config) -> list[CheckResult]:
     """Does the admin's firewall let nfsip's pinholes through? Every base chain on the forward hook must
-    accept their first packets; read from the ruleset (nfsip.firewall), nfsip's own table left out."""
+    accept their packets until the phone replies (conntrack state new, nfsip's bit in the conntrack mark);
+    read from the ruleset (nfsip.firewall), nfsip's own table left out."""
     import json
 
     from .kernel.nft import _nftables
@@ -186,8 +187,8 @@ def _forward_chain_checks(config: Config) -> list[CheckResult]:
 
 
 def forward_chain_results(findings: list[ChainFinding], mark: int) -> list[CheckResult]:
-    """One line per forward chain that drops or may drop a pinhole's first packet (ok when it accepts
-    them first), or one line saying that none does."""
+    """One line per forward chain that drops or may drop a pinhole's packets (ok when it accepts them
+    first), or one line saying that none does."""
     concerned = [f for f in findings if f.concerns_pinholes]
     if not findings:
         return [CheckResult("forward-chain", "ok", "no forward chain: forwarded traffic is not filtered")]
@@ -201,7 +202,7 @@ _FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 
 
 def _forward_chain_result(finding: ChainFinding, mark: int) -> CheckResult:
-    """What one chain does with the pinholes' first packets, per address family, and the fix if needed."""
+    """What one chain does with the pinholes' packets, per address family, and the fix if needed."""
     # Phrases with a placeholder for the families, so that both share one phrase when they fare alike.
     phrases: dict[str, list[int]] = {}
     for version, walk in finding.walks.items():

@@ -77,10 +77,10 @@ class Config:
     # Worker processes, one queue each (queue_num .. queue_num + workers - 1), SIP sharded by LAN host so
     # that all state of one phone lives in one worker (nfsip.workers). 1: the single-process daemon.
     workers: int = 1
-    # The packet-mark bit nfsip sets on the first packet of every flow a pinhole lets in (media, and SIP to a
-    # registered phone), IPv4 and IPv6 alike: an admin's forward chain with policy drop accepts nfsip's
-    # pinholes with one rule, `meta mark & MARK == MARK accept` (`nfsip admin-rule` prints it for this value;
-    # docs/nftables.md). One bit, so that other users of the mark (policy routing, mwan3) keep theirs.
+    # The bit nfsip sets in the conntrack mark of every flow a pinhole lets in (media, and SIP to a
+    # registered phone), IPv4 and IPv6 alike: an admin's forward chain with policy drop accepts every packet
+    # of nfsip's pinholes with one rule, `ct mark & MARK == MARK accept` (`nfsip admin-rule` prints it for
+    # this value; docs/nftables.md). One bit, so that other users of the conntrack mark keep theirs.
     pinhole_mark: int = 0x00100000
 
 

@@ -75,10 +75,10 @@ NAMES = sorted(p.stem for p in RULESETS.glob("*.nft"))
 # -- the rule and the shipped files ---------------------------------------------------------------------
 
 
-def test_the_rule_tests_the_configured_bit():
-    assert RULE == 'meta mark & 0x00100000 == 0x00100000 accept comment "nfsip pinholes"'
-    assert admin_rule(1 << 31) == 'meta mark & 0x80000000 == 0x80000000 accept comment "nfsip pinholes"'
-    assert admin_rule(1) == 'meta mark & 0x00000001 == 0x00000001 accept comment "nfsip pinholes"'
+def test_the_rule_tests_the_configured_bit_of_the_conntrack_mark():
+    assert RULE == 'ct mark & 0x00100000 == 0x00100000 accept comment "nfsip pinholes"'
+    assert admin_rule(1 << 31) == 'ct mark & 0x80000000 == 0x80000000 accept comment "nfsip pinholes"'
+    assert admin_rule(1) == 'ct mark & 0x00000001 == 0x00000001 accept comment "nfsip pinholes"'
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -119,6 +119,18 @@ def test_printed_rule_for_another_mark_loads_in_a_debian_forward_chain(tmp_path:
         ["unshare", "--net", "nft", "-c", "-f", str(tmp_path / "nftables.conf")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_the_whole_firewall_of_the_docs_is_the_lab_tests_with_the_rule():
+    """docs/nftables.md, "Forward policy drop": the lab's ADMIN_CONF (tests/test_lab_ops.py), include path
+    aside, whose forward chain holds the rule."""
+    from .test_lab_ops import ADMIN_CONF
+
+    docs = (ROOT / "docs" / "nftables.md").read_text()
+    example = docs[docs.index("```\nflush ruleset\n") + 4 :]
+    example = example[: example.index("```")]
+    assert example == ADMIN_CONF.lstrip().replace(str(NFT_DIR / "nfsip.nft"), "/usr/share/nfsip/nfsip.nft")
+    assert f"        ct state established,related accept\n        {RULE}\n" in example
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -194,8 +206,9 @@ def test_a_rule_for_another_bit_does_not_count():
 
 
 def test_accepting_dnat_lets_ipv4_pinholes_in_but_not_ipv6_ones():
-    """The rule of the docs before IPv6: `ct status dnat accept`. An IPv4 pinhole is DNAT; an IPv6 one is
-    not (no NAT), unless the admin NATs IPv6, which the ruleset of the filter does not say."""
+    """`ct status dnat accept` (port forwards need it; the docs recommended it before IPv6). An IPv4
+    pinhole is DNAT; an IPv6 one is an identity DNAT, which sets no status, unless the admin NATs IPv6,
+    which the ruleset of the filter does not say."""
     chain = findings("debian_dnat")["inet filter forward"]
     assert outcomes(chain) == {4: "accepted", 6: "dropped"}
     assert chain.walks[4].by.text == "ct status dnat accept"
@@ -206,6 +219,34 @@ def test_accepting_dnat_lets_ipv4_pinholes_in_but_not_ipv6_ones():
         "drops nfsip's IPv6 pinholes by its policy: no rule accepts them before "
         "(unless one of these accepts them: `ct status dnat accept`)"
     )
+
+
+def test_a_rule_on_the_packet_mark_does_not_count():
+    """nfsip sets no packet mark: a rule testing its bit there may match only what another program marked."""
+    chain = findings("debian_packet_mark")["inet filter forward"]
+    assert outcomes(chain) == {4: "dropped", 6: "dropped"}
+    (result,) = forward_chain_results([chain], MARK)
+    assert result.level == "warn"
+    assert result.message.endswith(
+        "drops nfsip's IPv4 and IPv6 pinholes by its policy: no rule accepts them before "
+        "(unless one of these accepts them: `meta mark & 0x00100000 == 0x00100000 accept`)"
+    )
+    assert f"nft 'insert rule inet filter forward {RULE}'" in result.fix
+
+
+def test_a_rule_that_may_clear_the_bit_leaves_the_rule_after_it_undecided():
+    """`ct mark set ct mark | 0x1` (and a mask that keeps nfsip's bit) leave the bit set; `ct mark set meta
+    mark` may clear it, so nfsip's rule after it may not match."""
+    found = findings("ct_mark_set")
+    keeps = found["inet keeps_bit forward"]
+    assert outcomes(keeps) == {4: "accepted", 6: "accepted"}
+    assert keeps.walks[4].by.text == RULE
+    clears = found["inet clears_bit forward"]
+    assert outcomes(clears) == {4: "dropped", 6: "dropped"}
+    assert [r.text for r in clears.walks[6].may_pass] == [RULE]
+    ok, warn = forward_chain_results([keeps, clears], MARK)
+    assert ok.level == "ok" and warn.level == "warn"
+    assert warn.message.endswith(f"(unless one of these accepts them: `{RULE}`)")
 
 
 def test_a_jump_to_a_chain_that_drops_is_followed():

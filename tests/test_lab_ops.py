@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from nfsip.config import DEFAULTS
+from nfsip.firewall import admin_rule
 from nfsiplab import topology as T
 from nfsiplab.capture import Capture, count_rtp
 from nfsiplab.lab import Lab
@@ -26,8 +28,9 @@ MIN_RTP = int(PCAP_RTP_PACKETS * 0.95)
 ROOT = Path(__file__).resolve().parents[1]
 
 # A typical /etc/nftables.conf of a small router: flush, a drop-policy filter, its own NAT, and nfsip's
-# table included. `ct status dnat accept` is the one line nfsip needs in a drop-policy forward chain
-# (docs/nftables.md); most firewalls (OpenWrt fw4 among them) have it already for their port forwards.
+# table included. nfsip's rule (`nfsip admin-rule`: the pinhole bit in the conntrack mark) is the one line
+# nfsip needs in a drop-policy forward chain, for IPv4 and IPv6 pinholes alike (docs/nftables.md, "Forward
+# policy drop", shows this file). `ct status dnat accept` would let in only the IPv4 ones.
 ADMIN_CONF = f"""
 flush ruleset
 table inet filter {{
@@ -40,7 +43,7 @@ table inet filter {{
     chain forward {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
-        ct status dnat accept
+        {admin_rule(DEFAULTS.pinhole_mark)}
         iifname "lan0" oifname "wan0" accept
     }}
 }}
