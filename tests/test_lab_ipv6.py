@@ -1,6 +1,6 @@
 """nfsip on IPv6, through the real kernel path: the lab's dual-stack router (IPv6 routed without NAT) with the
 admin's firewall of RFC 6092 (forward policy drop, replies and LAN to WAN accepted) and the one rule nfsip
-asks of it (`meta mark & 0x00100000 == 0x00100000 accept`, nfsip admin-rule).
+asks of it (`ct mark & 0x00100000 == 0x00100000 accept`, nfsip admin-rule).
 
 What tests/test_lab_ipv6_infra.py shows breaks there without nfsip (media the far end sends before the
 phone does, an inbound call once the registration's conntrack state expired) works here, and what must not
@@ -312,7 +312,8 @@ def ipv6_nat(lab: Lab, kind: str) -> str:
     lab.nft(
         T.ROUTER,
         "add table ip6 lab_nat6\ndelete table ip6 lab_nat6\n"
-        f"table ip6 lab_nat6 {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  {rule}\n }}\n}}\n",
+        "table ip6 lab_nat6 {\n chain postrouting {\n  type nat hook postrouting priority srcnat;\n"
+        f"  {rule}\n }}\n}}\n",
     )
     return public
 
@@ -350,3 +351,35 @@ def test_ipv6_nat_is_rewritten_like_ipv4(lab: Lab, kamailio: Kamailio, nfsip: Nf
     assert [p for p in received if p.ts < sent[0].ts], report
     assert [p for p in rtp(caps[FAR_END], public, far_media) if p.sport == port], report
     assert wait_for(lambda: nfsip.status()["pinholes"] == 0), report
+
+
+def test_ipv6_calls_with_two_workers(lab: Lab, kamailio: Kamailio):
+    """workers = 2: the kernel's fanout sends each IPv6 phone's SIP to the worker of its address (::11 to
+    worker 1, ::12 to worker 0; nfsip.kernel.fanout), both directions, so each worker sees its phone's whole
+    call: both calls get their pinholes and media both ways, the far end's before the phone's."""
+    far_media = lab.media_ip6_of(FAR_END)
+    bob = far_end_phone(lab).start()
+    kamailio.wait_registered("bob")
+    with (
+        NfsipDaemon(lab, workers=2, log_level="debug") as daemon,
+        Capture(lab, "phone1", T.HOST_IF) as at1,
+        Capture(lab, "phone2", T.HOST_IF) as at2,
+    ):
+        callers = [
+            SippCaller(lab, node, "bob", proxy=T.SERVER_IP6, kind="late_media", media_delay_ms=MEDIA_DELAY_MS)
+            for node in ("phone1", "phone2")
+        ]
+        for caller in callers:
+            caller.start()
+        results = {f"phone{i + 1}": c.wait(40) for i, c in enumerate(callers)}
+        ended = wait_for(lambda: daemon.status()["pinholes"] == 0, 5)
+        log = daemon.log()
+    bob.kill()
+    caps = {"phone1": at1.packets(), "phone2": at2.packets()}
+    report = evidence(caps, results, daemon)
+    assert all(r.ok for r in results.values()) and ended, report
+    for node, ip in (("phone1", PHONE6), ("phone2", PHONE6_2)):
+        sent, received = rtp(caps[node], ip, far_media), rtp(caps[node], far_media, ip)
+        assert len(sent) >= MIN_RTP and len(received) >= MIN_RTP, report
+        assert [p for p in received if p.ts < sent[0].ts], report
+        assert f"phone {ip}; ports 6000->6000,6001->6001" in log, log

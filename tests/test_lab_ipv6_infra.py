@@ -118,14 +118,14 @@ def test_dual_stack_routed_without_nat_and_the_admin_firewall(lab: Lab) -> None:
     lab.admin_firewall()
     lab.admin_firewall()  # idempotent
     rules = lab.run(T.ROUTER, ["nft", "list", "table", "inet", "filter"]).stdout
-    assert "policy drop" in rules and "meta mark" not in rules, rules
+    assert "policy drop" in rules and "ct mark" not in rules, rules
     assert lab.ping("phone1", T.SERVER_IP6)  # LAN to WAN, and the reply
     assert not lab.ping(T.SERVER, PHONE6)  # unsolicited from the WAN
     assert lab.admin_firewall_dropped() == 1
 
     lab.admin_firewall(nfsip_rule=True)
     rules = lab.run(T.ROUTER, ["nft", "list", "table", "inet", "filter"]).stdout
-    assert rules.count("meta mark & 0x00100000 == 0x00100000 accept") == 1, rules
+    assert rules.count("ct mark & 0x00100000 == 0x00100000 accept") == 1, rules
     assert lab.admin_firewall_dropped() == 0  # a fresh table
     assert not lab.ping(T.SERVER, PHONE6)  # the mark rule alone lets nothing in
 

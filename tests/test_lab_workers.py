@@ -261,6 +261,6 @@ def test_table_reloaded_by_the_admin_comes_back_with_the_fanout_and_both_workers
     assert "queue fanout was removed by another ruleset load; restoring" in nfsip.log()
     assert nfsip.log().count("restored 2 pinholes after the table was reinstalled") == 2, nfsip.log()
     chains = lab.run(T.ROUTER, ["nft", "list", "table", "inet", "nfsip"]).stdout
-    assert "queue num 5060" in chains and "queue num 5061" in chains and chains.count(" vmap ") == 2, chains
+    assert "queue num 5060" in chains and "queue num 5061" in chains and chains.count(" vmap ") == 5, chains
     assert all(u.wait(60).ok for u in uacs) and uas.wait(20).ok
     assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 3), nfsip.status()  # both BYEs went through
