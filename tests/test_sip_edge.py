@@ -430,3 +430,19 @@ def test_just_below_limits_parse() -> None:
     assert len(m.vias) == 121
     m = parse_message(invite(body=b"v=0\r\n" + b"m=audio 1 RTP/AVP 0\r\n" * 64))
     assert m.sdp is not None and len(m.sdp.media) == 64
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_parse_error() -> None:
+    """int() refuses a string of more than 4,300 digits with a ValueError: the parser must say
+    bad-content-length first (one datagram can carry such a header)."""
+    from nfsip.core.sip.errors import SipParseError
+
+    raw = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+    with pytest.raises(SipParseError) as exc:
+        parse_message(raw)
+    assert exc.value.reason == "bad-content-length"
+    zeros = (
+        b"OPTIONS sip:x SIP/2.0\r\nCall-ID: a\r\nCSeq: 1 OPTIONS\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+        b"From: <sip:a@h>;tag=1\r\nTo: <sip:x>\r\nMax-Forwards: 70\r\n"
+    )
+    assert parse_message(zeros + b"Content-Length: 00000000000000\r\n\r\n").content_length == 0

@@ -227,6 +227,9 @@ class _HeaderValues:
                 value = t[s:e]
                 if not (value.isdigit() and value.isascii()):
                     raise SipParseError("bad-content-length", value)  # RFC 4475 ncl (-999)
+                # More digits than any message can be long: int() refuses over 4,300 digits (ValueError).
+                if len(value.lstrip("0")) > 10:
+                    raise SipParseError("bad-content-length", f"{len(value)} digits")
                 length = int(value)
                 if self.content_length is not None and length != self.content_length:
                     raise SipParseError("bad-content-length", "disagreeing values")  # RFC 4475 mcl01
