@@ -26,6 +26,9 @@ class PinholeTable(Protocol):
     def install(self) -> None:
         """Replace the table with nfsip's, without a pinhole, and add its queue rule."""
 
+    def start_relay(self) -> None:
+        """The TCP relay listens: redirect TCP SIP to it, now and after every restore."""
+
     def restore(self, state: str) -> None:
         """Put back what another ruleset load removed: the table (state nfsip.kernel.reader.NO_TABLE) and
         the queue rule. The caller puts its pinholes back."""

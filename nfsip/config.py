@@ -61,6 +61,13 @@ class Config:
     # host cannot push every other phone's SIP past a full queue.
     sip_rate_per_host: int = 250
     sip_burst_per_host: int = 500
+    # SIP over TCP goes through the daemon's relay, listening on this port of the router (nfsip.kernel.
+    # tcprelay): the table redirects a LAN host's TCP connections to a SIP port beyond the WAN there. 0: TCP
+    # SIP is left alone (it crosses the router unhelped, as before nfsip).
+    tcp_relay_port: int = 15060
+    # SIP over TLS (sips:) cannot be read; its connections are counted (nfsip_sip_tls_flows_total, and the
+    # LAN hosts in nfsip status) so that an admin sees why such a phone is not helped.
+    sip_tls_ports: tuple[int, ...] = (5061,)
     # Media counters are sampled this often (seconds) for per-call metrics and one-way-audio detection; an
     # established call whose media is silent in one direction for one_way_seconds is flagged and logged.
     media_sample_interval: int = 5
@@ -183,6 +190,12 @@ def _validate_value(key: str, value: Any) -> Any:
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list of port numbers")
         return tuple(_expect_int(f"{key}[{i}]", v, 1, 65535) for i, v in enumerate(value))
+    if key == "sip_tls_ports":
+        if not isinstance(value, list):
+            raise ConfigError(key, "must be a list of port numbers (empty: none counted)")
+        return tuple(_expect_int(f"{key}[{i}]", v, 1, 65535) for i, v in enumerate(value))
+    if key == "tcp_relay_port":
+        return _expect_int(key, value, 0, 65535)
     raise ConfigError(key, "unknown key")
 
 
@@ -209,6 +222,10 @@ def check_consistency(config: Config) -> None:
     overlap = [p for p in config.sip_ports if config.media_port_min <= p <= config.media_port_max]
     if overlap:
         raise ConfigError("sip_ports", f"{overlap} lie inside the media port range")
+    if config.tcp_relay_port and config.media_port_min <= config.tcp_relay_port <= config.media_port_max:
+        raise ConfigError("tcp_relay_port", "lies inside the media port range")
+    if config.tcp_relay_port in config.sip_ports:
+        raise ConfigError("tcp_relay_port", "is one of sip_ports: the relay would catch its own connections")
     if config.pinhole_setup_timeout > config.pinhole_call_timeout:
         raise ConfigError("pinhole_setup_timeout", "must not exceed pinhole_call_timeout")
     if config.pinhole_call_timeout > config.call_max_duration:

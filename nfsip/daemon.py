@@ -54,6 +54,7 @@ from .kernel.netinfo import InterfaceError, WanInterface
 from .kernel.nft import Nft, NftError
 from .kernel.queue import Queue
 from .kernel.table import NftTable
+from .kernel.tcprelay import Relayed, TcpRelay
 from .loglines import NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING
 from .metrics import Metrics, QueueCollector
 from .sdnotify import Notifier, SystemdLink
@@ -154,7 +155,8 @@ class Daemon:
         # Metric children by label values: labels() takes a lock and builds a key on every call, twice per
         # datagram. Both label sets are bounded (outcomes; direction x _KINDS).
         self._verdict_counters: dict[str, Any] = {}
-        self._message_counters: dict[tuple[str, str, str], Any] = {}
+        self._message_counters: dict[tuple[str, str, str, str], Any] = {}
+        self.tcp: TcpRelay | None = None
 
     @classmethod
     def from_config(
@@ -289,10 +291,13 @@ class Daemon:
             for source, fd in (("address", self.wan.fileno()), ("link", self.link.fileno())):
                 if fd is not None:
                     selector.register(fd, selectors.EVENT_READ, source)
+            self._start_tcp_relay(selector)
             self.link.ready(f"public address {self.public_ip}")
             self._loop(queue, selector)
         finally:
             self.link.stopping()
+            if self.tcp is not None:
+                self.tcp.shutdown()  # the phones' connections end; they reconnect to the next daemon
             selector.close()
             try:
                 if self.shard is None:
@@ -316,8 +321,10 @@ class Daemon:
         wake = self.link.wake_seconds  # at least this often, for timers and the watchdog or heartbeat
         while not self._stop and not self.link.lost:
             timeout = min(wake, SWEEP_SECONDS) if self.conntrack.pending else wake
-            for key, _ in selector.select(timeout=timeout):
-                if key.data == "queue":
+            for key, mask in selector.select(timeout=timeout):
+                if isinstance(key.data, tuple) and self.tcp is not None:
+                    self.tcp.on_event(key.data[1], mask)
+                elif key.data == "queue":
                     self.drain(queue)
                 elif key.data == "address":
                     if self.wan.changed():
@@ -326,6 +333,61 @@ class Daemon:
                     self.on_requests()
             self.tick()
             self.link.alive(self.clock())
+
+    # -- SIP over TCP (nfsip.kernel.tcprelay) ----------------------------------------------------------------
+    def _start_tcp_relay(self, selector: selectors.BaseSelector) -> None:
+        """Listen for TCP SIP and have the table redirect it here. Alone only: with several workers TCP SIP is
+        left alone (it crosses unhelped), and so it is when the port cannot be had."""
+        port = self.config.tcp_relay_port
+        if not port:
+            return
+        if self.shard is not None:
+            log.warning("SIP over TCP is not relayed with workers > 1: it crosses the router unhelped")
+            return
+        try:
+            self.tcp = TcpRelay(
+                port, selector, self._tcp_message, self._tcp_phone_for, self.metrics.tcp_errors_inc, self.clock
+            )
+            self.table.start_relay()
+        except (OSError, NftError) as exc:
+            log.error("SIP over TCP not relayed: cannot listen on port %d or redirect to it: %s", port, exc)
+            if self.tcp is not None:
+                self.tcp.shutdown()
+                self.tcp = None
+            return
+        log.info("SIP over TCP relayed through port %d", port)
+
+    def _tcp_phone_for(self, public: Endpoint, sender_ip: str) -> Endpoint | None:
+        return self.engine.registrations.phone_for(public, sender_ip)
+
+    def _tcp_message(self, conn: Relayed, direction: Direction, raw: bytes) -> bytes:
+        """One whole SIP message the relay read from a phone (OUTBOUND) or from the server (INBOUND): decide,
+        put its pinholes in place (before the message goes on, as for a datagram), and return the bytes to
+        send on: rewritten, or as they came."""
+        started = time.perf_counter()
+        out, outcome, decision = raw, "internal-error", None
+        try:
+            lan = conn.phone.peer
+            hosts = self.hosts.addresses_of(lan.ip) if direction is Direction.OUTBOUND else frozenset()
+            flow = Flow(direction, lan, conn.public, conn.server.peer, hosts, transport="tcp")
+            outcome, decision = self._decide(flow, raw)
+            failed = self._apply([decision]) if _changes_kernel(decision) else set()
+            if failed:
+                outcome = "nft-error"
+            elif decision.payload is not None:
+                out = decision.payload
+            self._after_verdict(decision.remove, decision.opened if not failed else ())
+        except Exception:  # the message goes on as it came; the connection and the daemon live on
+            log.exception("internal error; TCP message passed unchanged")
+            out, outcome = raw, "internal-error"
+        counter = self._verdict_counters.get(outcome)
+        if counter is None:
+            counter = self._verdict_counters[outcome] = self.metrics.verdicts.labels(outcome)
+        counter.inc()
+        self.metrics.verdict_seconds.observe(time.perf_counter() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            loglines.log_tcp_message(direction, raw, decision, outcome)
+        return out
 
     def on_requests(self) -> None:
         """The supervisor asked: "restore" after it put the table back empty (a worker's pinholes are its
@@ -384,6 +446,8 @@ class Daemon:
         if now - self._last_tick < TICK_SECONDS:
             return  # between packet batches of a busy queue: housekeeping need not run every time
         self._last_tick = now
+        if self.tcp is not None:
+            self.tcp.expire()
         if self.conntrack.pending and now - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = now
             self.sweep_conntrack()
@@ -500,9 +564,15 @@ class Daemon:
         flow = self._flow(hook, dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload)
         if isinstance(flow, str):
             return flow, None
-        decision = self.engine.handle(flow, dgram.payload, self.clock())
+        return self._decide(flow, dgram.payload)
+
+    def _decide(self, flow: Flow, payload: bytes) -> tuple[str, Decision]:
+        """The engine's decision for one message (a datagram's, or one the TCP relay framed), counted and
+        logged."""
+        decision = self.engine.handle(flow, payload, self.clock())
         kind = decision.kind if decision.kind in _KINDS or decision.kind.endswith("xx") else "other"
-        labels = (flow.direction.value, kind if decision.kind else "unparsed", dgram.family)
+        family = "ipv6" if ":" in flow.lan.ip else "ipv4"
+        labels = (flow.direction.value, kind if decision.kind else "unparsed", family, flow.transport)
         counter = self._message_counters.get(labels)
         if counter is None:
             counter = self._message_counters[labels] = self.metrics.sip_messages.labels(*labels)
@@ -713,3 +783,5 @@ class Daemon:
         self.metrics.calls_active.set(len(self.engine.calls))
         self.metrics.registrations_active.set(len(self.engine.registrations))
         self.metrics.pinholes_active.set(self.engine.calls.pinholes_total)
+        if self.tcp is not None:
+            self.metrics.tcp_connections.set(len(self.tcp.connections))

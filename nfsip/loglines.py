@@ -6,7 +6,15 @@ from __future__ import annotations
 import logging
 
 from .core.mediastats import CallMedia
-from .core.model import CallEnded, CallEstablished, Decision, Event, RegistrationOpened, RegistrationRemoved
+from .core.model import (
+    CallEnded,
+    CallEstablished,
+    Decision,
+    Direction,
+    Event,
+    RegistrationOpened,
+    RegistrationRemoved,
+)
 from .core.packet import PacketError, decode_udp
 from .core.sip.errors import SipParseError
 from .core.sip.message import parse_message
@@ -25,18 +33,14 @@ def log_datagram(hook: int, raw: bytes, decision: Decision | None, outcome: str)
     (the verdict's outcome, with the engine's reason when it gave one); " IPv6" after the direction for an
     IPv6 datagram. Parses the datagram a second time:
     only at debug level."""
-    what, call_id, family = "-", "-", ""
+    family, payload = "", b""
     try:
         dgram = decode_udp(raw)
         family = " IPv6" if dgram.family == "ipv6" else ""
-        msg = parse_message(dgram.payload)
-        what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
-        call_id = msg.call_id
-    except (PacketError, SipParseError):
+        payload = dgram.payload
+    except PacketError:
         pass
-    reason = ""
-    if decision is not None:
-        reason = "; ".join(filter(None, (", ".join(decision.refusals), decision.detail)))
+    what, call_id, reason = _described(payload, decision)
     log.debug(
         "hook %s %s%s: %s, Call-ID %s: %s%s",
         hook,
@@ -47,6 +51,27 @@ def log_datagram(hook: int, raw: bytes, decision: Decision | None, outcome: str)
         outcome,
         f" ({reason})" if reason else "",
     )
+
+
+def log_tcp_message(direction: Direction, raw: bytes, decision: Decision | None, outcome: str) -> None:
+    """log_level = "debug": the same line for a message the TCP relay carried, "tcp" for the hook."""
+    what, call_id, reason = _described(raw, decision)
+    log.debug("tcp %s: %s, Call-ID %s: %s%s", direction.value, what, call_id, outcome, f" ({reason})" if reason else "")
+
+
+def _described(payload: bytes, decision: Decision | None) -> tuple[str, str, str]:
+    """(method or status and CSeq method, Call-ID, the engine's reason) of a message, "-" when unparsable."""
+    what, call_id = "-", "-"
+    try:
+        msg = parse_message(payload)
+        what = msg.method if msg.is_request else f"{msg.status} ({msg.cseq_method})"
+        call_id = msg.call_id
+    except SipParseError:
+        pass
+    reason = ""
+    if decision is not None:
+        reason = "; ".join(filter(None, (", ".join(decision.refusals), decision.detail)))
+    return what, call_id, reason
 
 
 def log_call_ended(end: CallEnded, sampled: CallMedia | None, final: MediaCounts | OSError | None) -> None:

@@ -75,12 +75,15 @@ class QueueCollector:
             nft = Nft(self._table)
             diverted: int | None = nft.diverted_packets()
             over_rate: int | None = nft.over_rate_packets() if diverted is not None else None
+            tls: int | None = nft.tls_flows() if diverted is not None else None
         except (NftError, OSError):
-            diverted = over_rate = None
-        yield from self.families(diverted, over_rate, queue_stats(self._queue_nums))
+            diverted = over_rate = tls = None
+        yield from self.families(diverted, over_rate, queue_stats(self._queue_nums), tls)
 
     @staticmethod
-    def families(diverted: int | None, over_rate: int | None, stats: dict[str, int] | None) -> Iterator[Metric]:
+    def families(
+        diverted: int | None, over_rate: int | None, stats: dict[str, int] | None, tls: int | None = None
+    ) -> Iterator[Metric]:
         """The families for these kernel values (a family whose value the kernel did not give is left out)."""
         if diverted is not None:
             family = CounterMetricFamily(
@@ -96,6 +99,14 @@ class QueueCollector:
                 "(kernel counter; restarts with the table)",
             )
             family.add_metric([], over_rate)
+            yield family
+        if tls is not None:
+            family = CounterMetricFamily(
+                "nfsip_sip_tls_flows",
+                "New TLS SIP connections (sip_tls_ports) from the LAN, which nfsip cannot read and leaves alone "
+                "(kernel counter; restarts with the table)",
+            )
+            family.add_metric([], tls)
             yield family
         if stats is not None:
             enqueued = CounterMetricFamily(
@@ -129,8 +140,8 @@ class Metrics:
             r.register(queues)
         self.sip_messages = Counter(
             "nfsip_sip_messages",
-            "SIP messages seen, by direction, method or status class, and address family",
-            ["direction", "kind", "family"],
+            "SIP messages seen, by direction, method or status class, address family and transport",
+            ["direction", "kind", "family", "transport"],
             registry=r,
         )
         self.verdicts = Counter(
@@ -170,6 +181,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.tcp_errors = Counter(
+            "nfsip_tcp_relay_errors",
+            "TCP SIP connections the relay gave up or refused, by reason (a framing error, a peer not reading, "
+            "a connection it could not make, one not redirected by nfsip's table)",
+            ["reason"],
+            registry=r,
+        )
+        self.tcp_connections = Gauge(
+            "nfsip_tcp_connections",
+            "Phone connections the TCP relay carries now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.refusals = Counter(
             "nfsip_policy_refusals",
             "Messages whose pinholes the security policy refused, by reason",
@@ -197,6 +221,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def tcp_errors_inc(self, reason: str) -> None:
+        self.tcp_errors.labels(reason).inc()
 
     def serve(self, listen: str) -> None:
         serve(self.registry, listen)

@@ -15,12 +15,13 @@ from .kernel.nft import Nft, NftError
 
 def collect(table: str) -> dict[str, Any]:
     nft = Nft(table)
-    empty: dict[str, Any] = {"table": table, "calls": [], "pinholes": 0, "registrations": []}
+    empty: dict[str, Any] = {"table": table, "calls": [], "pinholes": 0, "registrations": [], "tls_hosts": []}
     if not nft.table_exists():
         return {**empty, "installed": False}
     try:
         media = nft.media_pinholes()
         registrations = nft.registration_pinholes()
+        tls_hosts = nft.tls_hosts()
     except NftError as exc:
         return {**empty, "installed": True, "error": str(exc)}
     extra: dict[str, Any] = {}
@@ -68,6 +69,7 @@ def collect(table: str) -> dict[str, Any]:
             {
                 "aor": hole.call_id.removeprefix("reg:"),
                 "family": _family(hole.lan.ip),
+                "transport": hole.transport,
                 "public": _hostport(hole.public.ip, hole.public.port),
                 "private": _hostport(hole.lan.ip, hole.lan.port),
                 "from": hole.remote_ip or "any",
@@ -76,6 +78,8 @@ def collect(table: str) -> dict[str, Any]:
             }
             for hole in registrations
         ],
+        # LAN hosts that used SIP over TLS in the last hour: nfsip cannot read it and leaves them alone.
+        "tls_hosts": sorted(tls_hosts),
         **extra,
     }
 
@@ -108,6 +112,7 @@ def format_table(state: dict[str, Any]) -> str:
                 f"{reg['aor'][:32]:<32} {reg['public']:<21} {reg['private']:<21} {reg['from']:<15}"
                 f" {_age(reg['age_seconds']):>7} {reg['seconds_left']:>5}s"
                 + (" IPv6" if reg["family"] == "ipv6" else "")
+                + (" TCP" if reg.get("transport") == "tcp" else "")
             )
     for call in state["calls"]:
         lines.append("")
@@ -126,6 +131,9 @@ def format_table(state: dict[str, Any]) -> str:
                 f" {hole['media_from']:<15} {hole['packets_to_lan']:>9} {hole['packets_from_lan']:>10}"
                 f" {hole['seconds_left']:>5}s"
             )
+    if state.get("tls_hosts"):
+        lines.append("")
+        lines.append(f"SIP over TLS (not readable, left alone) from: {', '.join(state['tls_hosts'])}")
     if "counters_error" in state:
         lines.append("")
         lines.append(f"packet counts not shown: {state['counters_error']}")

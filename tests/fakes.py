@@ -41,6 +41,9 @@ class FakeTable:
         self.exists = True
         self.holes.clear()
 
+    def start_relay(self) -> None:
+        self.journal.append("relay")
+
     def restore(self, state: str) -> None:
         self.journal.append(f"restore {state}")
         if state == NO_TABLE:

@@ -21,7 +21,8 @@ from nfsip.workers import Shard, WorkerLink, worker_config
 from .fakes import FakeLink, FakePacket, FakeQueue, FakeReader, FakeTable, fake_daemon
 from .test_daemon_batch import PUBLIC, datagram, sdp, sip
 
-CONFIG = Config(wan_interface="lo", public_address=PUBLIC, metrics_listen="", workers=2)
+# No TCP relay: these daemons run in the test process, in the host namespace (the relay is the lab's to test).
+CONFIG = Config(wan_interface="lo", public_address=PUBLIC, metrics_listen="", workers=2, tcp_relay_port=0)
 
 
 def call_pinholes(call_id: str, lan_ip: str, public_port: int) -> list[Pinhole]:

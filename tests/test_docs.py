@@ -97,7 +97,7 @@ def test_every_toml_example_in_the_docs_is_a_valid_configuration():
 def scraped_families() -> dict[str, str]:
     """Metric families as scraped (counters with `_total`) -> type."""
     families = {}
-    kernel = QueueCollector.families(0, 0, {"enqueued": 0, "queue_dropped": 0, "user_dropped": 0})
+    kernel = QueueCollector.families(0, 0, {"enqueued": 0, "queue_dropped": 0, "user_dropped": 0}, 0)
     for family in [*Metrics(lambda: []).registry.collect(), *kernel]:
         name = family.name + "_total" if family.type == "counter" else family.name
         families[name] = family.type

@@ -130,8 +130,8 @@ def test_no_per_packet_counters_in_the_table():
     the two counter lookups the table had cost about 3 % of forwarding). The one lookup, that keeps media
     pinholes away from the queue, comes after the SIP port and the FIB tests."""
     sets_and_maps = re.findall(r"^\t(?:set|map) \w+ \{.*?^\t\}", RENDERED, re.M | re.S)
-    # sip_ports, 6 maps and 2 rate sets, each map and rate set in both families
-    assert len(sets_and_maps) == 17 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
+    # sip_ports, 8 maps, 2 rate sets and the TLS hosts set, each map and set in both families
+    assert len(sets_and_maps) == 23 and not [m for m in sets_and_maps if "counter" in m], sets_and_maps
     assert "media_to_lan" not in RENDERED and "media_from_lan" not in RENDERED
     rules = [r for _h, rs in filter_chains(RENDERED).values() for r in rs]
     lookups = [r for r in rules if "@" in r]  # the per-host rate sets are updated only in the rate chains

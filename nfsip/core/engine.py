@@ -214,6 +214,19 @@ class Engine:
             return self.public_ip
         return self._public6.get(lan_ip, lan_ip)
 
+    @staticmethod
+    def _registered_endpoint(flow: Flow, msg: SipMessage) -> Endpoint:
+        """The phone endpoint a registration keeps reachable: over UDP the one its SIP comes from; over TCP
+        the one its Contact names (where it listens: its connection's own port is gone with the
+        connection, and a registrar's new connection must reach the phone there, through the relay)."""
+        if flow.transport != "tcp":
+            return flow.lan
+        for contact in msg.contacts:
+            hp = contact.uri.hostport
+            if hp is not None and canonical(hp.host) == flow.lan.ip:
+                return Endpoint(flow.lan.ip, hp.port or 5060)
+        return flow.lan
+
     # -- LAN -> WAN ----------------------------------------------------------------------------------
     def _outbound(self, flow: Flow, msg: SipMessage, now: float) -> Decision:
         edits: list[Edit] = []
@@ -239,7 +252,14 @@ class Engine:
                             aor = msg.to.uri.span.slice(msg.raw).decode("utf-8", "replace")
                         except SipParseError:
                             aor = "?"
-                        pending = PendingRegister(flow.lan, public_sip, flow.remote, aor, now + _TRANSACTION_SECONDS)
+                        pending = PendingRegister(
+                            self._registered_endpoint(flow, msg),
+                            public_sip,
+                            flow.remote,
+                            aor,
+                            now + _TRANSACTION_SECONDS,
+                            flow.transport,
+                        )
                         self.registrations.request(branch, pending)
         change = _Change()
         for contact in msg.contacts:

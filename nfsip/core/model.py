@@ -44,6 +44,10 @@ class Flow:
     # ones its SDP may name for its own media besides `lan.ip` (a dual-stack phone signalling over IPv4 with
     # IPv6 media, an IPv6 phone with several addresses).
     host_addresses: frozenset[str] = frozenset()
+    # "udp": a queued datagram; "tcp": a whole message of a connection the TCP relay carries
+    # (nfsip.kernel.tcprelay): `lan` is then the phone's end of its connection, `public` the router's
+    # connection to the server.
+    transport: str = "udp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class Pinhole:
     kind: str = "media"
     remote_ip: str = ""
     established: bool = False  # the call had its 2xx (kept in the kernel element for crash recovery)
+    transport: str = "udp"  # a registration over "tcp": the relay's pinhole (sip_tcp), not the UDP maps
     since: float = 0.0  # when the call or registration began: engine clock; wall clock (epoch) when read back
 
 

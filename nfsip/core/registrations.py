@@ -32,6 +32,7 @@ class Registration:
     aor: str
     expires_at: float
     since: float = 0.0
+    transport: str = "udp"
 
     def pinhole(self, now: float, grace: int) -> Pinhole:
         timeout = max(1, int(self.expires_at - now) + grace)
@@ -44,6 +45,7 @@ class Registration:
             kind="sip",
             remote_ip=self.registrar_ip,
             since=self.since,
+            transport=self.transport,
         )
 
 
@@ -54,6 +56,7 @@ class PendingRegister:
     registrar: Endpoint
     aor: str
     deadline: float
+    transport: str = "udp"
 
 
 class RegistrationTable:
@@ -122,11 +125,17 @@ class RegistrationTable:
         accounts[pending.aor] = now + granted
         registrar = pending.registrar.ip if self.from_registrar_only else ""
         since = old.since if old is not None else now
-        reg = Registration(pending.lan, pending.public, registrar, pending.aor, max(accounts.values()), since)
+        reg = Registration(
+            pending.lan, pending.public, registrar, pending.aor, max(accounts.values()), since, pending.transport
+        )
         self.by_lan[pending.lan] = reg
         if old is None:
             self._counted(pending.lan, 1)
-        if old is not None and (old.public, old.registrar_ip) == (reg.public, reg.registrar_ip):
+        if old is not None and (old.public, old.registrar_ip, old.transport) == (
+            reg.public,
+            reg.registrar_ip,
+            reg.transport,
+        ):
             remove = []  # a refresh: the same elements are re-added with the new timeout
         opened = RegistrationOpened(reg.aor, reg.lan, reg.public, granted) if old is None else None
         return [reg.pinhole(now, self.grace)], remove, opened
@@ -138,8 +147,23 @@ class RegistrationTable:
         if hole.lan not in self.by_lan:
             self._counted(hole.lan, 1)
         self.by_lan[hole.lan] = Registration(
-            hole.lan, hole.public, hole.remote_ip, hole.call_id.removeprefix("reg:"), expires_at, hole.since or now
+            hole.lan,
+            hole.public,
+            hole.remote_ip,
+            hole.call_id.removeprefix("reg:"),
+            expires_at,
+            hole.since or now,
+            hole.transport,
         )
+
+    def phone_for(self, public: Endpoint, sender_ip: str) -> Endpoint | None:
+        """The phone registered over TCP at public endpoint `public`, when `sender_ip` may reach it (its
+        registrar, or anyone with registration_from = "any"): where the TCP relay takes a registrar's new
+        connection. A scan of the registrations: only a registrar's new connection asks."""
+        for reg in self.by_lan.values():
+            if reg.transport == "tcp" and reg.public == public and reg.registrar_ip in ("", sender_ip):
+                return reg.lan
+        return None
 
     def forget(self, hole: Pinhole) -> list[Pinhole]:
         """Forget the registration whose new pinhole `hole` the kernel refused (it was never installed);

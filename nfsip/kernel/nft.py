@@ -34,7 +34,11 @@ from .ruleset import (
     SIP_DNAT_ANY_MAP,
     SIP_DNAT_MAP,
     SIP_SNAT_MAP,
+    SIP_TCP_ANY_MAP,
+    SIP_TCP_MAP,
     SNAT_MAP,
+    TLS_CHAIN,
+    TLS_HOSTS_SET,
     map_for,
 )
 
@@ -173,6 +177,12 @@ class Nft:
         entries. (Per-call media counts come from conntrack accounting, not from elements.)"""
         public, lan = hole.public, hole.lan
         ip = lan.ip  # the family of the pinhole's maps (a pinhole's addresses are all of one family)
+        if hole.kind == "sip" and hole.transport == "tcp":
+            # Over TCP the relay takes the registrar's connection: one element, which the relay's redirect
+            # looks up; nothing to translate on the way out (the relay's own connection carries it).
+            if hole.remote_ip:
+                return [(map_for(SIP_TCP_MAP, ip), (hole.remote_ip, public.ip, public.port), (lan.ip, lan.port))]
+            return [(map_for(SIP_TCP_ANY_MAP, ip), (public.ip, public.port), (lan.ip, lan.port))]
         if hole.kind == "sip":
             if hole.remote_ip:
                 dnat = (map_for(SIP_DNAT_MAP, ip), (hole.remote_ip, public.ip, public.port), (lan.ip, lan.port))
@@ -436,7 +446,9 @@ class Nft:
 
     def registration_pinholes(self, family: str = "inet") -> list[Pinhole]:
         holes = []
-        for name in (SIP_DNAT_MAP, SIP_DNAT_ANY_MAP):
+        for name in (SIP_DNAT_MAP, SIP_DNAT_ANY_MAP, SIP_TCP_MAP, SIP_TCP_ANY_MAP):
+            if family == LEGACY_FAMILY and name in (SIP_TCP_MAP, SIP_TCP_ANY_MAP):
+                continue
             for elem in self._all(name, family):
                 _label, _state, since, call_id = parse_comment(elem.comment)
                 if call_id:
@@ -451,6 +463,7 @@ class Nft:
                             kind="sip",
                             remote_ip=elem.remote_ip,
                             since=since,
+                            transport="tcp" if name in (SIP_TCP_MAP, SIP_TCP_ANY_MAP) else "udp",
                         )
                     )
         return holes
@@ -486,6 +499,28 @@ class Nft:
                 raise NftError(f"cannot read chain {chain}: {exc}", exc.errno) from exc
             total += sum(expr.counter[0] for rule in rules for expr in rule if expr.counter is not None)
         return total
+
+    def tls_hosts(self) -> list[str]:
+        """The LAN hosts that opened TLS SIP connections in the last hour (both families)."""
+        hosts = []
+        for name in (TLS_HOSTS_SET, TLS_HOSTS_SET + IPV6_SUFFIX):
+            rc, out, _err = self._nft.cmd(f"list set inet {self.table} {name}")
+            if rc != 0:
+                continue  # a table without the set (an older version's)
+            for item in json.loads(out).get("nftables", []):
+                for elem in (item.get("set") or {}).get("elem", []):
+                    value = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
+                    if isinstance(value, str):
+                        hosts.append(value)
+        return hosts
+
+    def tls_flows(self) -> int:
+        """New TLS SIP connections from the LAN: the counter of the TLS chain (0 where the table has none)."""
+        try:
+            rules = self._nfnl.chain_rules(self.table, TLS_CHAIN)
+        except OSError as exc:
+            raise NftError(f"cannot read chain {TLS_CHAIN}: {exc}", exc.errno) from exc
+        return sum(expr.counter[0] for rule in rules for expr in rule if expr.counter is not None)
 
     def has_native_queue(self) -> bool:
         """Whether the kernel takes the nft `queue` statement (CONFIG_NFT_QUEUE), asked without changing

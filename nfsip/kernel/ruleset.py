@@ -43,6 +43,15 @@ SNAT_MAP = "media_snat"
 SIP_DNAT_MAP = "sip_dnat"  # registrar ip . public ip . public port -> LAN ip . port
 SIP_DNAT_ANY_MAP = "sip_dnat_any"  # public ip . public port -> LAN ip . port (registration_from = "any")
 SIP_SNAT_MAP = "sip_snat"
+# A TCP registration: a registrar's new connection to the phone's public endpoint goes to the TCP relay, which
+# connects to the phone; the value (the phone's Contact) is the relay's to read, and a restarted daemon's.
+SIP_TCP_MAP = "sip_tcp"  # registrar ip . public ip . public port -> phone ip . port
+SIP_TCP_ANY_MAP = "sip_tcp_any"  # public ip . public port -> phone ip . port (registration_from = "any")
+# The regular chain the daemon fills with the TCP relay's redirects when its relay listens (relay_rules()).
+TCP_RELAY_CHAIN = "tcp_relay"
+# Counts new TLS SIP connections from the LAN (nfsip cannot read them); the set keeps which hosts made them.
+TLS_CHAIN = "sip_tls"
+TLS_HOSTS_SET = "sip_tls_hosts"
 # Each map exists once per family: the IPv6 twin has this suffix (`media_dnat6`), and its addresses are
 # ipv6_addr. Which one a pinhole's elements go to follows its addresses' family (map_for()).
 IPV6_SUFFIX = "6"
@@ -79,6 +88,8 @@ class RulesetOptions:
     sip_rate_per_host: int
     sip_burst_per_host: int
     pinhole_mark: int = DEFAULTS.pinhole_mark
+    tcp_relay_port: int = DEFAULTS.tcp_relay_port
+    sip_tls_ports: tuple[int, ...] = DEFAULTS.sip_tls_ports
 
 
 def options_from(config: Config, native_queue: bool) -> RulesetOptions:
@@ -92,6 +103,8 @@ def options_from(config: Config, native_queue: bool) -> RulesetOptions:
         sip_rate_per_host=config.sip_rate_per_host,
         sip_burst_per_host=config.sip_burst_per_host,
         pinhole_mark=config.pinhole_mark,
+        tcp_relay_port=config.tcp_relay_port,
+        sip_tls_ports=config.sip_tls_ports,
     )
 
 
@@ -99,6 +112,28 @@ def queue_rule(opts: RulesetOptions) -> str:
     """The native queue rule the daemon appends to `sip_queue` on kernels with nft_queue."""
     bypass = " bypass" if opts.bypass else ""
     return f"add rule inet {opts.table} {QUEUE_CHAIN} queue num {opts.queue_num}{bypass}\n"
+
+
+def relay_rules(opts: RulesetOptions) -> str:
+    """The TCP relay's redirects, added to `tcp_relay` by the daemon once its relay listens (so that with no
+    daemon TCP SIP is not sent to a port nobody listens on): a LAN host's connection to a SIP port of a host
+    beyond the WAN, and a registrar's to a TCP-registered phone's public endpoint (marked like every
+    pinhole: the admin's firewall accepts it with the same rule, in its input chain, since the relay is the
+    router itself)."""
+    wan, port = opts.wan_interface, opts.tcp_relay_port
+    ports = ", ".join(str(p) for p in opts.sip_ports)
+    sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
+    rule = f"add rule inet {opts.table} {TCP_RELAY_CHAIN}"
+    mark_set = f"ct mark set ct mark | {opts.pinhole_mark:#010x}"
+    redirect = f"redirect to :{port}"
+    text = f'{rule} iifname != "{wan}" tcp dport {sip} fib daddr oifname "{wan}" {redirect}\n'
+    for ip, _addr, x in _FAMILIES:
+        for key, name in (
+            (f"{ip} saddr . {ip} daddr . tcp dport", SIP_TCP_MAP),
+            (f"{ip} daddr . tcp dport", SIP_TCP_ANY_MAP),
+        ):
+            text += f'{rule} iifname "{wan}" {key} @{name}{x} {mark_set} {redirect}\n'
+    return text
 
 
 # (nft address keyword, nft address type, map-name suffix) per family.
@@ -139,6 +174,17 @@ def _maps() -> str:
             "{a} . inet_service : {a} . inet_service",
             "and its outgoing SIP keeps the public port the registrar knows",
         ),
+        (
+            SIP_TCP_MAP,
+            "{a} . {a} . inet_service : {a} . inet_service",
+            "a phone registered over TCP: its registrar's new connection to the phone's public endpoint goes to "
+            "the TCP relay (which connects to the phone) ...",
+        ),
+        (
+            SIP_TCP_ANY_MAP,
+            "{a} . inet_service : {a} . inet_service",
+            '... or anyone\'s, with registration_from = "any"',
+        ),
     )
     text = ""
     for name, kind, what in maps:
@@ -170,6 +216,19 @@ def _pinhole_rules(wan: str, mark: int) -> tuple[str, str]:
     return pre, post + hairpin
 
 
+def _tls_rules(wan: str, tls_ports: tuple[int, ...]) -> str:
+    """New TLS SIP connections from the LAN: counted, and their hosts kept for `nfsip status`."""
+    if not tls_ports:
+        return ""
+    ports = ", ".join(str(p) for p in tls_ports)
+    tls = ports if len(tls_ports) == 1 else f"{{ {ports} }}"
+    return "".join(
+        f'\t\tiifname != "{wan}" meta l4proto tcp th dport {tls} update @{TLS_HOSTS_SET}{x} {{ {ip} saddr }} '
+        f"jump {TLS_CHAIN}\n"
+        for ip, _addr, x in _FAMILIES
+    )
+
+
 def render(opts: RulesetOptions) -> str:
     """The table as nft text. Loaded by `nft -f` it replaces an older nfsip table atomically."""
     wan = opts.wan_interface
@@ -194,6 +253,7 @@ def render(opts: RulesetOptions) -> str:
         "\t\t# Until then, or with no daemon running, SIP crosses the router unchanged.\n"
     )
     pre, post = _pinhole_rules(wan, opts.pinhole_mark)
+    tls = _tls_rules(wan, opts.sip_tls_ports)
     rate_sets = "".join(
         f"\tset {name}{x} {{\n\t\ttype {addr}\n\t\tsize {RATE_SET_SIZE}\n\t\tflags dynamic,timeout\n"
         "\t\ttimeout 1m\n\t}\n\n"
@@ -219,7 +279,34 @@ table inet {opts.table} {{
 {_maps()}\t# NAT chains see only the first packet of a connection: their cost is per flow, not per packet.
 \tchain pinholes_prerouting {{
 \t\ttype nat hook prerouting priority dstnat - 10; policy accept;
-{pre}\t}}
+{pre}\t\t# SIP over TCP: the daemon puts the redirects to its relay into {TCP_RELAY_CHAIN} while it runs.
+\t\tmeta l4proto tcp jump {TCP_RELAY_CHAIN}
+{tls}\t}}
+
+\t# Empty until the daemon's TCP relay listens (nfsip.kernel.ruleset.relay_rules; `nfsip ruleset` shows
+\t# them): with no daemon, TCP SIP crosses the router untouched, as UDP SIP does with no queue reader.
+\tchain {TCP_RELAY_CHAIN} {{
+\t}}
+
+\t# TLS SIP from the LAN cannot be read: its new connections are counted here (nfsip_sip_tls_flows_total)
+\t# and its hosts kept for `nfsip status`, so that an admin sees why such a phone is not helped.
+\tset {TLS_HOSTS_SET} {{
+\t\ttype ipv4_addr
+\t\tsize {RATE_SET_SIZE}
+\t\tflags dynamic,timeout
+\t\ttimeout 1h
+\t}}
+
+\tset {TLS_HOSTS_SET}6 {{
+\t\ttype ipv6_addr
+\t\tsize {RATE_SET_SIZE}
+\t\tflags dynamic,timeout
+\t\ttimeout 1h
+\t}}
+
+\tchain {TLS_CHAIN} {{
+\t\tcounter
+\t}}
 
 \tchain pinholes_postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;

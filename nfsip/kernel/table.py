@@ -24,6 +24,9 @@ class NftTable:
         self.nft = nft
         self.native_queue = False
         self._queue_rule = queue_rule
+        # Set by the daemon once its TCP relay listens: the relay's redirects go into the table with the
+        # queue rule, and come back with it after a restore.
+        self.relay = False
 
     def _text(self) -> str:
         return ruleset.render(ruleset.options_from(self.config, self.native_queue))
@@ -33,12 +36,24 @@ class NftTable:
         self.nft.install(self._text())
         if self._queue_rule:
             self._add_queue_rule()
+        self._add_relay_rules()
 
     def restore(self, state: str) -> None:
         if state == NO_TABLE:
             self.nft.install(self._text())
         if self._queue_rule:
             self._add_queue_rule()
+        self._add_relay_rules()
+
+    def start_relay(self) -> None:
+        """The TCP relay listens: redirect TCP SIP to it (its chain emptied first: idempotent)."""
+        self.relay = True
+        self._add_relay_rules()
+
+    def _add_relay_rules(self) -> None:
+        if self.relay:
+            opts = ruleset.options_from(self.config, self.native_queue)
+            self.nft.run_text(f"flush chain inet {opts.table} {ruleset.TCP_RELAY_CHAIN}\n" + ruleset.relay_rules(opts))
 
     def _add_queue_rule(self) -> None:
         if self.native_queue:
