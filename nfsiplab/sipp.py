@@ -48,6 +48,30 @@ IPv6 (sipp 3.6.1, measured in the dual-stack lab):
   source of the RTP. A dual-stack phone is ``ip`` IPv4 and ``media_ip`` IPv6; a far end whose
   media comes from another address than its signalling is ``media_ip=lab.media_ip6_of(node)``.
 * A client's default ``ip`` is of the remote's family: ``lab.ip6_of(node)`` for an IPv6 remote.
+
+TCP (``transport="t1"`` or ``"tn"``, sipp's ``-t``; measured with sipp 3.6.1 in this lab):
+
+* ``t1``: one connection for all calls, bound to ``-i``:``-p``, so it leaves from the SIP port that
+  Via and Contact name. In client mode sipp also listens on TCP ``-p``: a peer may open a new
+  connection to the Contact, and sipp takes it. ``tn``: one connection per call from an ephemeral port,
+  which sipp writes as that call's ``[local_port]`` (Via and Contact name the connection's own port, as
+  Zoiper's TCP REGISTER in the corpus does). RTP is UDP either way.
+* Every Contact of the scenarios ends in ``[transport_param]``: empty over UDP (the UDP bytes are what
+  they always were), ``;transport=tcp`` over TCP, without which Kamailio sends in-dialog requests and
+  inbound calls to the Contact over UDP. uas.xml's Contact has always said ``;transport=[transport]``.
+* ``retrans`` does nothing over TCP (0 retransmissions); caller_noanswer.xml still ends at its 33 s
+  timeout against a listener that never answers.
+* By default sipp fails every call on a connection the peer closed, and a ``t1`` client exits ("Exit
+  problem event on socket"): callee_busy.xml and callee_ring.xml end right after the ACK, closing the
+  connection while the caller still pauses. Over TCP the lab passes ``-max_reconnect`` and
+  ``-reconnect_close false``: the calls go on, and sipp opens a new connection only when it next sends
+  (none while idle). A phone therefore outlives a registrar that closes its idle connection.
+* ``tn`` refuses to start when its socket limit (50000) exceeds the open files limit (20000 here):
+  ``-max_socket`` is set below that limit.
+* A phone (client mode with ``-oocsf``) in ``tn`` answers inbound calls with Contact port 0: SippPhone
+  refuses ``tn``.
+* ``-trace_msg`` heads TCP messages "TCP message received [N] bytes": ``messages()`` reads both.
+* ``tcp_connections()`` lists a sipp's established connections (``ss -p``, by its pid).
 """
 
 from __future__ import annotations
@@ -56,6 +80,7 @@ import contextlib
 import csv
 import io
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -77,6 +102,15 @@ PCAP_RTP_PACKETS = 236
 """RTP packets in g711a.pcap: one PCMA stream, 240 bytes of audio every 30 ms, 7.05 s in all."""
 UAC_PAUSE_MS = 8000
 """Time between ACK and BYE on the UAC: the 7.05 s playback plus margin (see module doc)."""
+
+TRANSPORTS: dict[str, str] = {"u1": "udp", "t1": "tcp", "tn": "tcp"}
+"""sipp's ``-t`` modes the lab uses, with the protocol each carries SIP over: one UDP socket, one TCP
+connection for all calls, one TCP connection per call. RTP is UDP in all of them."""
+
+MAX_RECONNECTS = 100_000
+"""sipp's ``-max_reconnect`` over TCP: never the limit (each reconnect is a connection the peer closed)."""
+FILES_KEPT_FREE = 64
+"""File descriptors a "tn" sipp keeps for its logs, pcap and media sockets below its open files limit."""
 
 _counter = iter(range(1, 1 << 30))
 
@@ -147,12 +181,21 @@ def _read_counters(stat_file: Path) -> tuple[int, int]:
 
 
 class _Sipp:
-    """One sipp process in a lab namespace, with its files in a private work directory."""
+    """One sipp process in a lab namespace, with its files in a private work directory.
+
+    ``transport`` (every endpoint class takes it) is sipp's ``-t``: "u1" (UDP, the default), "t1" or
+    "tn" (TCP, see the module doc); ``protocol`` is "udp" or "tcp" accordingly.
+    """
 
     role = "sipp"
 
-    def __init__(self, lab: Lab, node: str, workdir: str | Path | None) -> None:
+    def __init__(self, lab: Lab, node: str, workdir: str | Path | None, transport: str = "u1") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         self.lab, self.node = lab, node
+        self.transport = transport
+        self.protocol = TRANSPORTS[transport]
+        """``udp`` or ``tcp``: what the SIP of this endpoint runs over."""
         self._own_workdir = workdir is None
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix=f"nfsip-sipp-{node}-")
@@ -171,6 +214,26 @@ class _Sipp:
 
     def _common_args(self, trace_msg: bool) -> list[str]:
         args = [
+            "-t",
+            self.transport,
+            # The Contact URI parameter of the scenarios: empty over UDP (RFC 3261's default transport,
+            # and the bytes the UDP tests always had), ";transport=tcp" over TCP, without which a proxy
+            # sends in-dialog requests and inbound calls to the Contact over UDP.
+            "-key",
+            "transport_param",
+            "" if self.protocol == "udp" else f";transport={self.protocol}",
+        ]
+        if self.protocol == "tcp":
+            # By default sipp fails every call of a connection the peer closed, and a "t1" client
+            # exits: a UAS closing after its last message, or a registrar closing an idle connection,
+            # would fail calls whose transactions were over. Real UAs open a new connection when they
+            # next send, and so does sipp with these (the calls go on; it reconnects lazily).
+            args += ["-max_reconnect", str(MAX_RECONNECTS), "-reconnect_close", "false"]
+        if self.transport == "tn":
+            # sipp refuses to start in "tn" mode when its socket limit (50000) exceeds the open files
+            # limit it inherits (20000 here); one call is one socket, so stay just below that limit.
+            args += ["-max_socket", str(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FILES_KEPT_FREE)]
+        args += [
             "-nostdin",
             "-trace_err",
             "-error_file",
@@ -186,11 +249,45 @@ class _Sipp:
             args += ["-trace_msg", "-message_file", str(self.message_file)]
         return args
 
+    def _listening(self, ip: str, port: int) -> bool:
+        """True once ``ip:port`` listens for SIP (a bound UDP socket; a TCP socket in LISTEN)."""
+        out = self.lab.run(self.node, ["ss", "-Hnlu" if self.protocol == "udp" else "-Hnlt"], check=False).stdout
+        return f"{T.hostport(ip, port)} " in out
+
     def _spawn(self, argv: list[str]) -> None:
         self.argv = argv
         with open(self.stdout_file, "wb") as out, open(self.stderr_file, "wb") as err:
             self.proc = self.lab.popen(self.node, argv, stdout=out, stderr=err, cwd=self.workdir)
         self._t0 = time.monotonic()
+
+    def messages(self) -> list[tuple[str, str]]:
+        """("sent"|"received", start line) of every SIP message, from the -trace_msg file
+        (empty unless ``trace_msg``)."""
+        return [(direction, text.split("\n", 1)[0]) for direction, text in _trace_messages(self.message_file)]
+
+    def received(self, pattern: str = "") -> list[str]:
+        """Start lines of the messages sipp received, optionally only those matching a regex."""
+        return [line for d, line in self.messages() if d == "received" and re.search(pattern, line)]
+
+    def received_messages(self, pattern: str = "") -> list[str]:
+        """The whole text (lines joined by newlines) of each message sipp received whose start line
+        matches ``pattern``, from the -trace_msg file."""
+        return [
+            text
+            for direction, text in _trace_messages(self.message_file)
+            if direction == "received" and re.search(pattern, text.split("\n", 1)[0])
+        ]
+
+    def tcp_connections(self) -> list[tuple[str, str]]:
+        """(local, peer) ``ip:port`` of every established TCP connection of this sipp process (``ss -p``)."""
+        if self.proc is None:
+            return []
+        out = self.lab.run(self.node, ["ss", "-Hntp", "state", "established"], check=False).stdout
+        return [
+            (fields[2], fields[3])
+            for line in out.splitlines()
+            if f"pid={self.proc.pid}," in line and len(fields := line.split()) >= 4
+        ]
 
     @property
     def returncode(self) -> int | None:
@@ -283,8 +380,9 @@ class SippUas(_Sipp):
         workdir: str | Path | None = None,
         trace_msg: bool = False,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
-        super().__init__(lab, node, workdir)
+        super().__init__(lab, node, workdir, transport)
         self.ip = ip or lab.ip_of(node)
         self.media_ip = media_ip or self.ip
         self.sip_port, self.media_port, self.calls = sip_port, media_port, calls
@@ -314,12 +412,10 @@ class SippUas(_Sipp):
             ]
         )
         deadline = time.monotonic() + timeout
-        needle = f"{T.hostport(self.ip, self.sip_port)} "
         while time.monotonic() < deadline:
             if self.returncode is not None:
                 raise LabError(f"UAS on {self.node} exited at start:\n{self._collect().describe()}")
-            listening = self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout
-            if needle in listening:
+            if self._listening(self.ip, self.sip_port):
                 return self
             time.sleep(0.02)
         res = self.stop()
@@ -353,8 +449,9 @@ class SippUac(_Sipp):
         workdir: str | Path | None = None,
         trace_msg: bool = False,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
-        super().__init__(lab, node, workdir)
+        super().__init__(lab, node, workdir, transport)
         self.ip = ip or _local_ip(lab, node, server)
         self.media_ip = media_ip or self.ip
         self.server, self.server_port = server, server_port
@@ -481,11 +578,12 @@ HOLD_SCENARIO_S = 14.0
 VIDEO_SCENARIO_S = 7.0
 """Duration of caller_video.xml from the first ACK to the BYE."""
 
-_MSG_HEAD_RE = re.compile(r"^UDP message (sent|received)", re.MULTILINE)
+_MSG_HEAD_RE = re.compile(r"^(?:UDP|TCP) message (sent|received)", re.MULTILINE)
 
 
 def _trace_messages(path: Path) -> list[tuple[str, str]]:
-    """(direction, start line) of every message in a sipp -trace_msg file, in order."""
+    """(direction, message text) of every message in a sipp -trace_msg file, in order; the text is
+    the message's stripped lines joined by newlines, its start line first."""
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
@@ -495,8 +593,10 @@ def _trace_messages(path: Path) -> list[tuple[str, str]]:
     for i, head in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         body = text[head.end() : end].split("\n", 1)[1] if "\n" in text[head.end() : end] else ""
-        first = next((ln.strip() for ln in body.splitlines() if ln.strip()), "")
-        out.append((head.group(1), first))
+        lines = [ln.strip() for ln in body.splitlines()]
+        # The next entry's "-----... date" separator line ends this one.
+        lines = [ln for ln in lines if not ln.startswith("-----")]
+        out.append((head.group(1), "\n".join(lines).strip()))
     return out
 
 
@@ -533,8 +633,9 @@ class SippScenario(_Sipp):
         workdir: str | Path | None = None,
         trace_msg: bool = False,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
-        super().__init__(lab, node, workdir)
+        super().__init__(lab, node, workdir, transport)
         self.ip = ip or _local_ip(lab, node, remote)
         self.media_ip = media_ip or self.ip
         self.remote, self.remote_port = remote, remote_port
@@ -589,26 +690,17 @@ class SippScenario(_Sipp):
         """
         self._spawn(self.argv())
         deadline = time.monotonic() + timeout
-        needle = f"{T.hostport(self.ip, self.sip_port)} "
         while time.monotonic() < deadline:
             if self.returncode is not None:
                 if self.remote is None:
                     raise LabError(f"{self.role} on {self.node} exited at start:\n{self._collect().describe()}")
                 return self
-            if needle in self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout:
+            if self._listening(self.ip, self.sip_port):
                 return self
             time.sleep(0.02)
         res = self.stop()
-        raise LabError(f"{self.role} on {self.node} not bound to {needle.strip()} after {timeout}s:\n{res.describe()}")
-
-    def messages(self) -> list[tuple[str, str]]:
-        """("sent"|"received", start line) of every SIP message, from the -trace_msg file
-        (empty unless ``trace_msg``)."""
-        return _trace_messages(self.message_file)
-
-    def received(self, pattern: str = "") -> list[str]:
-        """Start lines of the messages sipp received, optionally only those matching a regex."""
-        return [line for d, line in self.messages() if d == "received" and re.search(pattern, line)]
+        where = f"{self.protocol} {T.hostport(self.ip, self.sip_port)}"
+        raise LabError(f"{self.role} on {self.node} not bound to {where} after {timeout}s:\n{res.describe()}")
 
     def kill(self) -> SippResult:
         """SIGKILL: the endpoint vanishes without un-REGISTER, CANCEL or BYE (a phone unplugged)."""
@@ -657,9 +749,12 @@ class SippPhone(SippScenario):
         workdir: str | Path | None = None,
         trace_msg: bool = True,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
         if answer not in CALLEE_SCENARIOS:
             raise ValueError(f"answer must be one of {', '.join(CALLEE_SCENARIOS)}")
+        if transport == "tn":
+            raise ValueError('a phone over TCP uses "t1": in "tn" sipp answers inbound calls with Contact port 0')
         main = REGISTER_REFRESH_SCENARIO if refresh else REGISTER_SCENARIO
         total_s = registered_ms * (2 if refresh else 1) / 1000
         super().__init__(
@@ -681,6 +776,7 @@ class SippPhone(SippScenario):
             workdir=workdir,
             trace_msg=trace_msg,
             extra_args=extra_args,
+            transport=transport,
         )
         self.user, self.expires, self.answer = user, expires, answer
 
@@ -720,6 +816,7 @@ class SippCaller(SippScenario):
         workdir: str | Path | None = None,
         trace_msg: bool = True,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
         if kind not in CALLER_SCENARIOS:
             raise ValueError(f"kind must be one of {', '.join(CALLER_SCENARIOS)}")
@@ -743,6 +840,7 @@ class SippCaller(SippScenario):
             workdir=workdir,
             trace_msg=trace_msg,
             extra_args=extra_args,
+            transport=transport,
         )
         self.kind = kind
 
@@ -770,6 +868,7 @@ class SippCallee(SippScenario):
         workdir: str | Path | None = None,
         trace_msg: bool = False,
         extra_args: tuple[str, ...] = (),
+        transport: str = "u1",
     ) -> None:
         if kind not in CALLEE_SCENARIOS:
             raise ValueError(f"kind must be one of {', '.join(CALLEE_SCENARIOS)}")
@@ -789,5 +888,6 @@ class SippCallee(SippScenario):
             workdir=workdir,
             trace_msg=trace_msg,
             extra_args=extra_args,
+            transport=transport,
         )
         self.kind = kind
