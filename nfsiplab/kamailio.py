@@ -45,6 +45,31 @@ Kamailio pitfalls that shaped this module:
   Contact of the 200 (seen here).
 * ``kamailio -c`` checks the rendered file without root and without the listen address existing.
 
+TCP (``tcp=True``; measured with Kamailio 5.6.3): it listens on TCP too, same addresses and port, as
+registrar and proxy for both transports, and forwards each request over the transport its target
+names (``;transport=tcp`` in a Contact or Record-Route, else UDP).
+
+* Connection reuse: Kamailio knows each connection by its peer's ``ip:port`` and sends a request for a
+  Contact over an open connection to exactly that ``ip:port``, else opens a new connection to it. A
+  binding records the REGISTER's connection (``Tcpconn-Id`` in ``bindings()``), but ``lookup`` does not
+  route by it. sipp's connections leave from the port its Contact names, so over IPv6 (no NAT) an
+  inbound call reaches a TCP phone over the phone's own connection. Behind plain masquerade the Contact
+  is the private address: the new connection fails at once (connect: ENETUNREACH) and the caller gets
+  477; with ``nat_helper`` ``fix_nated_register`` stores ``received=sip:198.51.100.1:5060;transport=tcp``
+  and the call goes over the phone's connection.
+* ``tcp_connection_lifetime``: an idle connection is closed after it. Kamailio's own default is 120 s;
+  the lab takes Debian's stock kamailio.cfg value, 3605 s (longer than a registration), so a phone's
+  connection lives as long as it is registered. ``tcp_connection_lifetime_s`` short is the variant where
+  Kamailio has closed the phone's connection and opens a NEW one to the Contact for the next inbound
+  call. The idle check runs only after the worker released the connection: with 2 or 3 s it closed about
+  10 s after the last message.
+* ``tcp_accept_aliases`` (honour a Via ``;alias``) and ``force_tcp_alias()`` add the Via's port as one
+  more name of the connection, for the connection's source address. That helps a UA whose Via port is
+  not its source port on the same address; sipp's never differ, and behind NAT the alias would name the
+  public address with the phone's private port (RFC 5923's hijacking risk for end-user connections).
+  Left at Kamailio's default, off.
+* ``tcp_connections()`` reads ``core.tcp_list``.
+
 IPv6: in a dual-stack lab Kamailio also listens on the server's IPv6 address (``listen6``), the same
 registrar and proxy for both families. It sends each request from its socket of the destination's
 family, and a request that changes family on the way gets two Record-Routes, one per socket
@@ -58,6 +83,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -66,6 +92,9 @@ from nfsiplab import topology as T
 from nfsiplab.lab import Lab, LabError
 
 MODULE_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+TCP_CONNECTION_LIFETIME_S = 3605
+"""How long Kamailio keeps an idle TCP connection: the value of Debian's stock kamailio.cfg ("a bit
+higher than registration expires to cope with UA behind NAT"); Kamailio's own default is 120 s."""
 
 # @@NAME@@ placeholders (Kamailio's own syntax uses $ and braces, so neither str.format nor
 # string.Template can render it).
@@ -80,13 +109,14 @@ log_facility=LOG_LOCAL0
 memdbg=5
 memlog=5
 children=@@CHILDREN@@
-disable_tcp=yes
+@@TCP@@
 enable_sctp=no
 auto_aliases=no
 dns=no
 rev_dns=no
 use_dns_cache=no
 listen=udp:@@IP@@:@@PORT@@
+@@LISTEN_TCP@@
 alias="@@IP@@:@@PORT@@"
 @@LISTEN6@@
 
@@ -124,7 +154,7 @@ modparam("registrar", "received_avp", "$avp(RECEIVED)")
 #!endif
 
 request_route {
-	xlog("L_INFO", "RQ $rm $ru from $si:$sp ci=$ci\n");
+	xlog("L_INFO", "RQ $rm $ru from $si:$sp ci=$ci pr=$pr\n");
 	if (!mf_process_maxfwd_header("10")) {
 		sl_send_reply("483", "Too Many Hops");
 		exit;
@@ -200,7 +230,7 @@ route[RELAY] {
 }
 
 onreply_route {
-	xlog("L_INFO", "RS $rs $rr cseq=$cs from $si:$sp ci=$ci\n");
+	xlog("L_INFO", "RS $rs $rr cseq=$cs from $si:$sp ci=$ci pr=$pr\n");
 #!ifdef WITH_NAT
 	if (nat_uac_test("1")) {
 		fix_nated_contact();
@@ -222,13 +252,26 @@ def render_config(
     fr_inv_timer_ms: int = 120000,
     min_expires: int = 1,
     nat_helper: bool = False,
+    tcp: bool = False,
+    tcp_connection_lifetime_s: int = TCP_CONNECTION_LIFETIME_S,
 ) -> str:
     """The Kamailio configuration text for one lab instance (see the module doc for what it does);
-    with ``ip6`` it listens on that IPv6 address too."""
+    with ``ip6`` it listens on that IPv6 address too, with ``tcp`` on TCP beside UDP (same addresses
+    and port), closing a TCP connection idle for ``tcp_connection_lifetime_s``."""
+    listen6 = [f"listen=udp:[{ip6}]:{port}"] + ([f"listen=tcp:[{ip6}]:{port}"] if tcp else [])
+    tcp_lines = ["disable_tcp=yes"]
+    if tcp:
+        tcp_lines = [
+            "disable_tcp=no",
+            f"tcp_children={children}",
+            f"tcp_connection_lifetime={tcp_connection_lifetime_s}",
+        ]
     values = {
         "IP": ip,
         "PORT": str(port),
-        "LISTEN6": f'listen=udp:[{ip6}]:{port}\nalias="[{ip6}]:{port}"' if ip6 else "# no IPv6 listen address",
+        "TCP": "\n".join(tcp_lines),
+        "LISTEN_TCP": f"listen=tcp:{ip}:{port}" if tcp else "# no TCP listen address",
+        "LISTEN6": "\n".join([*listen6, f'alias="[{ip6}]:{port}"']) if ip6 else "# no IPv6 listen address",
         "CTL": ctl_socket,
         "CHILDREN": str(children),
         "DEBUG": str(debug),
@@ -248,6 +291,43 @@ def render_config(
     return text
 
 
+@dataclass(frozen=True)
+class TcpConnection:
+    """One TCP connection of a running Kamailio, as ``core.tcp_list`` reports it."""
+
+    id: int
+    """Kamailio's connection id; a binding's ``Tcpconn-Id`` names the connection its REGISTER came on."""
+    peer_ip: str
+    peer_port: int
+    local_ip: str
+    local_port: int
+    """The listening port for a connection Kamailio accepted; 0 for one it opened itself (measured)."""
+    state: str
+
+    @property
+    def peer(self) -> str:
+        """``ip:port`` of the far end (brackets for IPv6)."""
+        return T.hostport(self.peer_ip, self.peer_port)
+
+
+def parse_tcp_list(text: str) -> list[TcpConnection]:
+    """The connections of a ``kamcmd core.tcp_list`` answer (``src_*`` is the peer, ``dst_*`` Kamailio)."""
+    found = []
+    for block in text.split("{")[1:]:
+        fields = dict(re.findall(r"^\s*(\w+): (.*?)\s*$", block, re.MULTILINE))
+        found.append(
+            TcpConnection(
+                id=int(fields["id"]),
+                peer_ip=fields["src_ip"],
+                peer_port=int(fields["src_port"]),
+                local_ip=fields["dst_ip"],
+                local_port=int(fields["dst_port"]),
+                state=fields["state"],
+            )
+        )
+    return found
+
+
 def have_kamailio() -> bool:
     """True if the kamailio binary is installed (it lives in /usr/sbin, which may not be on PATH)."""
     return shutil.which("kamailio") is not None or Path("/usr/sbin/kamailio").exists()
@@ -259,10 +339,12 @@ def _binary(name: str) -> str:
 
 class Kamailio:
     """A Kamailio registrar/proxy in a lab namespace (default: the server, 198.51.100.2:5060 and
-    [2001:db8:f::2]:5060; ``listen6=False`` for IPv4 only, ``ip6`` for another IPv6 address).
+    [2001:db8:f::2]:5060; ``listen6=False`` for IPv4 only, ``ip6`` for another IPv6 address; ``tcp``
+    on TCP too, closing connections idle for ``tcp_connection_lifetime_s``).
 
-    Context manager; ``start()`` returns when the UDP socket listens. ``log()`` is the full log (one
-    ``RQ``/``RS`` line per request/reply it routed, plus Kamailio's own messages); ``contacts(aor)``
+    Context manager; ``start()`` returns when its sockets listen. ``log()`` is the full log (one
+    ``RQ``/``RS`` line per request/reply it routed, with the protocol it came over, plus Kamailio's own
+    messages); ``contacts(aor)``
     asks the running instance (binrpc ``ul.lookup``) which contacts an AOR has.
     """
 
@@ -286,12 +368,15 @@ class Kamailio:
         fr_inv_timer_ms: int = 120000,
         min_expires: int = 1,
         nat_helper: bool = False,
+        tcp: bool = False,
+        tcp_connection_lifetime_s: int = TCP_CONNECTION_LIFETIME_S,
         workdir: str | Path | None = None,
     ) -> None:
         self.lab, self.node = lab, node
         self.ip = ip or lab.ip_of(node)
         self.ip6 = (ip6 or lab.ip6_of(node)) if listen6 else None
         self.port = port
+        self.tcp = tcp
         self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"nfsip-kamailio-{node}-"))
@@ -312,6 +397,8 @@ class Kamailio:
                 fr_inv_timer_ms=fr_inv_timer_ms,
                 min_expires=min_expires,
                 nat_helper=nat_helper,
+                tcp=tcp,
+                tcp_connection_lifetime_s=tcp_connection_lifetime_s,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -361,11 +448,12 @@ class Kamailio:
         t0 = time.monotonic()
         deadline = t0 + timeout
         needles = [f"{self.ip}:{self.port} "] + ([f"{self.uri6} "] if self.uri6 else [])
+        protocols = ["-Hnlu", "-Hnlt"] if self.tcp else ["-Hnlu"]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LabError(f"kamailio exited with {self.proc.returncode} at start:\n{self.log()[-4000:]}")
-            listening = self.lab.run(self.node, ["ss", "-Hnlu"], check=False).stdout
-            if all(n in listening for n in needles) and Path(self.ctl_socket).exists():
+            listening = [self.lab.run(self.node, ["ss", p], check=False).stdout for p in protocols]
+            if all(n in out for n in needles for out in listening) and Path(self.ctl_socket).exists():
                 self.startup_s = time.monotonic() - t0
                 return self
             time.sleep(0.02)
@@ -419,6 +507,22 @@ class Kamailio:
     def contacts(self, aor: str) -> list[str]:
         """The contact URIs registered for ``aor`` (``alice`` or ``sip:alice@...``); [] when none."""
         return [b["Address"] for b in self.bindings(aor)]
+
+    def tcp_connections(self) -> list[TcpConnection]:
+        """Kamailio's open TCP connections (``core.tcp_list``); [] without TCP or with none open."""
+        return parse_tcp_list(self.rpc("core.tcp_list", check=False))
+
+    def wait_tcp_closed(self, conn_id: int, timeout: float = 30.0) -> list[TcpConnection]:
+        """Wait until connection ``conn_id`` is gone (closed by either side); returns the ones left
+        (LabError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.tcp_connections()
+            if all(c.id != conn_id for c in left):
+                return left
+            if time.monotonic() > deadline:
+                raise LabError(f"TCP connection {conn_id} still open after {timeout}s: {left}")
+            time.sleep(0.2)
 
     def wait_registered(self, aor: str, count: int = 1, timeout: float = 10.0) -> list[str]:
         """Wait until ``aor`` has at least ``count`` contacts; returns them (LabError on timeout)."""
