@@ -61,8 +61,8 @@ names (``;transport=tcp`` in a Contact or Record-Route, else UDP).
   the lab takes Debian's stock kamailio.cfg value, 3605 s (longer than a registration), so a phone's
   connection lives as long as it is registered. ``tcp_connection_lifetime_s`` short is the variant where
   Kamailio has closed the phone's connection and opens a NEW one to the Contact for the next inbound
-  call. The idle check runs only after the worker released the connection: with 2 or 3 s it closed about
-  10 s after the last message.
+  call. The close comes late (the idle check runs only after the worker released the connection):
+  11 s after the REGISTER with a lifetime of 2 or 5 s, 26 s with 20 s.
 * ``tcp_accept_aliases`` (honour a Via ``;alias``) and ``force_tcp_alias()`` add the Via's port as one
   more name of the connection, for the connection's source address. That helps a UA whose Via port is
   not its source port on the same address; sipp's never differ, and behind NAT the alias would name the
