@@ -448,6 +448,7 @@ class Daemon:
         self._last_tick = now
         if self.tcp is not None:
             self.tcp.expire()
+            self.metrics.tcp_connections.set(len(self.tcp.connections))
         if self.conntrack.pending and now - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = now
             self.sweep_conntrack()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -16,13 +17,18 @@ import pytest
 
 from nfsip.core.sip.message import parse_message
 from nfsiplab import topology as T
+from nfsiplab.capture import Capture, UdpPacket, count_rtp
+from nfsiplab.kamailio import Kamailio, have_kamailio
 from nfsiplab.lab import Lab
 from nfsiplab.nfsipd import NfsipDaemon
+from nfsiplab.sipp import PCAP_RTP_PACKETS, SippCallee, SippCaller, SippPhone, SippResult, SippUac, SippUas
+from nfsiplab.tls import TlsPhone, TlsRegistrar
 
-from .lab_support import require_lab
+from .lab_support import require, require_lab
 
 pytestmark = pytest.mark.lab
 
+MIN_RTP = int(PCAP_RTP_PACKETS * 0.95)
 PHONE = T.phone_ip(1)
 
 
@@ -42,6 +48,15 @@ def lab() -> Iterator[Lab]:
 def nfsip(lab: Lab) -> Iterator[NfsipDaemon]:
     with NfsipDaemon(lab, log_level="debug") as daemon:
         yield daemon
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def invite(n: int, body_port: int = 6000) -> bytes:
@@ -174,3 +189,174 @@ def test_a_body_shorter_than_its_content_length_is_never_sent_on(lab: Lab, nfsip
     whole = invite(5)
     _seen, end, data = relay(lab, tmp_path, [whole[:-10]])
     assert end == "closed" and data == b""
+
+
+def test_tcp_call_media_both_ways(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
+    """A call over TCP (sipp -t t1 at both ends): the server gets the router's address in the SDP and media
+    flows both ways through the pinholes; after the BYE nothing is left and the relay holds no connection."""
+    with Capture(lab, "phone1", T.HOST_IF) as at_phone, Capture(lab, T.SERVER, T.HOST_IF) as at_server:
+        uas = SippUas(lab, transport="t1").start()
+        uac = SippUac(lab, "phone1", transport="t1").start()
+        result = uac.wait(60)
+        uas.wait(20)
+    assert result.ok, result.describe()
+    assert count_rtp(at_phone.packets(), dst=PHONE) >= MIN_RTP, nfsip.log()[-3000:]
+    assert count_rtp(at_server.packets(), src=T.ROUTER_WAN_IP) >= MIN_RTP
+    assert nfsip.status()["pinholes"] == 0
+    time.sleep(1)
+    assert nfsip.metric("nfsip_tcp_connections") == 0
+
+
+def test_tcp_calls_over_a_connection_per_call_and_two_phones_on_the_same_ports(lab: Lab, nfsip: NfsipDaemon):
+    """sipp -t tn (a new connection per call) from both phones at once, each with SIP port 5060 and RTP port
+    6000: every call gets the router's address and its own public ports, media both ways."""
+    with Capture(lab, "phone1", T.HOST_IF) as at1, Capture(lab, "phone2", T.HOST_IF) as at2:
+        uas = SippUas(lab, transport="tn", calls=2).start()
+        uacs = [SippUac(lab, phone, transport="tn").start() for phone in ("phone1", "phone2")]
+        results = [u.wait(60) for u in uacs]
+        uas.wait(20)
+    assert all(r.ok for r in results), [r.describe() for r in results]
+    assert count_rtp(at1.packets(), dst=T.phone_ip(1)) >= MIN_RTP, nfsip.log()[-3000:]
+    assert count_rtp(at2.packets(), dst=T.phone_ip(2)) >= MIN_RTP, nfsip.log()[-3000:]
+    assert wait_for(lambda: nfsip.status()["pinholes"] == 0)
+
+
+def test_thousand_tcp_calls_over_one_connection_leave_nothing(lab: Lab):
+    """1000 short calls (no RTP) over one persistent connection (sipp -t t1) at 50 calls/s: all succeed;
+    no pinhole, no relayed connection and no relay error is left."""
+    n = 1000
+    config = {"pinhole_rate_per_host": 400, "pinhole_burst_per_host": 800}
+    with NfsipDaemon(lab, config=config) as nfsip:
+        callee = SippCallee(lab, kind="nomedia", calls=n, timeout_s=70, transport="t1").start()
+        caller = SippCaller(
+            lab,
+            "phone1",
+            "load",
+            kind="nomedia",
+            proxy=T.SERVER_IP,
+            calls=n,
+            rate=50,
+            pause_ms=0,
+            timeout_s=60,
+            trace_msg=False,
+            transport="t1",
+        ).start()
+        result = caller.wait(75)
+        callee_result = callee.wait(20)
+        assert result.successful_calls == n and result.failed_calls == 0, result.describe()
+        assert callee_result.successful_calls == n, callee_result.describe()
+        assert wait_for(lambda: nfsip.status()["pinholes"] == 0, 5), nfsip.status()["pinholes"]
+        assert wait_for(lambda: nfsip.metric("nfsip_tcp_connections") == 0, 5)
+        assert nfsip.metric("nfsip_tcp_relay_errors_total") == 0, nfsip.metrics()
+        assert nfsip.metric("nfsip_sip_messages_total", transport="tcp", kind="INVITE") == n
+        assert nfsip.metric("nfsip_sip_messages_total", transport="udp") == 0
+
+
+# ------------------------------------------------------------------ registrations over TCP (Kamailio)
+@pytest.fixture
+def far_end(lab: Lab) -> str:
+    lab.add_wan_host("wanhost2")
+    return "wanhost2"
+
+
+def kamailio(lab: Lab, tmp_path: Path, **kw: object) -> Kamailio:
+    require(have_kamailio(), "kamailio not installed (Debian package kamailio; scripts/setup installs it)")
+    return Kamailio(lab, tcp=True, workdir=tmp_path / "kamailio", **kw).start()  # type: ignore[arg-type]
+
+
+def call_phone(lab: Lab, far_end: str, user: str = "alice") -> tuple[SippResult, list[UdpPacket]]:
+    """The far end calls `user` through Kamailio (over UDP); returns the result and what phone1 received."""
+    with Capture(lab, "phone1", T.HOST_IF) as at_phone:
+        result = SippCaller(lab, far_end, user, proxy=T.SERVER_IP).start().wait(40)
+    return result, at_phone.packets()
+
+
+def test_registered_tcp_phone_is_called_over_its_own_connection(
+    lab: Lab, nfsip: NfsipDaemon, tmp_path: Path, far_end: str
+):
+    """alice registers over TCP: Kamailio knows her at the router's end of her connection, and its INVITE
+    reaches her over that same connection (connection reuse); the call has media both ways."""
+    k = kamailio(lab, tmp_path)
+    try:
+        alice = SippPhone(lab, "phone1", user="alice", transport="t1", registered_ms=40000).start()
+        (contact,) = k.wait_registered("alice")
+        assert contact.startswith(f"sip:alice@{T.ROUTER_WAN_IP}:") and "transport=tcp" in contact, contact
+        result, at_phone = call_phone(lab, far_end)
+        alice.kill()
+    finally:
+        k.stop()
+    assert result.ok, result.describe() + nfsip.log()[-3000:]
+    assert count_rtp(at_phone, dst=PHONE) >= MIN_RTP and count_rtp(at_phone, src=PHONE) >= MIN_RTP
+    status = nfsip.status()
+    assert [r["transport"] for r in status["registrations"]] == ["tcp"], status
+
+
+def test_registrar_new_connection_reaches_the_phone_through_its_pinhole(
+    lab: Lab, nfsip: NfsipDaemon, tmp_path: Path, far_end: str
+):
+    """Kamailio closes an idle connection after 3 s (tcp_connection_lifetime): the relay closes the phone's
+    side too. The next INVITE makes Kamailio open a new connection to alice's registered endpoint, the
+    router's: the registration's pinhole (map sip_tcp) takes it to the relay, which connects to alice's
+    Contact, and the call has media both ways."""
+    k = kamailio(lab, tmp_path, tcp_connection_lifetime_s=3)
+    try:
+        alice = SippPhone(lab, "phone1", user="alice", transport="t1", registered_ms=60000).start()
+        k.wait_registered("alice")
+        assert wait_for(lambda: nfsip.metric("nfsip_tcp_connections") == 0, 15), "Kamailio kept the connection"
+        table = lab.run(T.ROUTER, ["nft", "list", "map", "inet", "nfsip", "sip_tcp"]).stdout
+        assert T.SERVER_IP in table and PHONE in table, table
+        result, at_phone = call_phone(lab, far_end)
+        alice.kill()
+    finally:
+        k.stop()
+    assert result.ok, result.describe() + nfsip.log()[-3000:]
+    assert count_rtp(at_phone, dst=PHONE) >= MIN_RTP and count_rtp(at_phone, src=PHONE) >= MIN_RTP
+
+
+def test_a_crash_closes_tcp_phones_connections_and_leaves_udp_calls_alone(lab: Lab, tmp_path: Path, far_end: str):
+    """A daemon crash ends the relayed connections (the relay is the daemon): a TCP phone's connection is
+    closed, and the phone registering again over a new one is helped by the next daemon. A UDP call up
+    through the crash keeps its media both ways (its NAT bindings live in conntrack, its pinholes in the
+    table, which the next daemon takes over)."""
+    k = kamailio(lab, tmp_path)
+    daemon = NfsipDaemon(lab).start()
+    try:
+        with Capture(lab, "phone2", T.HOST_IF) as at_udp:
+            # The UDP call's UAS on the far end (Kamailio has the server's port 5060).
+            uas = SippUas(lab, far_end).start()
+            udp_call = SippUac(lab, "phone2", server=lab.ip_of(far_end), pause_ms=8000).start()
+            alice = SippPhone(lab, "phone1", user="alice", transport="t1", registered_ms=60000).start()
+            k.wait_registered("alice")
+            assert wait_for(lambda: daemon.metric("nfsip_tcp_connections") == 1, 5)
+            time.sleep(1)
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGKILL)  # a crash: the table stays, the relay's sockets go
+            daemon.proc.wait(5)
+            daemon = NfsipDaemon(lab).start()
+            assert udp_call.wait(40).ok and uas.wait(20).ok
+        assert count_rtp(at_udp.packets(), dst=T.phone_ip(2)) >= MIN_RTP
+        alice.kill()
+        # The old connection is gone with the old daemon; a new registration goes through the new one.
+        alice = SippPhone(lab, "phone1", user="alice", transport="t1", registered_ms=40000).start()
+        assert wait_for(lambda: daemon.metric("nfsip_tcp_connections") == 1, 10), daemon.log()
+        result, at_phone = call_phone(lab, far_end)
+        alice.kill()
+        assert result.ok, result.describe() + daemon.log()[-3000:]
+        assert count_rtp(at_phone, dst=PHONE) >= MIN_RTP
+    finally:
+        k.stop()
+        daemon.stop()
+
+
+def test_tls_sip_is_left_alone_and_counted(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
+    """A phone's REGISTER over TLS to the server's 5061: nfsip cannot read it, so it passes untouched (the
+    handshake and the message go through), and the connection is counted and its host listed."""
+    server = TlsRegistrar(lab, workdir=tmp_path).start()
+    try:
+        result = TlsPhone(lab, "phone1", server).start().wait()
+    finally:
+        server.stop()
+    assert result.reply is not None and result.reply.startswith("SIP/2.0 200"), result
+    assert nfsip.metric("nfsip_sip_tls_flows_total") == 1, nfsip.metrics()
+    assert nfsip.status()["tls_hosts"] == [PHONE]
+    assert nfsip.metric("nfsip_sip_messages_total", transport="tcp") == 0
