@@ -1,11 +1,11 @@
 """The main demo: real sipp calls cross a dual-stack router running nfsip, with media both ways.
 
 The router masquerades IPv4, routes IPv6 without NAT, and firewalls both as a router admin does (forward
-policy drop, replies and LAN to WAN accepted, plus the one rule `nfsip admin-rule` prints). The IPv4 phones
-and one IPv6 phone call the server at once. Prints, per phone, the SDP the server received, the RTP
-packets each side received, where the phone's media left the router, the pinholes nfsip held during the
-calls, and that none (map entries and conntrack entries) remained after the BYE. Exit status 0 only if all
-of that holds.
+policy drop, replies and LAN to WAN accepted, plus the one rule `nfsip admin-rule` prints). The IPv4 phones,
+one IPv6 phone and one phone whose SIP runs over TCP (through nfsip's relay) call the server at once.
+Prints, per phone, the SDP the server received, the RTP packets each side received, where the phone's
+media left the router, the pinholes nfsip held during the calls, and that none (map entries and conntrack
+entries) remained after the BYE. Exit status 0 only if all of that holds.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ def _media_conntrack(lab: Lab, ports: set[int]) -> list[str]:
 
 def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
     ok = True
-    with Lab(phones=phones + 1) as lab:
+    with Lab(phones=phones + 2) as lab:
         lab.masquerade()
         lab.admin_firewall(nfsip_rule=True)
-        phones4, phone6 = lab.phones[:phones], lab.phones[phones]
-        ip6 = lab.ip6_of(phone6)
+        phones4, phone6, phone_tcp = lab.phones[:phones], lab.phones[phones], lab.phones[phones + 1]
+        ip6, ip_tcp = lab.ip6_of(phone6), lab.ip_of(phone_tcp)
         with NfsipDaemon(lab) as daemon:
             caps = {n: Capture(lab, n, T.HOST_IF).start() for n in [*lab.phones, T.SERVER]}
             uas = SippUas(lab, calls=len(phones4)).start()
@@ -43,12 +43,16 @@ def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
             media_ports = [T.MEDIA_PORT + (1000 * i if distinct_media_ports else 0) for i in range(phones)]
             uacs = [SippUac(lab, p, media_port=m).start() for p, m in zip(phones4, media_ports, strict=True)]
             uac6 = SippUac(lab, phone6, server=T.SERVER_IP6).start()
+            uas_tcp = SippUas(lab, transport="t1", media_port=T.MEDIA_PORT + 1000).start()  # beside the UDP UAS
+            uac_tcp = SippUac(lab, phone_tcp, transport="t1").start()
             time.sleep(3)
             during = daemon.status()
             results = [u.wait(90) for u in uacs]
             result6 = uac6.wait(90)
+            result_tcp = uac_tcp.wait(90)
             uas.wait(30)
             uas6.wait(30)
+            uas_tcp.wait(30)
             stop_all(caps.values())
             after = daemon.status()
             packets = {name: cap.packets() for name, cap in caps.items()}
@@ -59,8 +63,9 @@ def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
                 if p.payload.startswith(b"INVITE ")
             }
             print(
-                f"nfsip demo: {phones} IPv4 phone(s) behind a masquerading router and one IPv6 phone behind its"
-                f" firewall (policy drop + nfsip's rule); sipp UAS on {T.SERVER_IP} and [{T.SERVER_IP6}]"
+                f"nfsip demo: {phones} IPv4 phone(s) behind a masquerading router, one IPv6 phone behind its"
+                f" firewall (policy drop + nfsip's rule) and one phone with SIP over TCP; sipp UAS on"
+                f" {T.SERVER_IP} (UDP and TCP) and [{T.SERVER_IP6}]"
             )
             print(f"  every phone uses SIP port {T.SIP_PORT}; RTP ports {', '.join(map(str, media_ports))}")
             print(f"  each side plays {PCAP_RTP_PACKETS} RTP packets (G.711, 7 s)\n")
@@ -106,6 +111,24 @@ def run_demo(phones: int = 2, distinct_media_ports: bool = False) -> int:
             )
             print(f"  phone -> server RTP:     {len(from_phone6)}/{PCAP_RTP_PACKETS} received")
             print(f"  {'PASS' if good6 else 'FAIL'}\n")
+            # TCP: the SDP travelled in the TCP stream (not in the UDP capture); the media shows where it came from.
+            to_phone_tcp = count_rtp(packets[phone_tcp], dst=ip_tcp)
+            from_tcp = [p for p in rtp_packets(at_server) if p.src == T.ROUTER_WAN_IP and p.sport not in public_ports]
+            tcp_ports = sorted({p.sport for p in from_tcp})
+            good_tcp = (
+                result_tcp.ok
+                and to_phone_tcp >= MIN_SHARE * PCAP_RTP_PACKETS
+                and len(from_tcp) >= MIN_SHARE * PCAP_RTP_PACKETS
+            )
+            ok &= good_tcp
+            print(
+                f"{phone_tcp} ({ip_tcp}, SIP over TCP, RTP {T.MEDIA_PORT}): call {'ok' if result_tcp.ok else 'FAILED'}"
+            )
+            print("  SIP:                     relayed by nfsip (its TCP relay rewrote each message)")
+            print(f"  server -> phone RTP:     {to_phone_tcp}/{PCAP_RTP_PACKETS} received by the phone")
+            print(f"  phone -> server RTP:     {len(from_tcp)}/{PCAP_RTP_PACKETS} received, from ports {tcp_ports}")
+            print(f"  {'PASS' if good_tcp else 'FAIL'}\n")
+            public_ports |= set(tcp_ports)
             print("pinholes while the calls were up (nfsip status):")
             for call in during["calls"]:
                 holes = ", ".join(f"{h['public_port']}->{h['private']}" for h in call["pinholes"])
