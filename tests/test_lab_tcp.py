@@ -102,8 +102,10 @@ CLIENT = """
 import json, socket, sys, time
 c = socket.create_connection((sys.argv[1], 5060), timeout=5)
 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-for chunk in json.load(open(sys.argv[2])):
-    c.sendall(bytes.fromhex(chunk)); time.sleep(float(sys.argv[3]))
+for i, chunk in enumerate(json.load(open(sys.argv[2]))):
+    if i:
+        time.sleep(float(sys.argv[3]))
+    c.sendall(bytes.fromhex(chunk))
 time.sleep(0.5)
 c.close()
 """
@@ -118,7 +120,7 @@ def relay(
     time.sleep(0.3)
     sent = tmp_path / f"chunks-{time.monotonic_ns()}.json"
     sent.write_text(json.dumps([c.hex() for c in chunks]))
-    lab.run("phone1", [sys.executable, "-c", CLIENT, T.SERVER_IP, str(sent), str(pause)])
+    lab.run("phone1", [sys.executable, "-c", CLIENT, T.SERVER_IP, str(sent), str(pause)], timeout=wait + 30)
     out, _ = server.communicate(timeout=wait + 10)
     lines = [json.loads(line) for line in out.splitlines()]
     accepted = lines[0]["accepted"]
@@ -360,3 +362,12 @@ def test_tls_sip_is_left_alone_and_counted(lab: Lab, nfsip: NfsipDaemon, tmp_pat
     assert nfsip.metric("nfsip_sip_tls_flows_total") == 1, nfsip.metrics()
     assert nfsip.status()["tls_hosts"] == [PHONE]
     assert nfsip.metric("nfsip_sip_messages_total", transport="tcp") == 0
+
+
+def test_an_idle_connection_is_kept(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
+    """A connection quiet between two messages for longer than an unfinished message may take (30 s) stays
+    up: only a message under way is timed; phones and registrars keep theirs for hours."""
+    seen_from, end, data = relay(lab, tmp_path, [invite(1), invite(2)], pause=35.0, wait=45.0)
+    assert seen_from == T.ROUTER_WAN_IP and end == "closed", nfsip.log()[-2000:]
+    assert [parse_message(m).call_id for m in messages(data)] == [f"tcp-{n}@{PHONE}" for n in (1, 2)]
+    assert nfsip.metric("nfsip_tcp_relay_errors_total") == 0
