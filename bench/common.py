@@ -57,13 +57,17 @@ BENCH_CONFIG: dict[str, Any] = {
     "sip_burst_per_host": 1_000_000,
     "media_port_min": 10_000,
     "media_port_max": 65_000,
+    # The TCP relay's port must lie outside the media range (the default, 15060, is inside the one above).
+    "tcp_relay_port": 9_060,
     "log_level": "warning",
 }
-"""Daemon settings for load runs: limits raised far above the load, media ports 10000-65000."""
+"""Daemon settings for load runs: limits raised far above the load, media ports 10000-65000, the TCP relay
+on port 9060 (outside that range)."""
 
 CONFIG_NOTE = (
     "daemon config raised for load: max_calls_per_host/max_calls 100000, max_pinholes(_per_host) 200000, "
-    "pinhole_rate/burst_per_host and sip_rate/burst_per_host 1000000, media ports 10000-65000, log_level warning "
+    "pinhole_rate/burst_per_host and sip_rate/burst_per_host 1000000, media ports 10000-65000 (so tcp_relay_port "
+    "9060), log_level warning "
     "(defaults: 16 calls/64 pinholes per host, 20 pinholes/s, 5000 calls/20000 pinholes)"
 )
 
