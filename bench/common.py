@@ -472,18 +472,20 @@ def sipload_uas(
     rtp_after: int = 0,
     node: str = T.SERVER,
     samples: Path | None = None,
+    transport: str = "udp",
 ) -> subprocess.Popen[str]:
     """Start the sipload answerer on the server (198.51.100.2:5060); stop it with `finish()`.
 
     rtp_before/rtp_after: RTP packets it sends to each INVITE's SDP address right before/after its 200 OK;
-    samples: file for its raw latency samples."""
-    argv = [str(exe), "uas", lab.ip_of(node), str(T.SIP_PORT)]
+    samples: file for its raw latency samples; transport: "udp", or "tcp" (it listens and answers each
+    request on the connection it came on)."""
+    argv = [str(exe), "uas", lab.ip_of(node), str(T.SIP_PORT), "-x", transport]
     if rtp_before or rtp_after:
         argv += ["-k", str(rtp_before), "-K", str(rtp_after), "-P", "7000"]
     if samples is not None:
         argv += ["-o", str(samples)]
     proc = lab.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_bound(lab, node, f"{lab.ip_of(node)}:{T.SIP_PORT}")
+    wait_bound(lab, node, f"{lab.ip_of(node)}:{T.SIP_PORT}", transport)
     return proc
 
 
@@ -513,11 +515,13 @@ def finish(proc: subprocess.Popen[str], timeout: float = 10.0) -> dict[str, Any]
     raise RuntimeError(f"sipload printed no summary (rc {proc.returncode}): {err.strip()[-500:]}")
 
 
-def wait_bound(lab: Lab, node: str, needle: str, timeout: float = 5.0) -> None:
-    """Wait until a UDP socket bound to `needle` (ip:port) shows in `ss` inside `node`."""
+def wait_bound(lab: Lab, node: str, needle: str, transport: str = "udp", timeout: float = 5.0) -> None:
+    """Wait until a UDP socket bound to `needle` (ip:port), or with transport "tcp" a listening TCP one, shows
+    in `ss` inside `node`."""
+    flags = "-Hnlt" if transport == "tcp" else "-Hnlu"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if f"{needle} " in lab.run(node, ["ss", "-Hnlu"], check=False).stdout:
+        if f"{needle} " in lab.run(node, ["ss", flags], check=False).stdout:
             return
         time.sleep(0.02)
     raise RuntimeError(f"nothing bound to {needle} in {node} after {timeout}s")

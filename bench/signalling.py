@@ -235,11 +235,14 @@ def one_run(
     rate: float = 0.0,
     samples: bool = False,
     profile: Path | None = None,
+    transport: str = "udp",
+    connections: int = 4,
 ) -> Run:
-    """UAS on the server, UAC on the phone for `seconds`; CPU, queue counters and daemon metrics around it."""
+    """UAS on the server, UAC on the phone for `seconds`; CPU, queue counters and daemon metrics around it.
+    transport "tcp": SIP over `connections` persistent TCP connections (bench/tcp_signalling.py)."""
     lab = pl.lab
     uac_file, uas_file = workdir / f"{tag}-uac.txt", workdir / f"{tag}-uas.txt"
-    uas = sipload_uas(lab, exe, samples=uas_file if samples else None)
+    uas = sipload_uas(lab, exe, samples=uas_file if samples else None, transport=transport)
     pids = {"queue": pl.queue_pid} if pl.queue_pid else {}
     q0 = nfqueue_stats(lab).get(QUEUE_NUM, {})
     m0 = pl.daemon.metrics() if pl.daemon else ""
@@ -253,6 +256,8 @@ def one_run(
         T=5000,
         p=f"{tag.replace('-', '')}x{int(time.time())}",
         o=str(uac_file) if samples else None,
+        x=transport,
+        c=connections if transport == "tcp" else None,
     )
     watch = CpuWatch(pids, background=background_busy()).start()
     spy = start_profile(pl.queue_pid, seconds - 0.5, profile) if profile and pl.queue_pid else None
@@ -289,6 +294,19 @@ def one_run(
                 k: v - parse_counters(m0, "nfsip_policy_refusals").get(k, 0.0)
                 for k, v in parse_counters(m1, "nfsip_policy_refusals").items()
             },
+            # messages the daemon handled per transport label (a TCP one: framed by its relay)
+            "messages": {
+                label: sum(
+                    v - parse_counters(m0, "nfsip_sip_messages").get(k, 0.0)
+                    for k, v in parse_counters(m1, "nfsip_sip_messages").items()
+                    if f'transport="{label}"' in k
+                )
+                for label in ("udp", "tcp")
+            },
+            "tcp_errors": {
+                k: v - parse_counters(m0, "nfsip_tcp_relay_errors").get(k, 0.0)
+                for k, v in parse_counters(m1, "nfsip_tcp_relay_errors").items()
+            },
         }
     if samples:
         for path in (uac_file, uas_file):
@@ -320,6 +338,7 @@ def per_kind(samples: list[tuple[str, int]]) -> dict[str, dict[str, float]]:
             "n": len(values),
             "p50_us": statistics.median(values) / 1000.0,
             "p99_us": values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))] / 1000.0,
+            "max_us": values[-1] / 1000.0,
         }
     return out
 
