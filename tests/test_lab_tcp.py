@@ -371,3 +371,18 @@ def test_an_idle_connection_is_kept(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path
     assert seen_from == T.ROUTER_WAN_IP and end == "closed", nfsip.log()[-2000:]
     assert [parse_message(m).call_id for m in messages(data)] == [f"tcp-{n}@{PHONE}" for n in (1, 2)]
     assert nfsip.metric("nfsip_tcp_relay_errors_total") == 0
+
+
+def test_ipv6_tcp_call_media_both_ways(lab: Lab, nfsip: NfsipDaemon):
+    """A phone calling over IPv6 and TCP: the relay's IPv6 side (its connection to the server leaves from
+    the router's IPv6 address, which the SDP then names), media both ways."""
+    phone6 = lab.ip6_of("phone1")
+    with Capture(lab, "phone1", T.HOST_IF) as at_phone, Capture(lab, T.SERVER, T.HOST_IF) as at_server:
+        uas = SippUas(lab, ip=T.SERVER_IP6, transport="t1").start()
+        uac = SippUac(lab, "phone1", server=T.SERVER_IP6, transport="t1").start()
+        result = uac.wait(60)
+        uas.wait(20)
+    assert result.ok, result.describe() + nfsip.log()[-3000:]
+    assert count_rtp(at_phone.packets(), dst=phone6) >= MIN_RTP, nfsip.log()[-3000:]
+    assert count_rtp(at_server.packets(), src=T.ROUTER_WAN_IP6) >= MIN_RTP
+    assert "tcp out: INVITE" in nfsip.log()

@@ -89,7 +89,7 @@ def original_destination(sock: socket.socket) -> Endpoint | None:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             port, packed = struct.unpack_from("!2xH4s", raw)
             return Endpoint(socket.inet_ntop(socket.AF_INET, packed), port)
-        raw = sock.getsockopt(socket.SOL_IPV6, SO_ORIGINAL_DST, 28)
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
         port, packed = struct.unpack_from("!2xH4x16s", raw)
         return Endpoint(socket.inet_ntop(socket.AF_INET6, packed), port)
     except OSError:
@@ -130,17 +130,26 @@ class TcpRelay:
 
     # -- the selector's events -------------------------------------------------------------------------
     def on_event(self, data: object, mask: int) -> None:
-        if data is self:
-            self._accept_all()
-            return
-        assert isinstance(data, tuple)
-        conn, side = data
-        if conn.closed:
-            return
-        if mask & selectors.EVENT_WRITE:
-            self._writable(conn, side)
-        if mask & selectors.EVENT_READ and not conn.closed:
-            self._readable(conn, side)
+        """One selector event. Whatever goes wrong here ends at most the connection it concerns: never the
+        daemon's loop, which also serves the queue."""
+        conn = None
+        try:
+            if data is self:
+                self._accept_all()
+                return
+            assert isinstance(data, tuple)
+            conn, side = data
+            if conn.closed:
+                return
+            if mask & selectors.EVENT_WRITE:
+                self._writable(conn, side)
+            if mask & selectors.EVENT_READ and not conn.closed:
+                self._readable(conn, side)
+        except Exception:
+            log.exception("tcp relay: internal error; connection closed")
+            self.on_error("internal-error")
+            if conn is not None:
+                self.close(conn)
 
     def _accept_all(self) -> None:
         for listener in self.listeners:
@@ -152,10 +161,18 @@ class TcpRelay:
                 except OSError as exc:
                     log.warning("tcp relay: accept failed: %s", exc)
                     break
-                self._accepted(sock, _endpoint(address))
+                try:
+                    self._accepted(sock, _endpoint(address))
+                except Exception:
+                    log.exception("tcp relay: internal error accepting a connection; closed")
+                    self.on_error("internal-error")
+                    sock.close()
 
     def _accepted(self, sock: socket.socket, peer: Endpoint) -> None:
         sock.setblocking(False)
+        # Each write is a whole message: Nagle's algorithm would hold a message behind the peer's delayed
+        # ACK of the one before (docs/performance.md, "SIP over TCP").
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.connections) >= MAX_CONNECTIONS or self.per_host.get(peer.ip, 0) >= MAX_CONNECTIONS_PER_HOST:
             sock.close()
             self.on_error("too-many-connections")
@@ -200,6 +217,7 @@ class TcpRelay:
         family = socket.AF_INET6 if ":" in target.ip else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = sock.connect_ex((target.ip, target.port))
         if code not in (0, errno.EINPROGRESS):
             sock.close()
