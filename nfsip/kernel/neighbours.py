@@ -2,14 +2,16 @@
 pyroute2): which other addresses a phone has, so that its SDP may name them for its own media (a dual-stack
 phone signalling over IPv4 with IPv6 media, an IPv6 phone with a temporary and a stable address).
 
-The table is read again at most every `max_age` seconds when asked, and on a miss at most every
-`retry` seconds: a phone whose other address the router has not met yet (no IPv6 traffic through the router
-so far) is found once it has; until then that address opens nothing.
+The table is read again every `max_age` seconds in a thread of its own (a dump costs in proportion to the
+whole neighbour table: not on the packet path), and on a miss at once, at most every `retry` seconds: a
+phone whose other address the router has not met yet (no IPv6 traffic through the router so far) is found
+once it has; until then that address opens nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -23,17 +25,26 @@ class Neighbours:
         self._clock = clock
         self._max_age = max_age
         self._retry = retry
+        # Replaced whole by each read (one reference assignment), so the packet path never sees it half built.
         self._by_ip: dict[str, frozenset[str]] = {}
         self._read_at = float("-inf")
+        self._reader: threading.Thread | None = None
 
     def addresses_of(self, ip: str) -> frozenset[str]:
         """Every address of the host that has `ip` (itself included), or none when the table does not know it."""
-        age = self._clock() - self._read_at
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_periodically, name="nfsip-neighbours", daemon=True)
+            self._reader.start()
         found = self._by_ip.get(ip)
-        if age >= self._max_age or (found is None and age >= self._retry):
+        if found is None and self._clock() - self._read_at >= self._retry:
             self.refresh()
             found = self._by_ip.get(ip)
         return found or frozenset()
+
+    def _read_periodically(self) -> None:
+        while True:
+            time.sleep(self._max_age)
+            self.refresh()
 
     def refresh(self) -> None:
         self._read_at = self._clock()

@@ -1,0 +1,24 @@
+"""Grouping the neighbour table by link-layer address (nfsip.kernel.neighbours): which addresses are one host."""
+
+from __future__ import annotations
+
+from nfsip.kernel.neighbours import group_by_link
+
+
+def test_addresses_with_one_link_layer_address_on_one_interface_are_one_host() -> None:
+    # As pyroute2 gives them: (ifindex, NDA_LLADDR, NDA_DST); a FAILED or INCOMPLETE entry has no lladdr.
+    entries = [
+        (3, "02:00:00:00:00:11", "10.0.0.2"),
+        (3, "02:00:00:00:00:11", "2001:DB8:1:0::11"),
+        (3, "02:00:00:00:00:11", "fe80::11"),
+        (3, "02:00:00:00:00:12", "10.0.0.3"),
+        (4, "02:00:00:00:00:11", "198.51.100.7"),  # the same MAC on another interface: another host
+        (3, None, "10.0.0.9"),
+        (3, "00:00:00:00:00:00", "10.0.0.10"),
+    ]
+    by_ip = group_by_link(entries)
+    phone = frozenset({"10.0.0.2", "2001:db8:1::11", "fe80::11"})
+    assert by_ip["10.0.0.2"] == by_ip["2001:db8:1::11"] == phone  # canonical text, as the packets give it
+    assert by_ip["10.0.0.3"] == frozenset({"10.0.0.3"})
+    assert by_ip["198.51.100.7"] == frozenset({"198.51.100.7"})
+    assert "10.0.0.9" not in by_ip and "10.0.0.10" not in by_ip
