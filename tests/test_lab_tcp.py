@@ -386,3 +386,12 @@ def test_ipv6_tcp_call_media_both_ways(lab: Lab, nfsip: NfsipDaemon):
     assert count_rtp(at_phone.packets(), dst=phone6) >= MIN_RTP, nfsip.log()[-3000:]
     assert count_rtp(at_server.packets(), src=T.ROUTER_WAN_IP6) >= MIN_RTP
     assert "tcp out: INVITE" in nfsip.log()
+
+
+def test_a_message_left_unfinished_is_given_up_after_30_s(lab: Lab, nfsip: NfsipDaemon, tmp_path: Path):
+    """Half a message, then nothing while the connection stays open (a slowloris): after 30 s the relay
+    closes both sides and counts it; nothing of the half message was sent on."""
+    whole = invite(6)
+    seen_from, end, data = relay(lab, tmp_path, [whole[:200], b""], pause=40.0, wait=45.0)
+    assert seen_from == T.ROUTER_WAN_IP and (end, data) == ("closed", b""), (end, data[:80])
+    assert nfsip.metric("nfsip_tcp_relay_errors_total", reason="incomplete-message") == 1, nfsip.metrics()
