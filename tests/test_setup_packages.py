@@ -60,6 +60,7 @@ PROGRAMS = {
     "sleep": "a process to kill in the stale-lab test (coreutils)",
     "true": "a process that has exited (coreutils)",
     "strace": "tests/libnftables_capture.py re-takes libnftables' element batches (strace)",
+    "openssl": "the lab's TLS stand-in makes its certificate (openssl)",
     # scripts/
     "bash": "the scripts' interpreter",
     "env": "the scripts' #! line",
@@ -90,6 +91,7 @@ NOT_PROGRAMS = {
     "systemd": "a directory name",
     "timeout": "an nft element key",
     "prometheus": "the package name given to require_tool",
+    "false": "a sipp option value (-reconnect_close false)",
 }
 RUNNERS = {"run", "Popen", "popen", "check_output", "check_call", "call", "_spawn"}
 ARGV_NAMES = {"argv", "cmd", "command"}
