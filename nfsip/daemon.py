@@ -346,7 +346,15 @@ class Daemon:
             return
         try:
             self.tcp = TcpRelay(
-                port, selector, self._tcp_message, self._tcp_phone_for, self.metrics.tcp_errors_inc, self.clock
+                port,
+                selector,
+                self._tcp_message,
+                self._tcp_phone_for,
+                self.metrics.tcp_errors_inc,
+                self.clock,
+                rate=self.config.sip_rate_per_host,
+                burst=self.config.sip_burst_per_host,
+                on_pause=self.metrics.tcp_paused.inc,
             )
             self.table.start_relay()
         except (OSError, NftError) as exc:

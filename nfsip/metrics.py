@@ -188,6 +188,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.tcp_paused = Counter(
+            "nfsip_tcp_relay_paused",
+            "Times the TCP relay stopped reading a connection whose host sent more SIP than sip_rate_per_host "
+            "(it reads on as the host's bucket fills: nothing is dropped)",
+            registry=r,
+        )
         self.tcp_connections = Gauge(
             "nfsip_tcp_connections",
             "Phone connections the TCP relay carries now",

@@ -395,3 +395,22 @@ def test_a_message_left_unfinished_is_given_up_after_30_s(lab: Lab, nfsip: Nfsip
     seen_from, end, data = relay(lab, tmp_path, [whole[:200], b""], pause=40.0, wait=45.0)
     assert seen_from == T.ROUTER_WAN_IP and (end, data) == ("closed", b""), (end, data[:80])
     assert nfsip.metric("nfsip_tcp_relay_errors_total", reason="incomplete-message") == 1, nfsip.metrics()
+
+
+def options(n: int) -> bytes:
+    return (
+        f"OPTIONS sip:{T.SERVER_IP} SIP/2.0\r\nVia: SIP/2.0/TCP {PHONE}:5060;branch=z9hG4bK-o{n}\r\n"
+        f"From: <sip:alice@{PHONE}>;tag=o{n}\r\nTo: <sip:{T.SERVER_IP}>\r\nCall-ID: opt-{n}@{PHONE}\r\n"
+        "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_host_over_its_sip_rate_is_slowed_not_dropped(lab: Lab, tmp_path: Path):
+    """sip_rate_per_host applies to TCP too: 100 OPTIONS sent at once on one connection by a host allowed 20
+    per second (burst 20) all arrive, in order, while the relay pauses reading that connection."""
+    with NfsipDaemon(lab, config={"sip_rate_per_host": 20, "sip_burst_per_host": 20}) as nfsip:
+        _seen, end, data = relay(lab, tmp_path, [b"".join(options(n) for n in range(100))], wait=15.0)
+        got = [parse_message(m).call_id for m in messages(data)]
+        assert got == [f"opt-{n}@{PHONE}" for n in range(100)], (end, len(got))
+        assert nfsip.metric("nfsip_tcp_relay_paused_total") >= 1, nfsip.metrics()
+        assert nfsip.metric("nfsip_tcp_relay_errors_total") == 0

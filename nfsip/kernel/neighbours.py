@@ -64,7 +64,8 @@ class Neighbours:
 def group_by_link(entries: Iterable[tuple[int, str | None, str | None]]) -> dict[str, frozenset[str]]:
     """address -> all addresses with the same link-layer address on the same interface, from (interface
     index, link-layer address, address) triples; entries without a link-layer address (incomplete, failed)
-    are left out."""
+    are left out. A link-layer address with several IPv4 addresses is not one host but several behind one
+    interface (a MAC-NAT Wi-Fi extender, a bridge of another router): each of its addresses stands alone."""
     groups: dict[tuple[int, str], set[str]] = {}
     for ifindex, lladdr, address in entries:
         if not lladdr or not address or lladdr == "00:00:00:00:00:00":
@@ -72,6 +73,10 @@ def group_by_link(entries: Iterable[tuple[int, str | None, str | None]]) -> dict
         groups.setdefault((ifindex, lladdr), set()).add(canonical(address))
     by_ip: dict[str, frozenset[str]] = {}
     for addresses in groups.values():
+        if sum(1 for a in addresses if ":" not in a) > 1:
+            for address in addresses:
+                by_ip[address] = frozenset((address,))
+            continue
         frozen = frozenset(addresses)
         for address in addresses:
             by_ip[address] = frozen

@@ -7,13 +7,16 @@ cannot express - and the pinholes' map elements (nfsip.kernel.nft.Nft).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from ..config import Config
 from ..core.model import Part, Pinhole
 from . import divert, ruleset
-from .nft import Nft
+from .nft import Nft, NftError
 from .reader import NO_TABLE
+
+log = logging.getLogger(__name__)
 
 
 class NftTable:
@@ -43,12 +46,20 @@ class NftTable:
             self.nft.install(self._text())
         if self._queue_rule:
             self._add_queue_rule()
-        self._add_relay_rules()
+        try:
+            self._add_relay_rules()
+        except NftError as exc:  # the pinholes are still to be put back: TCP goes unhelped, not UDP too
+            log.error("TCP relay's redirects not restored: %s", exc)
 
     def start_relay(self) -> None:
-        """The TCP relay listens: redirect TCP SIP to it (its chain emptied first: idempotent)."""
+        """The TCP relay listens: redirect TCP SIP to it (its chain emptied first: idempotent). Raises
+        NftError, and redirects nothing, when nft refuses the rules."""
         self.relay = True
-        self._add_relay_rules()
+        try:
+            self._add_relay_rules()
+        except NftError:
+            self.relay = False
+            raise
 
     def _add_relay_rules(self) -> None:
         if self.relay:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import DEFAULTS
 from ..core.model import Direction, Endpoint
 from ..core.sip.stream import Keepalive, StreamError, StreamFramer
 
@@ -40,6 +41,8 @@ PARTIAL_SECONDS = 30.0
 # Connections relayed at once, in all and per LAN host: beyond them a new connection is closed at once.
 MAX_CONNECTIONS = 4096
 MAX_CONNECTIONS_PER_HOST = 64
+# After accept() failed (out of file descriptors): this long before the relay accepts again.
+ACCEPT_PAUSE_SECONDS = 1.0
 _READ = 65536
 
 
@@ -66,6 +69,7 @@ class Relayed:
     public: Endpoint
     opened_by_phone: bool
     closed: bool = False
+    opener: str = ""  # the address that opened it: the phone's, or the registrar's
 
     def side_of(self, direction: Direction) -> Side:
         """Where a message travelling in `direction` comes from."""
@@ -105,9 +109,17 @@ class TcpRelay:
         phone_for: PhoneFor,
         on_error: Callable[[str], None] = lambda reason: None,
         clock: Callable[[], float] = time.monotonic,
+        rate: float = DEFAULTS.sip_rate_per_host,
+        burst: int = DEFAULTS.sip_burst_per_host,
+        on_pause: Callable[[], None] = lambda: None,
     ) -> None:
-        """Listen on `port` (IPv4 and IPv6). `on_error`: a reason per connection given up (a metrics
-        label)."""
+        """Listen on `port` (IPv4 and IPv6, or IPv4 alone on a host without IPv6). `on_error`: a reason per
+        connection given up (a metrics label). `rate`, `burst`: SIP messages per second a host that opens
+        connections may send through them (a token bucket, as the kernel's for UDP); beyond it the relay
+        reads from its connections only as the bucket fills."""
+        self.rate = rate
+        self.burst = burst
+        self.on_pause = on_pause
         self.port = port
         self.selector = selector
         self.on_message = on_message
@@ -117,15 +129,29 @@ class TcpRelay:
         self.per_host: dict[str, int] = {}
         self.connections: set[Relayed] = set()
         self.listeners: list[socket.socket] = []
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # (host, direction) -> [tokens, when last filled]
+        self._paused: set[tuple[Relayed, Side]] = set()
+        self._accept_paused_until = 0.0
         for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ, ("tcp-listen", self))
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:
+                if family == socket.AF_INET6:
+                    log.warning("tcp relay: no IPv6 on this host: relaying IPv4 only")
+                    continue
+                raise
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+                sock.listen(128)
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ, ("tcp-listen", self))
+            except OSError:
+                sock.close()
+                self.shutdown()  # nothing half-made stays in the daemon's selector
+                raise
             self.listeners.append(sock)
 
     # -- the selector's events -------------------------------------------------------------------------
@@ -159,8 +185,12 @@ class TcpRelay:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    log.warning("tcp relay: accept failed: %s", exc)
-                    break
+                    # Out of file descriptors, say: the listener stays readable, so stop asking it for a
+                    # second instead of spinning (expire() takes it back).
+                    log.warning("tcp relay: accept failed: %s; not accepting for %.0fs", exc, ACCEPT_PAUSE_SECONDS)
+                    self.on_error("accept-failed")
+                    self._pause_accepting()
+                    return
                 try:
                     self._accepted(sock, _endpoint(address))
                 except Exception:
@@ -173,6 +203,7 @@ class TcpRelay:
         # Each write is a whole message: Nagle's algorithm would hold a message behind the peer's delayed
         # ACK of the one before (docs/performance.md, "SIP over TCP").
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Counted by who opened the connection: a phone, or (through a registration's pinhole) a WAN host.
         if len(self.connections) >= MAX_CONNECTIONS or self.per_host.get(peer.ip, 0) >= MAX_CONNECTIONS_PER_HOST:
             sock.close()
             self.on_error("too-many-connections")
@@ -182,15 +213,15 @@ class TcpRelay:
             sock.close()  # not redirected here by nfsip's table: someone connected to the relay port itself
             self.on_error("not-redirected")
             return
-        if target.ip == sock.getsockname()[0]:
-            # Redirected to the address it was going to: a connection to the router's own public endpoint
-            # from the WAN, a registrar's to a registered phone (a TCP registration pinhole). A phone's is
-            # redirected from beyond the router to the router's LAN address.
-            phone = self.phone_for(target, peer.ip)
-            if phone is None:
-                sock.close()
-                self.on_error("no-registration")
-                return
+        # A registrar's connection to a registered phone's public endpoint (a TCP registration pinhole), or a
+        # phone's to a server beyond the router. Asked of the registrations, not told by the address the
+        # redirect chose (an IPv6 redirect lands on the interface's first address, not the public one).
+        phone = self.phone_for(target, peer.ip)
+        if phone is None and target.ip == sock.getsockname()[0]:
+            sock.close()  # the router's own endpoint, which no registration holds (any more)
+            self.on_error("no-registration")
+            return
+        if phone is not None:
             server_side = Side(sock, peer)
             phone_side = self._connect(phone)
             if phone_side is None:
@@ -204,8 +235,9 @@ class TcpRelay:
                 sock.close()
                 return
             conn = Relayed(phone_side, server_side, Endpoint("", 0), opened_by_phone=True)
+        conn.opener = peer.ip
         self.connections.add(conn)
-        self.per_host[conn.phone.peer.ip] = self.per_host.get(conn.phone.peer.ip, 0) + 1
+        self.per_host[peer.ip] = self.per_host.get(peer.ip, 0) + 1
         # The side we connected is registered for write (connect completion); the accepted one is read only
         # once the other is connected (a phone's message cannot be rewritten before the public end is known).
         for side in (conn.phone, conn.server):
@@ -234,6 +266,8 @@ class TcpRelay:
         if not side.connected or side.out:
             events |= selectors.EVENT_WRITE
         key = self.selector.get_map().get(side.sock.fileno())
+        if (conn, side) in self._paused:
+            events &= ~selectors.EVENT_READ
         if events and key is None:
             self.selector.register(side.sock, events, ("tcp", (conn, side)))
         elif events and key is not None and key.events != events:
@@ -291,12 +325,19 @@ class TcpRelay:
             frames = side.framer.feed(data)
         except StreamError as exc:
             error, frames = exc, list(exc.frames)  # what was whole before the bad bytes still goes on
-        side.partial_since = (side.partial_since or self.clock()) if side.framer.pending else None
+        # A message under way is timed from when it began: a read that finished messages starts a new one.
+        if not side.framer.pending:
+            side.partial_since = None
+        elif frames or side.partial_since is None:
+            side.partial_since = self.clock()
         for frame in frames:
             if isinstance(frame, Keepalive):
                 other.out += frame.raw
             else:
                 other.out += self.on_message(conn, direction, frame.raw)
+        messages = sum(1 for f in frames if not isinstance(f, Keepalive))
+        if messages and not self._take((conn.opener, direction.value), messages):
+            self._pause(conn, side)
         if error is not None:
             log.info("tcp relay: %s from %s: connection closed", error.reason, side.peer)
             self.on_error(error.reason)
@@ -321,7 +362,7 @@ class TcpRelay:
         if conn.closed:
             return
         conn.closed = True
-        host = conn.phone.peer.ip
+        host = conn.opener
         if host in self.per_host:
             self.per_host[host] -= 1
             if not self.per_host[host]:
@@ -332,8 +373,56 @@ class TcpRelay:
             side.sock.close()
         self.connections.discard(conn)
 
+    # -- the rate of messages per host, like the kernel's for UDP (sip_rate_per_host) -----------------------
+    def _take(self, bucket: tuple[str, str], count: int) -> bool:
+        """Take `count` tokens from a bucket (the host that opened the connection, and the direction, like
+        the kernel's two sets for UDP); False when it is now empty. The messages already read still go on
+        (they are whole); the connection is then read again only as the bucket fills."""
+        now = self.clock()
+        tokens, stamp = self._buckets.get(bucket, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate) - count
+        self._buckets[bucket] = [tokens, now]
+        return tokens > 0
+
+    def _pause(self, conn: Relayed, side: Side) -> None:
+        """Stop reading from a side whose host is over its rate, until expire() finds tokens again."""
+        self._paused.add((conn, side))
+        self.on_pause()
+        key = self.selector.get_map().get(side.sock.fileno())
+        if key is not None:
+            events = key.events & ~selectors.EVENT_READ
+            if events:
+                self.selector.modify(side.sock, events, key.data)
+            else:
+                self.selector.unregister(side.sock)
+
+    def _pause_accepting(self) -> None:
+        self._accept_paused_until = self.clock() + ACCEPT_PAUSE_SECONDS
+        for listener in self.listeners:
+            if listener.fileno() in self.selector.get_map():
+                self.selector.unregister(listener)
+
+    def _resume(self) -> None:
+        now = self.clock()
+        for conn, side in list(self._paused):
+            direction = Direction.OUTBOUND if side is conn.phone else Direction.INBOUND
+            tokens, stamp = self._buckets.get((conn.opener, direction.value), (float(self.burst), now))
+            if conn.closed or min(float(self.burst), tokens + (now - stamp) * self.rate) > 0:
+                self._paused.discard((conn, side))
+                if not conn.closed:
+                    self._interest(conn, side)
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            for listener in self.listeners:
+                if listener.fileno() not in self.selector.get_map():
+                    self.selector.register(listener, selectors.EVENT_READ, ("tcp-listen", self))
+        if len(self._buckets) > 4 * MAX_CONNECTIONS:  # hosts gone quiet: their buckets are full again
+            self._buckets = {h: b for h, b in self._buckets.items() if b[0] < self.burst}
+
     def expire(self) -> None:
-        """Give up the connections whose message has been under way for more than PARTIAL_SECONDS."""
+        """Give up the connections whose message has been under way for more than PARTIAL_SECONDS; read again
+        from hosts back under their rate; accept again after a pause."""
+        self._resume()
         now = self.clock()
         for conn in list(self.connections):
             for side in (conn.phone, conn.server):
@@ -348,6 +437,7 @@ class TcpRelay:
         for conn in list(self.connections):
             self.close(conn)
         for listener in self.listeners:
-            self.selector.unregister(listener)
+            if listener.fileno() in self.selector.get_map():
+                self.selector.unregister(listener)
             listener.close()
         self.listeners = []
