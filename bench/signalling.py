@@ -168,7 +168,10 @@ def config_known_to(checkout: Path | None) -> dict[str, Any]:
         return BENCH_CONFIG
     code = "import dataclasses, nfsip.config as c; print(' '.join(f.name for f in dataclasses.fields(c.Config)))"
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    known = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # Run from the checkout: the current directory comes first on the import path, before PYTHONPATH.
+    known = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, text=True, check=True
+    )
     keys = set(known.stdout.split())
     return {k: v for k, v in BENCH_CONFIG.items() if k in keys}
 

@@ -80,8 +80,12 @@ class NfsipDaemon:
 
     def read_notifications(self, wait: float = 0.0) -> list[str]:
         """sd_notify messages received so far (all of them, in order)."""
-        self._notify.settimeout(wait if wait > 0 else None)
-        self._notify.setblocking(wait > 0)
+        # settimeout(wait) waits at most `wait` for the first message (setblocking(True) would wait forever,
+        # e.g. for a daemon that exits before it is ready); 0: take what is there.
+        if wait > 0:
+            self._notify.settimeout(wait)
+        else:
+            self._notify.setblocking(False)
         try:
             while True:
                 self.notifications.append(self._notify.recv(4096).decode())
