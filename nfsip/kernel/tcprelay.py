@@ -71,9 +71,13 @@ class Relayed:
     closed: bool = False
     opener: str = ""  # the address that opened it: the phone's, or the registrar's
 
-    def side_of(self, direction: Direction) -> Side:
-        """Where a message travelling in `direction` comes from."""
-        return self.phone if direction is Direction.OUTBOUND else self.server
+    def other(self, side: Side) -> Side:
+        """The side `side`'s messages go to."""
+        return self.server if side is self.phone else self.phone
+
+    def direction(self, side: Side) -> Direction:
+        """Which way the messages `side` sends travel."""
+        return Direction.OUTBOUND if side is self.phone else Direction.INBOUND
 
 
 # on_message(connection, direction, message bytes) -> the bytes to send on (the message as it is, or rewritten)
@@ -259,7 +263,7 @@ class TcpRelay:
 
     def _interest(self, conn: Relayed, side: Side) -> None:
         """(Re)register a side: read while its peer side is connected, write while it has bytes to send."""
-        other = conn.server if side is conn.phone else conn.phone
+        other = conn.other(side)
         events = 0
         if side.connected and other.connected and not side.eof:
             events |= selectors.EVENT_READ
@@ -299,7 +303,7 @@ class TcpRelay:
                 return
             del side.out[:sent]
         self._interest(conn, side)
-        other = conn.server if side is conn.phone else conn.phone
+        other = conn.other(side)
         if other.eof and not side.out:
             self.close(conn)
 
@@ -312,14 +316,14 @@ class TcpRelay:
             data = b""
         if not data:
             side.eof = True
-            other = conn.server if side is conn.phone else conn.phone
+            other = conn.other(side)
             if not other.out:
                 self.close(conn)
             else:
                 self._interest(conn, side)
             return
-        direction = Direction.OUTBOUND if side is conn.phone else Direction.INBOUND
-        other = conn.server if side is conn.phone else conn.phone
+        direction = conn.direction(side)
+        other = conn.other(side)
         error: StreamError | None = None
         try:
             frames = side.framer.feed(data)
@@ -379,10 +383,14 @@ class TcpRelay:
         the kernel's two sets for UDP); False when it is now empty. The messages already read still go on
         (they are whole); the connection is then read again only as the bucket fills."""
         now = self.clock()
-        tokens, stamp = self._buckets.get(bucket, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate) - count
+        tokens = self._tokens(bucket, now) - count
         self._buckets[bucket] = [tokens, now]
         return tokens > 0
+
+    def _tokens(self, bucket: tuple[str, str], now: float) -> float:
+        """The bucket's tokens now: what it held, filled at `rate` since, at most `burst`."""
+        tokens, stamp = self._buckets.get(bucket, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - stamp) * self.rate)
 
     def _pause(self, conn: Relayed, side: Side) -> None:
         """Stop reading from a side whose host is over its rate, until expire() finds tokens again."""
@@ -405,9 +413,7 @@ class TcpRelay:
     def _resume(self) -> None:
         now = self.clock()
         for conn, side in list(self._paused):
-            direction = Direction.OUTBOUND if side is conn.phone else Direction.INBOUND
-            tokens, stamp = self._buckets.get((conn.opener, direction.value), (float(self.burst), now))
-            if conn.closed or min(float(self.burst), tokens + (now - stamp) * self.rate) > 0:
+            if conn.closed or self._tokens((conn.opener, conn.direction(side).value), now) > 0:
                 self._paused.discard((conn, side))
                 if not conn.closed:
                     self._interest(conn, side)
