@@ -388,11 +388,7 @@ class Daemon:
         except Exception:  # the message goes on as it came; the connection and the daemon live on
             log.exception("internal error; TCP message passed unchanged")
             out, outcome = raw, "internal-error"
-        counter = self._verdict_counters.get(outcome)
-        if counter is None:
-            counter = self._verdict_counters[outcome] = self.metrics.verdicts.labels(outcome)
-        counter.inc()
-        self.metrics.verdict_seconds.observe(time.perf_counter() - started)
+        self._count_verdict(outcome, started)
         if log.isEnabledFor(logging.DEBUG):
             loglines.log_tcp_message(direction, raw, decision, outcome)
         return out
@@ -556,14 +552,19 @@ class Daemon:
             log.exception("internal error; datagram passed unchanged")
             outcome = "internal-error"
         h.pkt.accept()
+        self._count_verdict(outcome, h.started)
+        self._after_verdict(remove, fresh)
+        if debug:
+            loglines.log_datagram(h.pkt.hook, h.raw, h.decision, outcome)
+
+    def _count_verdict(self, outcome: str, started: float) -> None:
+        """One message's verdict (a datagram's, or a relayed message's) in nfsip_verdicts_total and its time
+        in nfsip_verdict_seconds."""
         counter = self._verdict_counters.get(outcome)
         if counter is None:
             counter = self._verdict_counters[outcome] = self.metrics.verdicts.labels(outcome)
         counter.inc()
-        self.metrics.verdict_seconds.observe(time.perf_counter() - h.started)
-        self._after_verdict(remove, fresh)
-        if debug:
-            loglines.log_datagram(h.pkt.hook, h.raw, h.decision, outcome)
+        self.metrics.verdict_seconds.observe(time.perf_counter() - started)
 
     def _process(self, hook: int, raw: bytes) -> tuple[str, Decision | None]:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .core.addresses import hostport
 from .kernel.conntrack import read_media_counters
 from .kernel.nft import Nft, NftError
 
@@ -89,7 +90,7 @@ def _family(ip: str) -> str:
 
 
 def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return hostport(ip, port).decode()
 
 
 def _age(seconds: int | None) -> str:

@@ -114,6 +114,15 @@ def queue_rule(opts: RulesetOptions) -> str:
     return f"add rule inet {opts.table} {QUEUE_CHAIN} queue num {opts.queue_num}{bypass}\n"
 
 
+def port_match(ports: tuple[int, ...]) -> str:
+    """Ports as a rule compares them: one port a literal, several an anonymous set. The divert rules carry
+    the ports themselves rather than "@sip_ports": a literal is a plain compare, evaluated inline by the
+    kernel, where a set lookup is a call into the set backend, and each of the port tests runs for every
+    forwarded UDP packet (docs/nftables.md, measured by bench/ruleset_cost.py)."""
+    listed = ", ".join(str(p) for p in ports)
+    return listed if len(ports) == 1 else f"{{ {listed} }}"
+
+
 def relay_rules(opts: RulesetOptions) -> str:
     """The TCP relay's redirects, added to `tcp_relay` by the daemon once its relay listens (so that with no
     daemon TCP SIP is not sent to a port nobody listens on): a LAN host's connection to a SIP port of a host
@@ -121,8 +130,7 @@ def relay_rules(opts: RulesetOptions) -> str:
     pinhole: the admin's firewall accepts it with the same rule, in its input chain, since the relay is the
     router itself)."""
     wan, port = opts.wan_interface, opts.tcp_relay_port
-    ports = ", ".join(str(p) for p in opts.sip_ports)
-    sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
+    sip = port_match(opts.sip_ports)
     rule = f"add rule inet {opts.table} {TCP_RELAY_CHAIN}"
     mark_set = f"ct mark set ct mark | {opts.pinhole_mark:#010x}"
     redirect = f"redirect to :{port}"
@@ -220,8 +228,7 @@ def _tls_rules(wan: str, tls_ports: tuple[int, ...]) -> str:
     """New TLS SIP connections from the LAN: counted, and their hosts kept for `nfsip status`."""
     if not tls_ports:
         return ""
-    ports = ", ".join(str(p) for p in tls_ports)
-    tls = ports if len(tls_ports) == 1 else f"{{ {ports} }}"
+    tls = port_match(tls_ports)
     return "".join(
         f'\t\tiifname != "{wan}" meta l4proto tcp th dport {tls} update @{TLS_HOSTS_SET}{x} {{ {ip} saddr }} '
         f"jump {TLS_CHAIN}\n"
@@ -232,11 +239,8 @@ def _tls_rules(wan: str, tls_ports: tuple[int, ...]) -> str:
 def render(opts: RulesetOptions) -> str:
     """The table as nft text. Loaded by `nft -f` it replaces an older nfsip table atomically."""
     wan = opts.wan_interface
-    ports = ", ".join(str(p) for p in opts.sip_ports)
-    # The divert rules carry the ports themselves rather than "@sip_ports": one port is a plain compare,
-    # evaluated inline by the kernel, where a set lookup is a call into the set backend, and each of the six
-    # port tests runs for every forwarded UDP packet (docs/nftables.md, measured by bench/ruleset_cost.py).
-    sip = ports if len(opts.sip_ports) == 1 else f"{{ {ports} }}"
+    ports = ", ".join(str(p) for p in opts.sip_ports)  # the elements of the set sip_ports
+    sip = port_match(opts.sip_ports)
     bypass = " bypass" if opts.bypass else ""
     limit = f"limit rate over {opts.sip_rate_per_host}/second burst {opts.sip_burst_per_host} packets"
     if opts.native_queue:
